@@ -1,0 +1,37 @@
+# The two commands of the README: `make run` and `make test`. Each sets up what it needs.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export PATENTFLOW_HOME ?= $(CURDIR)/.patentflow
+
+.PHONY: setup run test ui lint bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# constraints.txt is the frozen, tested set (pip check clean); pyproject holds the pins.
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+	./scripts/ensure-system-deps.sh
+
+run: setup
+	$(BIN)/patentflow run
+
+test: setup
+	./scripts/ensure-system-deps.sh --test
+	$(BIN)/pytest
+
+ui: setup
+	$(BIN)/patentflow ui
+
+lint: $(STAMP)
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+bench: setup
+	$(BIN)/python benchmarks/data_pipeline.py
+
+clean:
+	rm -rf .patentflow

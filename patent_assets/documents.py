@@ -1,0 +1,64 @@
+"""What the parser extracts from one `us-patent-grant` document (any DTD v4.0 to v4.7)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class DrawingSheet:
+    """One `<drawings>/<figure>/<img>`: a drawing sheet, not a FIG (a sheet may hold several)."""
+
+    num: int  # <figure num="00003"> -> 3; 0 is the front-page drawing
+    file: str  # the TIF's file name as the XML gives it, e.g. USD0907292-20210105-D00003.TIF
+    orientation: str = "portrait"  # "landscape" sheets are stored as portrait pixels
+    img_content: str = "drawing"  # "drawing", "chem", "math", ...
+
+    @property
+    def sheet_id(self) -> str:
+        return f"D{self.num:05d}"
+
+
+@dataclass
+class GrantDocument:
+    patent_id: str  # US + doc-number + kind, e.g. USD0907292S1, US11036663B2
+    doc_number: str  # D0907292, 11036663
+    kind: str  # S1, B2, B1, E
+    grant_date: str  # ISO yyyy-mm-dd
+    title: str
+    dtd_version: str = ""  # "v4.5 2014-04-03"
+    application_type: str = ""  # utility, design, plant, reissue
+    abstract: str = ""
+    classifications: list[str] = field(
+        default_factory=list
+    )  # "IPC:A61B 5/00", "CPC:...", "LOCARNO:1403", "USPC:D12192"
+    brief_paragraphs: list[str] = field(default_factory=list)  # <description-of-drawings> <p> texts, in order
+    detailed_paragraphs: list[str] = field(default_factory=list)  # the detailed description's <p> texts
+    claims: list[str] = field(default_factory=list)
+    sheets: list[DrawingSheet] = field(default_factory=list)
+    number_of_sheets: int | None = None  # <figures><number-of-drawing-sheets>
+    number_of_figures: int | None = None  # <figures><number-of-figures>
+    source: str = ""  # where it came from: file, zip member, offset in a concatenated file
+
+
+@dataclass
+class PatentBundle:
+    """A parsed grant with its drawing sheets, as a source delivers them.
+
+    `sheet_files` maps each `DrawingSheet.file` that was found to its extracted local path;
+    a sheet whose file is missing is simply absent (the caller rejects it, with its reason).
+    """
+
+    document: GrantDocument
+    sheet_files: dict[str, Path] = field(default_factory=dict)
+
+
+def document_to_dict(document: GrantDocument) -> dict:
+    return asdict(document)
+
+
+def document_from_dict(data: dict) -> GrantDocument:
+    data = dict(data)
+    data["sheets"] = [DrawingSheet(**sheet) for sheet in data.get("sheets", [])]
+    return GrantDocument(**data)

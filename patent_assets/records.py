@@ -1,0 +1,112 @@
+"""The records that flow between the data steps, and their JSON-lines files.
+
+`FigureRecord` is one line of `figures.jsonl`; `Rejection` one line of `rejected.jsonl`.
+Both are interfaces that users and scripts rely on: add fields, never rename them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+
+@dataclass
+class OcrWords:
+    """OCR of one image in LayoutLMv3's input format: words and their boxes, 0-1000."""
+
+    words: list[str] = field(default_factory=list)
+    boxes: list[list[int]] = field(default_factory=list)  # [x0, y0, x1, y1], 0-1000
+    width: int = 0  # pixel size of the image the boxes are relative to
+    height: int = 0
+
+
+@dataclass
+class FigureRecord:
+    image_id: str  # PatentDesc style: US<number><kind>__<sheet>
+    patent_id: str  # US<number><kind>, e.g. USD0907292S1
+    sheet: str  # D00001
+    image_path: str
+    figure_labels: list[str]  # ["FIG. 3A", "FIG. 3B"]
+    brief_description: str
+    detailed_description: str
+    grant_date: str  # ISO yyyy-mm-dd
+    classifications: list[str]
+    title: str
+    ocr: OcrWords
+    release: str = ""
+    image_sha256: str = ""
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FigureRecord:
+        data = dict(data)
+        data["ocr"] = OcrWords(**data.get("ocr", {}))
+        return cls(**data)
+
+
+@dataclass
+class Rejection:
+    """An item left out, and why. `item` names it (a patent, a file, a sheet, an image id)."""
+
+    item: str
+    reason: str
+    stage: str = ""  # source, xml, image, ocr, alignment, download, validation
+    source: str = ""  # the file or release it came from
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Rejection:
+        return cls(**data)
+
+
+@contextmanager
+def atomic_write(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
+    """Write to a temporary file beside `path`, then rename: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_jsonl(path: Path, rows: Iterable[Any]) -> int:
+    """Write dataclasses or dicts as JSON lines, atomically. Returns the number of rows."""
+    count = 0
+    with atomic_write(path) as handle:
+        for row in rows:
+            handle.write(
+                json.dumps(
+                    asdict(row) if hasattr(row, "__dataclass_fields__") else row,
+                    ensure_ascii=False,
+                    sort_keys=False,
+                )
+            )
+            handle.write("\n")
+            count += 1
+    return count
+
+
+def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            if line.strip():
+                yield json.loads(line)
+
+
+def read_figures(path: Path) -> list[FigureRecord]:
+    return [FigureRecord.from_dict(row) for row in read_jsonl(path)]
+
+
+def read_rejections(path: Path) -> list[Rejection]:
+    return [Rejection.from_dict(row) for row in read_jsonl(path)]

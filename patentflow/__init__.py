@@ -1,0 +1,1 @@
+"""PatentFlow: the `patentflow` command line and project-wide settings."""

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Installs the system programs PatentFlow needs, only when missing:
+#   tesseract (OCR; always), chromium (headless UI tests; with --test).
+set -euo pipefail
+need=()
+command -v tesseract >/dev/null 2>&1 || need+=(tesseract-ocr)
+command -v git >/dev/null 2>&1 || need+=(git)
+if [[ "${1:-}" == "--test" ]]; then
+  command -v chromium >/dev/null 2>&1 || need+=(chromium)
+fi
+[[ ${#need[@]} -eq 0 ]] && exit 0
+echo "installing system packages: ${need[*]}"
+sudo=""
+[[ $(id -u) -ne 0 ]] && sudo="sudo"
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -qq
+$sudo apt-get install -y -qq --no-install-recommends "${need[@]}"
