@@ -1,0 +1,117 @@
+"""External systems as typed resources, each with a local default.
+
+The resources are thin: the work is in `patent_assets` (release_source, store, versioning).
+Swapping an implementation (a landing directory for an HTTP index, a local DVC remote for
+an S3-compatible one) is configuration, not code.
+"""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+import dagster as dg
+
+from patent_assets import release_source, versioning
+from patent_assets.store import ArtifactStore
+from patentflow.settings import Home
+
+
+class PatentflowHome(dg.ConfigurableResource):
+    """The root of all runtime state ($PATENTFLOW_HOME)."""
+
+    root: str = ""  # empty: $PATENTFLOW_HOME, else .patentflow/ in the working directory
+
+    @property
+    def home(self) -> Home:
+        return Home(Path(self.root).resolve()) if self.root else Home.from_env()
+
+    def release_dir(self, release: str, step: str) -> Path:
+        """Where a release's step writes: data/releases/<release>/<step> (versioned by DVC)."""
+        return self.home.data / "releases" / release / step
+
+    def dataset_dir(self) -> Path:
+        return self.home.data / "dataset"
+
+    @property
+    def ocr_cache(self) -> Path:
+        return self.home.store / "ocr"
+
+    def artifacts(self) -> ArtifactStore:
+        return ArtifactStore(self.home.store / "cas")
+
+
+class ReleaseSource(dg.ConfigurableResource, ABC):
+    """Where new USPTO weekly releases appear."""
+
+    @abstractmethod
+    def list_releases(self) -> list[release_source.Release]: ...
+
+    @abstractmethod
+    def fetch(self, key: str, dest_dir: Path) -> Path:
+        """A local path to the release with this key (downloaded when remote)."""
+
+
+class LandingDirectory(ReleaseSource):
+    """Release files dropped into a directory (default: $PATENTFLOW_HOME/landing)."""
+
+    path: str = ""
+
+    def _impl(self) -> release_source.LandingDirectoryReleases:
+        return release_source.LandingDirectoryReleases(
+            Path(self.path) if self.path else Home.from_env().landing
+        )
+
+    def list_releases(self) -> list[release_source.Release]:
+        return self._impl().list_releases()
+
+    def fetch(self, key: str, dest_dir: Path) -> Path:
+        impl = self._impl()
+        return impl.fetch(_by_key(impl.list_releases(), key), dest_dir)
+
+
+class HttpIndex(ReleaseSource):
+    """An HTTP directory listing of release files, e.g. USPTO's bulk-data pages."""
+
+    url: str
+    pattern: str = release_source.RELEASE_FILE_PATTERN
+
+    def _impl(self) -> release_source.HttpIndexReleases:
+        return release_source.HttpIndexReleases(self.url, pattern=self.pattern)
+
+    def list_releases(self) -> list[release_source.Release]:
+        return self._impl().list_releases()
+
+    def fetch(self, key: str, dest_dir: Path) -> Path:
+        impl = self._impl()
+        return impl.fetch(_by_key(impl.list_releases(), key), dest_dir)
+
+
+def _by_key(releases: list[release_source.Release], key: str) -> release_source.Release:
+    for release in releases:
+        if release.key == key:
+            return release
+    raise KeyError(f"release {key!r} is not (or no longer) in the release source")
+
+
+class DataVersioning(dg.ConfigurableResource):
+    """DVC over $PATENTFLOW_HOME/data, pushed to a remote: $PATENTFLOW_HOME/dvc-remote by default,
+    S3-compatible with `remote_url: s3://bucket/prefix` and `endpointurl` in remote_options."""
+
+    home: PatentflowHome
+    remote_url: str = ""
+    remote_options: dict[str, str] = {}
+
+    def repo(self) -> versioning.DataRepo:
+        home = self.home.home
+        repo = versioning.DataRepo(
+            home.data,
+            remote_url=self.remote_url or str(home.dvc_remote),
+            remote_options=self.remote_options or None,
+        )
+        repo.open_or_init()
+        return repo
+
+    def track(self, path: Path, message: str) -> versioning.DataVersion:
+        return self.repo().track(os.path.relpath(path, self.home.home.data), message)

@@ -1,0 +1,136 @@
+"""`patentflow run`: the main job, on the persistent Dagster instance under $PATENTFLOW_HOME.
+
+It does what the sensor and the automation do in a running deployment, once, in order:
+put synthetic releases in the landing directory if it is empty, add a partition for each
+new release, run `ingest_release` for every release, then `build_dataset`. The runs are
+ordinary Dagster runs: `patentflow ui` shows them afterwards.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import dagster as dg
+
+from orchestration.assets import releases
+from orchestration.definitions import build_definitions
+from orchestration.resources import LandingDirectory, PatentflowHome
+from orchestration.sensors import new_release_keys
+from patent_assets import pipeline
+from patent_assets.dataset import release_passed
+from patent_assets.records import read_jsonl
+from patentflow.settings import Home
+
+
+@dataclass
+class RunReport:
+    home: Home
+    releases: list[str] = field(default_factory=list)
+    counts: Counter[str] = field(default_factory=Counter)
+    rejected_by_reason: Counter[str] = field(default_factory=Counter)
+    checks: dict[str, bool] = field(default_factory=dict)
+    failed_runs: list[str] = field(default_factory=list)
+    dataset: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def success(self) -> bool:
+        return not self.failed_runs
+
+    def render(self) -> str:
+        c = self.counts
+        lines = [
+            "",
+            "PatentFlow run summary",
+            f"  releases:   {len(self.releases)} ({', '.join(self.releases)})",
+            f"  ingested:   {c['grants']} grants, {c['sheets']} sheets, {c['ocr_words']} OCR words, "
+            f"{c['figures']} figures ({c['labels_aligned']}/{c['labels_expected']} FIG labels aligned)",
+            f"  skipped:    {c['skipped_non_grants']} non-grant documents",
+            f"  rejected:   {sum(self.rejected_by_reason.values())} items"
+            + "".join(
+                f"\n                {n} x {reason}" for reason, n in self.rejected_by_reason.most_common(8)
+            ),
+            "  validated:  "
+            + (", ".join(f"{k} {'passed' if ok else 'FAILED'}" for k, ok in self.checks.items()) or "-"),
+            f"  dataset:    {self.dataset.get('figures', 0)} figures; splits "
+            + ", ".join(f"{k} {v}" for k, v in self.dataset.items() if k != "figures"),
+        ]
+        if self.failed_runs:
+            lines.append(f"  FAILED runs: {', '.join(self.failed_runs)}")
+        lines += [
+            "  look at:",
+            f"    data (DVC-versioned): {self.home.data}",
+            f"    figure dataset:       {self.home.data / 'dataset' / 'figures' / pipeline.FIGURES}",
+            f"    LLaVA JSON:           {self.home.data / 'dataset' / 'llava_json'}",
+            "    Dagster UI:           make ui  (http://127.0.0.1:3000)",
+        ]
+        return "\n".join(lines)
+
+
+def run_all(
+    home: Home,
+    *,
+    synthetic_releases: int = 3,
+    patents_per_release: int = 8,
+    seed: int = 0,
+    echo: Callable[[str], None] = print,
+) -> RunReport:
+    from patent_assets import synthetic
+
+    landing = LandingDirectory(path=str(home.landing))
+    if not landing.list_releases():
+        echo(
+            f"landing directory empty: writing {synthetic_releases} synthetic weekly releases to {home.landing}"
+        )
+        config = synthetic.SyntheticConfig(
+            releases=synthetic_releases, patents_per_release=patents_per_release, seed=seed
+        )
+        synthetic.generate(config, home.landing)
+
+    defs = build_definitions(release_source=landing, home=PatentflowHome(root=str(home.root)))
+    report = RunReport(home)
+    with dg.DagsterInstance.get() as instance:
+        new = new_release_keys(instance, landing)
+        if new:
+            instance.add_dynamic_partitions(releases.name, new)
+        report.releases = sorted(instance.get_dynamic_partitions(releases.name))
+        ingest = defs.resolve_job_def("ingest_release")
+        for key in report.releases:
+            echo(f"ingest_release [{key}] ...")
+            result = ingest.execute_in_process(instance=instance, partition_key=key, raise_on_error=False)
+            if not result.success:
+                report.failed_runs.append(f"ingest_release[{key}] ({result.run_id})")
+            _collect_release(report, home, key)
+        echo("build_dataset ...")
+        result = defs.resolve_job_def("build_dataset").execute_in_process(
+            instance=instance, raise_on_error=False
+        )
+        if not result.success:
+            report.failed_runs.append(f"build_dataset ({result.run_id})")
+    summary = pipeline.read_step_summary(home.data / "dataset" / "figures")
+    report.dataset = {"figures": summary.get("figures", 0), **summary.get("splits", {})}
+    return report
+
+
+def _collect_release(report: RunReport, home: Home, key: str) -> None:
+    base = home.data / "releases" / key
+    steps = {
+        "documents": ("grants", "sheets", "skipped_non_grants"),
+        "sheet_images": (),
+        "ocr": ("words",),
+        "figures": ("figures", "labels_aligned", "labels_expected"),
+    }
+    for step, fields in steps.items():
+        summary = pipeline.read_step_summary(base / step)
+        for name in fields:
+            report.counts["ocr_words" if name == "words" else name] += int(summary.get(name, 0))
+        rejected = base / step / pipeline.REJECTED
+        if rejected.exists():
+            for row in read_jsonl(rejected):
+                report.rejected_by_reason[_reason_kind(row["reason"])] += 1
+    report.checks[f"release_figures_valid[{key}]"] = release_passed(base)
+
+
+def _reason_kind(reason: str) -> str:
+    return reason.split(":")[0][:70]

@@ -1,0 +1,405 @@
+"""The data steps as plain functions over directories.
+
+One implementation of each step, shared by the Dagster assets (one asset per step, one
+partition per release) and by `patentflow ingest` (all steps in a row on any path). Each
+step reads the previous step's files and writes its own, atomically, plus the items it
+rejected with their reasons; nothing here knows about Dagster.
+
+    parse_sources   release files  -> documents.jsonl        (+ rejected.jsonl)
+    convert_sheets  documents      -> images/*.png, sheets.jsonl
+    ocr_sheets      sheets         -> ocr.jsonl               (cached by image hash)
+    build_figures   documents, sheets, ocr -> figures.jsonl   (FIG sentences aligned to sheets)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from patent_assets import alignment, figrefs, images, ocr, sources
+from patent_assets.documents import GrantDocument, PatentBundle, document_from_dict, document_to_dict
+from patent_assets.records import FigureRecord, OcrWords, Rejection, atomic_write, read_jsonl, write_jsonl
+
+DOCUMENTS = "documents.jsonl"
+SHEETS = "sheets.jsonl"
+OCR = "ocr.jsonl"
+FIGURES = "figures.jsonl"
+REJECTED = "rejected.jsonl"
+SUMMARY = "summary.json"
+
+
+@dataclass
+class StepResult:
+    """What a step did: its output directory, counts for the UI, and what it rejected."""
+
+    out_dir: Path
+    counts: dict[str, int] = field(default_factory=dict)
+    rejected: list[Rejection] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def rejected_by_reason(self) -> dict[str, int]:
+        return dict(Counter(r.reason.split(":")[0] for r in self.rejected))
+
+
+def _finish(result: StepResult) -> StepResult:
+    """Write what the step rejected and its summary (counts, rates) beside its outputs."""
+    write_jsonl(result.out_dir / REJECTED, result.rejected)
+    summary = result.counts | {
+        k: v for k, v in result.extra.items() if isinstance(v, int | float | str | dict)
+    }
+    with atomic_write(result.out_dir / SUMMARY) as handle:
+        json.dump(summary, handle, indent=2, sort_keys=True)
+    return result
+
+
+def read_step_summary(out_dir: Path) -> dict[str, Any]:
+    path = out_dir / SUMMARY
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+# Bump when a step's output would change for the same input, so the cache below is not reused.
+STEP_VERSION = "1"
+
+
+def inputs_hash(*paths: Path) -> str:
+    """A hash of a step's inputs (file bytes, or a directory's files) and of the step version."""
+    digest = hashlib.sha256(STEP_VERSION.encode())
+    for path in paths:
+        files = (
+            sorted(p for p in Path(path).rglob("*") if p.is_file()) if Path(path).is_dir() else [Path(path)]
+        )
+        for file in files:
+            digest.update(str(file.name).encode())
+            with open(file, "rb") as handle:
+                for chunk in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _cached(out_dir: Path, input_hash: str, outputs: tuple[str, ...]) -> StepResult | None:
+    """The previous result when the step already ran on these exact inputs (re-runs are free)."""
+    summary = read_step_summary(out_dir)
+    if summary.get("input_hash") != input_hash or not all((out_dir / name).exists() for name in outputs):
+        return None
+    counts = {k: v for k, v in summary.items() if isinstance(v, int) and not isinstance(v, bool)}
+    extra = {k: v for k, v in summary.items() if k not in counts and k != "input_hash"}
+    rejected = [Rejection.from_dict(row) for row in read_jsonl(out_dir / REJECTED)]
+    return StepResult(out_dir, counts, rejected, extra | {"reused": True})
+
+
+# -- 1. release files -> documents ----------------------------------------------------------
+
+
+def parse_sources(paths: list[Path], out_dir: Path) -> StepResult:
+    """Parse every grant of the given release files (any real USPTO shape) into documents.jsonl.
+
+    Drawing sheets are extracted under `out_dir/sheets/` (directory sources are read in place).
+    """
+    key = inputs_hash(*paths)
+    if cached := _cached(out_dir, key, (DOCUMENTS,)):
+        return cached
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, Any]] = []
+    rejected: list[Rejection] = []
+    seen: set[str] = set()
+    skipped: Counter[str] = Counter()
+    for path in paths:
+        summary = sources.SourceSummary()
+        for item in sources.iter_source(Path(path), out_dir / "sheets", summary=summary):
+            if isinstance(item, Rejection):
+                rejected.append(item)
+                continue
+            patent_id = item.document.patent_id
+            if patent_id in seen:
+                rejected.append(
+                    Rejection(
+                        patent_id,
+                        "duplicate patent: already read from an earlier source",
+                        stage="source",
+                        source=str(path),
+                    )
+                )
+                continue
+            seen.add(patent_id)
+            rows.append(
+                {
+                    "document": document_to_dict(item.document),
+                    "sheet_files": {name: str(p) for name, p in item.sheet_files.items()},
+                }
+            )
+        skipped.update(summary.skipped)
+    write_jsonl(out_dir / DOCUMENTS, rows)
+    counts = {
+        "grants": len(rows),
+        "rejected": len(rejected),
+        "skipped_non_grants": sum(skipped.values()),
+        "sheets": sum(len(r["document"]["sheets"]) for r in rows),
+    }
+    return _finish(
+        StepResult(out_dir, counts, rejected, {"skipped_by_type": dict(skipped), "input_hash": key})
+    )
+
+
+def read_bundles(documents_dir: Path) -> list[PatentBundle]:
+    return [
+        PatentBundle(
+            document_from_dict(row["document"]), {name: Path(p) for name, p in row["sheet_files"].items()}
+        )
+        for row in read_jsonl(documents_dir / DOCUMENTS)
+    ]
+
+
+# -- 2. documents -> sheet images -------------------------------------------------------------
+
+
+def convert_sheets(
+    documents_dir: Path, out_dir: Path, limits: images.ImageLimits | None = None
+) -> StepResult:
+    """Turn each drawing sheet (TIF) into an upright PNG named after the sheet file."""
+    limits = limits or images.ImageLimits()
+    key = inputs_hash(documents_dir / DOCUMENTS)
+    if cached := _cached(out_dir, key, (SHEETS,)):
+        return cached
+    (out_dir / "images").mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, Any]] = []
+    rejected: list[Rejection] = []
+    for bundle in read_bundles(documents_dir):
+        doc = bundle.document
+        for sheet in doc.sheets:
+            item = f"{doc.patent_id}/{sheet.file}"
+            if sheet.img_content not in ("drawing", ""):
+                continue  # chemistry/maths images are not patent figures
+            tif = _find_sheet_file(bundle, sheet.file)
+            if tif is None:
+                rejected.append(
+                    Rejection(
+                        item,
+                        "missing image: the XML names a sheet the release lacks",
+                        stage="image",
+                        source=doc.source,
+                    )
+                )
+                continue
+            png = out_dir / "images" / f"{Path(sheet.file).stem}.png"
+            try:
+                result = images.sheet_to_png(
+                    tif, png, landscape=sheet.orientation == "landscape", limits=limits
+                )
+            except images.ImageRejected as exc:
+                rejected.append(Rejection(item, str(exc), stage="image", source=str(tif)))
+                continue
+            rows.append(
+                {
+                    "patent_id": doc.patent_id,
+                    "num": sheet.num,
+                    "sheet": sheet.sheet_id,
+                    "file": sheet.file,
+                    "png": str(result.path),
+                    "sha256": result.sha256,
+                    "width": result.width,
+                    "height": result.height,
+                }
+            )
+    write_jsonl(out_dir / SHEETS, rows)
+    return _finish(
+        StepResult(out_dir, {"sheets": len(rows), "rejected": len(rejected)}, rejected, {"input_hash": key})
+    )
+
+
+def _find_sheet_file(bundle: PatentBundle, name: str) -> Path | None:
+    if name in bundle.sheet_files:
+        return bundle.sheet_files[name]
+    lowered = {k.lower(): v for k, v in bundle.sheet_files.items()}
+    return lowered.get(name.lower())
+
+
+# -- 3. sheet images -> OCR -------------------------------------------------------------------
+
+
+def ocr_sheets(sheets_dir: Path, out_dir: Path, cache_dir: Path, workers: int | None = None) -> StepResult:
+    """OCR words and 0-1000 boxes of every sheet image; cached by image content hash."""
+    key = inputs_hash(sheets_dir / SHEETS)
+    if cached := _cached(out_dir, key, (OCR,)):
+        return cached
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sheet_rows = list(read_jsonl(sheets_dir / SHEETS))
+    run = ocr.ocr_images(
+        [Path(r["png"]) for r in sheet_rows], cache_dir, workers=workers or os.cpu_count() or 1
+    )
+    rows, rejected = [], []
+    for r in sheet_rows:
+        png = Path(r["png"])
+        if png in run.failed:
+            rejected.append(
+                Rejection(
+                    f"{r['patent_id']}/{r['file']}",
+                    f"ocr failed: {run.failed[png]}",
+                    stage="ocr",
+                    source=str(png),
+                )
+            )
+            continue
+        rows.append({"sha256": r["sha256"], "png": str(png), "ocr": asdict(run.results[png])})
+    write_jsonl(out_dir / OCR, rows)
+    words = sum(len(row["ocr"]["words"]) for row in rows)
+    return _finish(
+        StepResult(
+            out_dir,
+            {
+                "sheets": len(rows),
+                "cached": run.cached,
+                "computed": run.computed,
+                "words": words,
+                "rejected": len(rejected),
+            },
+            rejected,
+            {"input_hash": key},
+        )
+    )
+
+
+# -- 4. documents + sheets + OCR -> figure records --------------------------------------------
+
+
+def build_figures(
+    documents_dir: Path, sheets_dir: Path, ocr_dir: Path, out_dir: Path, release: str = ""
+) -> StepResult:
+    """Align each "FIG. n ..." sentence to the sheet that prints that label; one record per sheet."""
+    key = inputs_hash(documents_dir / DOCUMENTS, sheets_dir / SHEETS, ocr_dir / OCR) + release
+    if cached := _cached(out_dir, key, (FIGURES,)):
+        return cached
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sheets_by_patent: dict[str, dict[int, dict[str, Any]]] = {}
+    for row in read_jsonl(sheets_dir / SHEETS):
+        sheets_by_patent.setdefault(row["patent_id"], {})[row["num"]] = row
+    ocr_by_png = {row["png"]: OcrWords(**row["ocr"]) for row in read_jsonl(ocr_dir / OCR)}
+
+    records: list[FigureRecord] = []
+    rejected: list[Rejection] = []
+    expected = aligned = by_ocr = 0
+    for bundle in read_bundles(documents_dir):
+        doc = bundle.document
+        sheets = sheets_by_patent.get(doc.patent_id, {})
+        if not doc.brief_paragraphs:
+            rejected.append(
+                Rejection(
+                    doc.patent_id, "no brief description of drawings", stage="alignment", source=doc.source
+                )
+            )
+            continue
+        if not sheets:
+            rejected.append(
+                Rejection(doc.patent_id, "no readable drawing sheets", stage="alignment", source=doc.source)
+            )
+            continue
+        pngs = {num: Path(row["png"]) for num, row in sheets.items()}
+        sheet_ocr = {num: ocr_by_png[str(p)] for num, p in pngs.items() if str(p) in ocr_by_png}
+        result = alignment.align_figures(doc, pngs, sheet_ocr)
+        n_labels = sum(len(v) for v in result.by_sheet.values())
+        expected += n_labels + len(result.unaligned)
+        aligned += n_labels
+        by_ocr += sum(1 for how in result.evidence.values() if how == "ocr")
+        for label, reason in result.unaligned:
+            rejected.append(
+                Rejection(
+                    f"{doc.patent_id} {label}", f"not aligned: {reason}", stage="alignment", source=doc.source
+                )
+            )
+        records.extend(_figure_records(doc, sheets, sheet_ocr, result, release))
+    write_jsonl(out_dir / FIGURES, records)
+    counts = {
+        "figures": len(records),
+        "patents": len({r.patent_id for r in records}),
+        "labels_expected": expected,
+        "labels_aligned": aligned,
+        "labels_by_ocr": by_ocr,
+        "rejected": len(rejected),
+    }
+    return _finish(
+        StepResult(
+            out_dir,
+            counts,
+            rejected,
+            {"alignment_rate": aligned / expected if expected else 0.0, "input_hash": key},
+        )
+    )
+
+
+def _figure_records(
+    doc: GrantDocument,
+    sheets: dict[int, dict[str, Any]],
+    sheet_ocr: dict[int, OcrWords],
+    result: alignment.Alignment,
+    release: str,
+) -> list[FigureRecord]:
+    records = []
+    for num, labels in sorted(result.by_sheet.items()):
+        if not labels or num not in sheets:
+            continue
+        row = sheets[num]
+        records.append(
+            FigureRecord(
+                image_id=f"{doc.patent_id}__{num}",
+                patent_id=doc.patent_id,
+                sheet=row["sheet"],
+                image_path=row["png"],
+                figure_labels=labels,
+                brief_description=" ".join(result.sentences_by_sheet.get(num, [])),
+                detailed_description=figrefs.detailed_description_for(labels, doc.detailed_paragraphs),
+                grant_date=doc.grant_date,
+                classifications=doc.classifications,
+                title=doc.title,
+                ocr=sheet_ocr.get(num, OcrWords()),
+                release=release,
+                image_sha256=row["sha256"],
+            )
+        )
+    return records
+
+
+# -- all steps, for `patentflow ingest` --------------------------------------------------------
+
+
+@dataclass
+class IngestSummary:
+    out_dir: Path
+    steps: dict[str, StepResult]
+
+    @property
+    def figures(self) -> int:
+        return self.steps["figures"].counts["figures"]
+
+    @property
+    def rejected(self) -> list[Rejection]:
+        return [r for step in self.steps.values() for r in step.rejected]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            name: step.counts | {k: v for k, v in step.extra.items() if isinstance(v, int | float)}
+            for name, step in self.steps.items()
+        }
+
+
+def ingest(
+    paths: list[Path], out_dir: Path, *, cache_dir: Path | None = None, workers: int | None = None
+) -> IngestSummary:
+    """All data steps on any release paths: `out_dir/figures.jsonl` and `out_dir/rejected.jsonl`."""
+    out_dir = Path(out_dir)
+    work = out_dir / "work"
+    steps = {"documents": parse_sources(paths, work / "documents")}
+    steps["sheets"] = convert_sheets(work / "documents", work / "sheets")
+    steps["ocr"] = ocr_sheets(work / "sheets", work / "ocr", cache_dir or work / "ocr-cache", workers)
+    steps["figures"] = build_figures(work / "documents", work / "sheets", work / "ocr", work / "figures")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_write(out_dir / FIGURES, "wb") as handle:
+        handle.write((work / "figures" / FIGURES).read_bytes())
+    summary = IngestSummary(out_dir, steps)
+    write_jsonl(out_dir / REJECTED, summary.rejected)  # every stage's rejections, in one file
+    with atomic_write(out_dir / SUMMARY) as handle:
+        json.dump(summary.as_dict(), handle, indent=2)
+    return summary

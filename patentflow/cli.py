@@ -1,0 +1,131 @@
+"""`patentflow`: each pipeline step for people and scripts.
+
+patentflow run                         the main job: the whole asset graph on the embedded default
+patentflow ingest SOURCE... --out DIR  the data steps on any path, without Dagster
+patentflow synthesize --out DIR        write the synthetic weekly releases
+patentflow ui                          the Dagster UI on 127.0.0.1
+patentflow restore PATH --commit C     bring back the exact data of a past materialization
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from patentflow.settings import Home
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+
+
+def _home() -> Home:
+    home = Home.from_env()
+    os.environ["PATENTFLOW_HOME"] = str(home.root)
+    os.environ.setdefault("DAGSTER_HOME", str(home.dagster))
+    os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    home.dagster.mkdir(parents=True, exist_ok=True)
+    return home
+
+
+@app.command()
+def synthesize(
+    out: Annotated[Path, typer.Option(help="Directory for the release files.")],
+    releases: Annotated[int, typer.Option(help="Number of weekly releases.")] = 3,
+    patents: Annotated[int, typer.Option(help="Patents per release.")] = 8,
+    seed: int = 0,
+) -> None:
+    """Write deterministic synthetic weekly releases in the real USPTO layout."""
+    from patent_assets import synthetic
+
+    config = synthetic.SyntheticConfig(releases=releases, patents_per_release=patents, seed=seed)
+    for path in synthetic.generate(config, out):
+        typer.echo(path)
+
+
+@app.command()
+def ingest(
+    sources: Annotated[list[Path], typer.Argument(help="Release files or directories, or PatentDesc JSON.")],
+    out: Annotated[Path, typer.Option(help="Writes OUT/figures.jsonl and OUT/rejected.jsonl.")],
+    workers: Annotated[int, typer.Option(help="OCR processes.")] = os.cpu_count() or 1,
+) -> None:
+    """Parse, convert, OCR and align: figures.jsonl (one record per figure) and rejected.jsonl."""
+    from patent_assets import pipeline
+
+    missing = [str(s) for s in sources if not s.exists()]
+    if missing:
+        raise typer.BadParameter(f"not found: {', '.join(missing)}", param_hint="SOURCE")
+    summary = pipeline.ingest(sources, out, cache_dir=_home().store / "ocr", workers=workers)
+    typer.echo(json.dumps(summary.as_dict(), indent=2))
+    typer.echo(
+        f"{summary.figures} figures -> {out / pipeline.FIGURES}; "
+        f"{len(summary.rejected)} rejected -> {out / pipeline.REJECTED}"
+    )
+
+
+@app.command()
+def run(
+    releases: Annotated[
+        int, typer.Option(help="Synthetic releases to put in the landing directory when it is empty.")
+    ] = 3,
+    patents: Annotated[int, typer.Option(help="Patents per synthetic release.")] = 8,
+    seed: int = 0,
+) -> None:
+    """The main job: materialize the whole asset graph on the embedded default."""
+    from orchestration import runner
+
+    home = _home()
+    report = runner.run_all(
+        home, synthetic_releases=releases, patents_per_release=patents, seed=seed, echo=typer.echo
+    )
+    typer.echo(report.render())
+    if not report.success:
+        raise typer.Exit(1)
+
+
+@app.command()
+def ui(port: int = 3000) -> None:
+    """Start the Dagster UI (webserver + daemon) on 127.0.0.1."""
+    home = _home()
+    # Started from a script, `dagster dev` ignores SIGINT/SIGTERM it inherited as ignored:
+    # restore the defaults so Ctrl-C and `kill -INT` stop it with all its processes.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    typer.echo(f"Dagster UI: http://127.0.0.1:{port}  (DAGSTER_HOME={home.dagster})")
+    dagster = Path(sys.executable).with_name("dagster")
+    os.execv(
+        str(dagster),
+        [str(dagster), "dev", "-h", "127.0.0.1", "-p", str(port), "-m", "orchestration.definitions"],
+    )
+
+
+@app.command()
+def restore(
+    path: Annotated[
+        str,
+        typer.Argument(
+            help="A versioned path under $PATENTFLOW_HOME/data, e.g. releases/2024-01-02/figures."
+        ),
+    ],
+    commit: Annotated[str | None, typer.Option(help="The dvc_commit of the materialization.")] = None,
+    md5: Annotated[str | None, typer.Option(help="The dvc_md5 of the materialization.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Where to put it (default: in place).")] = None,
+) -> None:
+    """Bring back the exact data of a past materialization from the DVC remote."""
+    from patent_assets import versioning
+
+    if not commit and not md5:
+        raise typer.BadParameter("give --commit or --md5 (both are in the materialization's metadata)")
+    home = _home()
+    repo = versioning.DataRepo(home.data, remote_url=str(home.dvc_remote))
+    repo.open_or_init()
+    typer.echo(repo.restore(path, commit=commit, md5=md5, dest=out))
+
+
+if __name__ == "__main__":
+    app()
