@@ -59,9 +59,11 @@ class LandingDirectory(ReleaseSource):
     path: str = ""
 
     def _impl(self) -> release_source.LandingDirectoryReleases:
-        return release_source.LandingDirectoryReleases(
-            Path(self.path) if self.path else Home.from_env().landing
-        )
+        if self.path:
+            return release_source.LandingDirectoryReleases(Path(self.path))
+        default = Home.from_env().landing
+        default.mkdir(parents=True, exist_ok=True)  # the default drop zone exists from the start
+        return release_source.LandingDirectoryReleases(default)
 
     def list_releases(self) -> list[release_source.Release]:
         return self._impl().list_releases()

@@ -54,7 +54,7 @@ class RunReport:
             "  validated:  "
             + (", ".join(f"{k} {'passed' if ok else 'FAILED'}" for k, ok in self.checks.items()) or "-"),
             f"  dataset:    {self.dataset.get('figures', 0)} figures; splits "
-            + ", ".join(f"{k} {v}" for k, v in self.dataset.items() if k != "figures"),
+            + ", ".join(f"{k} {v}" for k, v in self.dataset.items() if k not in ("figures", "all")),
         ]
         if self.failed_runs:
             lines.append(f"  FAILED runs: {', '.join(self.failed_runs)}")
@@ -78,6 +78,7 @@ def run_all(
 ) -> RunReport:
     from patent_assets import synthetic
 
+    home.landing.mkdir(parents=True, exist_ok=True)
     landing = LandingDirectory(path=str(home.landing))
     if not landing.list_releases():
         echo(

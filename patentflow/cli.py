@@ -30,6 +30,9 @@ def _home() -> Home:
     os.environ.setdefault("DVC_NO_ANALYTICS", "1")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     home.dagster.mkdir(parents=True, exist_ok=True)
+    config = home.dagster / "dagster.yaml"
+    if not config.exists():  # the instance's storage defaults to DAGSTER_HOME; no phoning home
+        config.write_text("telemetry:\n  enabled: false\n")
     return home
 
 
