@@ -24,6 +24,7 @@ class OcrWords:
     boxes: list[list[int]] = field(default_factory=list)  # [x0, y0, x1, y1], 0-1000
     width: int = 0  # pixel size of the image the boxes are relative to
     height: int = 0
+    confidences: list[float] = field(default_factory=list)  # tesseract's 0-100, one per word
 
 
 @dataclass
