@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -104,18 +105,25 @@ def page(dagster_ui: str):
 
 def test_asset_graph_renders(dagster_ui: str, page, tmp_path: Path) -> None:
     page.goto(f"{dagster_ui}/asset-groups", wait_until="networkidle")
+    for group in ("release", "dataset"):
+        page.get_by_text(group, exact=True).first.wait_for(timeout=60_000)
+    page.goto(f"{dagster_ui}/locations/orchestration.definitions/asset-groups/release", wait_until="networkidle")
     for asset in ("uspto_release", "release_documents", "sheet_images", "sheet_ocr", "release_figures"):
         page.get_by_text(asset, exact=True).first.wait_for(timeout=60_000)
+    page.get_by_text("1 / 1 Passed").first.wait_for(timeout=60_000)  # the check's result, on the graph
     page.screenshot(path=str(tmp_path / "graph.png"))
 
 
 def test_materialization_metadata_renders(dagster_ui: str, page, tmp_path: Path) -> None:
     page.goto(f"{dagster_ui}/assets/release_figures?view=events", wait_until="networkidle")
-    for label in ("figures", "labels_aligned", "rejected", "dvc_md5"):
+    for label in ("figures", "labels_aligned", "rejected", "dvc_md5", "dvc_commit"):
         page.get_by_text(label, exact=True).first.wait_for(timeout=60_000)
+    page.get_by_text("Show Markdown").first.click()  # the sample figure with its description
     sample = page.locator("img[src^='data:image/png;base64']")
     sample.first.wait_for(timeout=60_000)
     assert sample.first.evaluate("img => img.naturalWidth") > 0  # the sample figure really renders
+    dialog = page.get_by_role("dialog")
+    assert re.search(r"FIG", dialog.inner_text()), "the sample's brief description is shown with it"
     page.screenshot(path=str(tmp_path / "metadata.png"), full_page=True)
 
 
