@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from patent_assets import alignment, figrefs, images, ocr, sources
+from patent_assets import alignment, figrefs, images, ocr, patentdesc, sources
 from patent_assets.documents import GrantDocument, PatentBundle, document_from_dict, document_to_dict
 from patent_assets.records import FigureRecord, OcrWords, Rejection, atomic_write, read_jsonl, write_jsonl
 
@@ -362,43 +362,135 @@ def _figure_records(
     return records
 
 
-# -- all steps, for `patentflow ingest` --------------------------------------------------------
+# -- PatentDesc-355k JSON -> figure records -------------------------------------------------
+
+
+def patentdesc_figures(
+    json_paths: list[Path], out_dir: Path, cache_dir: Path, workers: int | None = None, concurrency: int = 8
+) -> StepResult:
+    """PatentDesc entries: images downloaded (bounded, retried, resumable), checked, OCR'd.
+
+    The descriptions come with the entries, so no alignment is needed; a bad entry or a failed
+    download is a rejection naming the image id, and the rest go on.
+    """
+    key = inputs_hash(*json_paths)
+    if cached := _cached(out_dir, key, (FIGURES,)):
+        return cached
+    rejected: list[Rejection] = []
+    entries: list[patentdesc.PatentDescEntry] = []
+    for path in json_paths:
+        try:
+            found, bad = patentdesc.read_patentdesc(path)
+        except patentdesc.PatentDescError as exc:
+            rejected.append(Rejection(str(path), str(exc), stage="source", source=str(path)))
+            continue
+        entries += found
+        rejected += bad
+    downloaded, failed = patentdesc.fetch_images(entries, out_dir / "downloads", concurrency=concurrency)
+    rejected += failed
+    pngs: dict[str, images.SheetImage] = {}
+    for entry in entries:
+        if entry.image_id not in downloaded:
+            continue
+        try:
+            pngs[entry.image_id] = images.sheet_to_png(
+                downloaded[entry.image_id], out_dir / "images" / f"{entry.image_id}.png", landscape=False
+            )
+        except images.ImageRejected as exc:
+            rejected.append(Rejection(entry.image_id, str(exc), stage="image", source=entry.image_url))
+    run = ocr.ocr_images([p.path for p in pngs.values()], cache_dir, workers=workers or os.cpu_count() or 1)
+    records = []
+    for entry in entries:
+        if entry.image_id not in pngs:
+            continue
+        png = pngs[entry.image_id]
+        records.append(
+            FigureRecord(
+                image_id=entry.image_id,
+                patent_id=entry.patent_id,
+                sheet="",
+                image_path=str(png.path),
+                figure_labels=[],
+                brief_description=entry.brief_description,
+                detailed_description=figrefs.clip_tokens(entry.detailed_description, 500),
+                grant_date="",
+                classifications=[],
+                title="",
+                ocr=run.results.get(png.path, OcrWords()),
+                image_sha256=png.sha256,
+            )
+        )
+    write_jsonl(out_dir / FIGURES, records)
+    counts = {
+        "entries": len(entries),
+        "downloaded": len(downloaded),
+        "figures": len(records),
+        "rejected": len(rejected),
+    }
+    return _finish(StepResult(out_dir, counts, rejected, {"input_hash": key}))
 
 
 @dataclass
 class IngestSummary:
     out_dir: Path
     steps: dict[str, StepResult]
-
-    @property
-    def figures(self) -> int:
-        return self.steps["figures"].counts["figures"]
+    figures: int = 0
+    duplicates: list[Rejection] = field(default_factory=list)
 
     @property
     def rejected(self) -> list[Rejection]:
-        return [r for step in self.steps.values() for r in step.rejected]
+        return [r for step in self.steps.values() for r in step.rejected] + self.duplicates
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        steps = {
             name: step.counts | {k: v for k, v in step.extra.items() if isinstance(v, int | float)}
             for name, step in self.steps.items()
         }
+        return {"figures": self.figures, "rejected": len(self.rejected), "steps": steps}
 
 
 def ingest(
     paths: list[Path], out_dir: Path, *, cache_dir: Path | None = None, workers: int | None = None
 ) -> IngestSummary:
-    """All data steps on any release paths: `out_dir/figures.jsonl` and `out_dir/rejected.jsonl`."""
+    """All data steps on any sources: `out_dir/figures.jsonl` and `out_dir/rejected.jsonl`.
+
+    A source is a USPTO release in any real shape, or a PatentDesc JSON (`*.json`).
+    """
     out_dir = Path(out_dir)
     work = out_dir / "work"
-    steps = {"documents": parse_sources(paths, work / "documents")}
-    steps["sheets"] = convert_sheets(work / "documents", work / "sheets")
-    steps["ocr"] = ocr_sheets(work / "sheets", work / "ocr", cache_dir or work / "ocr-cache", workers)
-    steps["figures"] = build_figures(work / "documents", work / "sheets", work / "ocr", work / "figures")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_write(out_dir / FIGURES, "wb") as handle:
-        handle.write((work / "figures" / FIGURES).read_bytes())
-    summary = IngestSummary(out_dir, steps)
+    cache_dir = cache_dir or work / "ocr-cache"
+    releases = [Path(p) for p in paths if Path(p).suffix.lower() != ".json"]
+    descs = [Path(p) for p in paths if Path(p).suffix.lower() == ".json"]
+    steps: dict[str, StepResult] = {}
+    if releases:
+        steps["documents"] = parse_sources(releases, work / "documents")
+        steps["sheets"] = convert_sheets(work / "documents", work / "sheets")
+        steps["ocr"] = ocr_sheets(work / "sheets", work / "ocr", cache_dir, workers)
+        steps["figures"] = build_figures(work / "documents", work / "sheets", work / "ocr", work / "figures")
+    if descs:
+        steps["patentdesc"] = patentdesc_figures(descs, work / "patentdesc", cache_dir, workers)
+    # one figures.jsonl: an image id met twice (two sources) is kept once, the rest rejected
+    records: list[FigureRecord] = []
+    duplicates: list[Rejection] = []
+    seen: set[str] = set()
+    for step in ("figures", "patentdesc"):
+        if step not in steps:
+            continue
+        for record in read_jsonl(steps[step].out_dir / FIGURES):
+            if record["image_id"] in seen:
+                duplicates.append(
+                    Rejection(
+                        record["image_id"],
+                        "duplicate image id: already read from another source",
+                        stage="ingest",
+                        source=str(steps[step].out_dir),
+                    )
+                )
+                continue
+            seen.add(record["image_id"])
+            records.append(record)
+    write_jsonl(out_dir / FIGURES, records)
+    summary = IngestSummary(out_dir, steps, len(records), duplicates)
     write_jsonl(out_dir / REJECTED, summary.rejected)  # every stage's rejections, in one file
     with atomic_write(out_dir / SUMMARY) as handle:
         json.dump(summary.as_dict(), handle, indent=2)

@@ -10,10 +10,11 @@ import pytest
 
 from orchestration.assets import releases
 from orchestration.definitions import build_definitions
-from orchestration.resources import LandingDirectory, PatentflowHome
+from orchestration.resources import HttpIndex, LandingDirectory, PatentflowHome
 from orchestration.sensors import new_uspto_releases
 from patent_assets import synthetic
 from patent_assets.records import read_figures, read_jsonl
+from tests.http_server import serve
 
 
 @pytest.fixture(scope="module")
@@ -115,3 +116,26 @@ def test_sensor_adds_new_and_late_older_releases_once(landing: Path, tmp_path: P
         )
         assert [r.partition_key for r in late.run_requests] == [min(r.key for r in source.list_releases())]
         assert late.run_requests[0].run_key == f"release:{late.run_requests[0].partition_key}"
+
+
+def test_http_index_is_the_same_resource_interface(landing: Path, tmp_path: Path) -> None:
+    """The second release-source implementation: an HTTP listing, served for real on 127.0.0.1."""
+    files = sorted(landing.iterdir())
+    with serve() as server:
+        links = "".join(f'<a href="{f.name}">{f.name}</a><br>' for f in files)
+        for f in files:
+            server.add(f"/grant/{f.name}", f.read_bytes())
+        server.add(
+            "/grant/",
+            f"<html><body><a href='../'>..</a>{links}<a href='x.md5'>x</a></body></html>",
+            content_type="text/html",
+        )
+        source = HttpIndex(url=server.url("/grant/"))
+        with dg.instance_for_test() as instance:
+            result = new_uspto_releases(
+                dg.build_sensor_context(instance=instance, resources={"release_source": source})
+            )
+        keys = [r.partition_key for r in result.run_requests]
+        assert keys == sorted(r.key for r in LandingDirectory(path=str(landing)).list_releases())
+        fetched = source.fetch(keys[0], tmp_path / "downloads")
+        assert fetched.read_bytes() == files[0].read_bytes()
