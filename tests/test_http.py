@@ -7,7 +7,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from http_server import Fault, TestServer, serve
 
 from patent_assets.http import (
     DownloadError,
@@ -17,6 +16,7 @@ from patent_assets.http import (
     part_path,
     request,
 )
+from tests.http_server import Fault, TestServer, serve
 
 FAST = RetryPolicy(attempts=4, initial_wait=0.01, max_wait=0.02, jitter=0.01)
 BODY = bytes(range(256)) * 40  # 10 240 bytes, every offset distinguishable

@@ -7,7 +7,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from http_server import Fault, TestServer, serve
 from PIL import Image
 
 from patent_assets.http import RetryPolicy
@@ -18,6 +17,7 @@ from patent_assets.patentdesc import (
     patent_id_of,
     read_patentdesc,
 )
+from tests.http_server import Fault, TestServer, serve
 
 FAST = RetryPolicy(attempts=3, initial_wait=0.01, max_wait=0.02, jitter=0.01)
 

@@ -7,7 +7,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from http_server import Fault, TestServer, serve
 
 from patent_assets.http import RetryPolicy, part_path
 from patent_assets.release_source import (
@@ -18,6 +17,7 @@ from patent_assets.release_source import (
     is_partial_name,
     release_key,
 )
+from tests.http_server import Fault, TestServer, serve
 
 FAST = RetryPolicy(attempts=3, initial_wait=0.01, max_wait=0.02, jitter=0.01)
 ZIP = b"PK\x03\x04" + bytes(range(256)) * 20
