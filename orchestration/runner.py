@@ -24,6 +24,10 @@ from patent_assets.records import read_jsonl
 from patentflow.settings import Home
 
 
+# The console shows INFO and up; every event is still in the run's log in the Dagster UI.
+QUIET = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
+
+
 @dataclass
 class RunReport:
     home: Home
@@ -99,13 +103,15 @@ def run_all(
         ingest = defs.resolve_job_def("ingest_release")
         for key in report.releases:
             echo(f"ingest_release [{key}] ...")
-            result = ingest.execute_in_process(instance=instance, partition_key=key, raise_on_error=False)
+            result = ingest.execute_in_process(
+                instance=instance, partition_key=key, raise_on_error=False, run_config=QUIET
+            )
             if not result.success:
                 report.failed_runs.append(f"ingest_release[{key}] ({result.run_id})")
             _collect_release(report, home, key)
         echo("build_dataset ...")
         result = defs.resolve_job_def("build_dataset").execute_in_process(
-            instance=instance, raise_on_error=False
+            run_config=QUIET, instance=instance, raise_on_error=False
         )
         if not result.success:
             report.failed_runs.append(f"build_dataset ({result.run_id})")
