@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import shutil
+import tarfile
+import zipfile
 from pathlib import Path
 
 import dagster as dg
 import pytest
+from PIL import Image
 
 from orchestration.assets import releases
 from orchestration.definitions import build_definitions
@@ -139,3 +143,48 @@ def test_http_index_is_the_same_resource_interface(landing: Path, tmp_path: Path
         assert keys == sorted(r.key for r in LandingDirectory(path=str(landing)).list_releases())
         fetched = source.fetch(keys[0], tmp_path / "downloads")
         assert fetched.read_bytes() == files[0].read_bytes()
+
+
+def _blank_sheets(release: Path, out: Path) -> Path:
+    """The same release with every drawing sheet blanked: nothing for OCR to read."""
+    blank = io.BytesIO()
+    Image.new("1", (600, 800), 1).save(blank, format="TIFF", compression="group4")
+    with tarfile.open(release) as src, tarfile.open(out, "w") as dst:
+        for member in src.getmembers():
+            data = src.extractfile(member).read() if member.isfile() else b""
+            if member.name.upper().endswith(".ZIP"):
+                buffer = io.BytesIO()
+                with zipfile.ZipFile(io.BytesIO(data)) as zin, zipfile.ZipFile(buffer, "w") as zout:
+                    for name in zin.namelist():
+                        zout.writestr(
+                            name, blank.getvalue() if name.upper().endswith(".TIF") else zin.read(name)
+                        )
+                data = buffer.getvalue()
+            member.size = len(data)
+            dst.addfile(member, io.BytesIO(data))
+    return out
+
+
+def test_a_release_failing_validation_is_blocked_and_kept_out_of_the_dataset(
+    landing: Path, tmp_path: Path
+) -> None:
+    drop = tmp_path / "landing"
+    drop.mkdir()
+    good, bad = sorted(landing.iterdir())[:2]
+    shutil.copy(good, drop / good.name)
+    _blank_sheets(bad, drop / bad.name)
+    source = LandingDirectory(path=str(drop))
+    defs = build_definitions(release_source=source, home=PatentflowHome(root=str(tmp_path / "home")))
+    good_key, bad_key = sorted(r.key for r in source.list_releases())
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(releases.name, [good_key, bad_key])
+        ingest = defs.resolve_job_def("ingest_release")
+        assert ingest.execute_in_process(instance=instance, partition_key=good_key).success
+        failed = ingest.execute_in_process(instance=instance, partition_key=bad_key, raise_on_error=False)
+        assert not failed.success  # the blocking check fails the run
+        [evaluation] = failed.get_asset_check_evaluations()
+        assert not evaluation.passed and "ocr_coverage" in str(evaluation.metadata["failing"].value)
+        dataset = defs.resolve_job_def("build_dataset").execute_in_process(instance=instance)
+        metadata = dataset.get_asset_materialization_events()[0].materialization.metadata
+        assert metadata["releases_used"].value == [good_key]
+        assert metadata["releases_not_validated"].value == [bad_key]
