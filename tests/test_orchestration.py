@@ -11,6 +11,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 from PIL import Image
+from typer.testing import CliRunner
 
 from orchestration.assets import releases
 from orchestration.definitions import build_definitions
@@ -18,6 +19,7 @@ from orchestration.resources import HttpIndex, LandingDirectory, PatentflowHome
 from orchestration.sensors import new_uspto_releases
 from patent_assets import synthetic
 from patent_assets.records import read_figures, read_jsonl
+from patentflow.cli import app
 from tests.http_server import serve
 
 
@@ -188,3 +190,24 @@ def test_a_release_failing_validation_is_blocked_and_kept_out_of_the_dataset(
         metadata = dataset.get_asset_materialization_events()[0].materialization.metadata
         assert metadata["releases_used"].value == [good_key]
         assert metadata["releases_not_validated"].value == [bad_key]
+
+
+def test_restore_brings_back_a_past_materialization(materialized, tmp_path: Path, monkeypatch) -> None:
+    """The README's restore recipe: the hash in a materialization's metadata brings its data back."""
+    _, _, home_dir, keys, results, _ = materialized
+    event = next(
+        m
+        for m in results[keys[0]].get_asset_materialization_events()
+        if m.asset_key == dg.AssetKey("release_figures")
+    )
+    metadata = event.materialization.metadata
+    original = (home_dir / "data" / metadata["dvc_path"].value / "figures.jsonl").read_bytes()
+    monkeypatch.setenv("PATENTFLOW_HOME", str(home_dir))
+    shutil.rmtree(home_dir / "data" / ".dvc" / "cache", ignore_errors=True)  # only the remote has it now
+    for option, value in (("--commit", metadata["dvc_commit"].value), ("--md5", metadata["dvc_md5"].value)):
+        out = tmp_path / option.strip("-")
+        result = CliRunner().invoke(
+            app, ["restore", metadata["dvc_path"].value, option, value, "--out", str(out)]
+        )
+        assert result.exit_code == 0, result.output
+        assert (out / "figures.jsonl").read_bytes() == original
