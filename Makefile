@@ -10,8 +10,11 @@ export PATENTFLOW_HOME ?= $(CURDIR)/.patentflow
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
+	# torch first and pinned, so that nothing pulls a multi-GB CUDA build (STACK.md)
+	$(BIN)/pip install -q torch==2.13.0
 	# constraints.txt is the frozen, tested set (pip check clean); pyproject holds the pins.
-	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
+	# DS_BUILD_OPS=0: deepspeed installs as pure Python and JIT-builds what it needs.
+	DS_BUILD_OPS=0 $(BIN)/pip install -q -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -5,6 +5,7 @@ set -euo pipefail
 need=()
 command -v tesseract >/dev/null 2>&1 || need+=(tesseract-ocr)
 command -v git >/dev/null 2>&1 || need+=(git)
+command -v java >/dev/null 2>&1 || need+=(default-jre-headless)  # METEOR / PTB tokenizer jars
 if [[ "${1:-}" == "--test" ]]; then
   command -v chromium >/dev/null 2>&1 || need+=(chromium)
 fi

@@ -1,0 +1,229 @@
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from tests.test_training_data import make_toy_llava, make_toy_tokenizer
+from training.attention import choose_attention
+from training.configs import TINY
+from training.data import PatentLMMCollator, PatentLMMDataset
+from training.modeling import (
+    PatentLMMForConditionalGeneration,
+    apply_lora,
+    build_model,
+    describe,
+    freeze_for_stage,
+    param_groups,
+    save_lora_adapter,
+    trainable_parameters,
+)
+from training.tokenizer import load_lm_tokenizer, load_ocr_processor
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory: pytest.TempPathFactory):
+    folder = tmp_path_factory.mktemp("toy-model")
+    llava_json = make_toy_llava(folder)
+    tokenizer_dir = make_toy_tokenizer(folder, llava_json)
+    tokenizer, processor = load_lm_tokenizer(tokenizer_dir), load_ocr_processor(tokenizer_dir)
+    dataset = PatentLMMDataset(
+        llava_json, folder / "images", processor, tokenizer, TINY.max_length, TINY.ocr_max_tokens
+    )
+    collate = PatentLMMCollator(tokenizer, TINY.num_image_features, TINY.max_length)
+    batch = collate([dataset[i] for i in range(len(dataset))])
+    return {
+        "dir": tokenizer_dir,
+        "tokenizer": tokenizer,
+        "processor": processor,
+        "dataset": dataset,
+        "batch": batch,
+        "images": folder / "images",
+    }
+
+
+def _model(toy, seed: int = 0) -> PatentLMMForConditionalGeneration:
+    torch.manual_seed(seed)
+    return build_model(TINY, toy["dir"])
+
+
+def _perturb_lora(model: PatentLMMForConditionalGeneration) -> None:
+    """LoRA's B starts at zero; give it values so that tests can tell whether LoRA is applied."""
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.2)
+
+
+def test_choose_attention_is_sdpa_without_gpu() -> None:
+    assert choose_attention() == "sdpa"
+
+
+def test_forward_loss_and_stage_gradients(toy) -> None:
+    model = _model(toy)
+    assert model.config.num_image_features == TINY.num_image_features == 48
+    assert model.language_model.config._attn_implementation == "sdpa"
+
+    counts = freeze_for_stage(model, 1)
+    out = model(**toy["batch"])
+    assert torch.isfinite(out.loss)
+    out.loss.backward()
+    with_grad = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert with_grad == {n for n in trainable_parameters(model, 1)}
+    assert all(n.startswith("multi_modal_projector.") for n in with_grad)
+    assert counts["trainable"] == sum(p.numel() for p in model.multi_modal_projector.parameters())
+
+    with pytest.raises(ValueError, match="apply_lora"):
+        freeze_for_stage(model, 2)
+    apply_lora(model, r=4, alpha=8, dropout=0.0)
+    _perturb_lora(model)  # with B = 0, A would get no gradient
+    model.zero_grad(set_to_none=True)
+    freeze_for_stage(model, 2)
+    model(**toy["batch"]).loss.backward()
+    with_grad = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert with_grad == set(trainable_parameters(model, 2))
+    assert any("lora_A" in n for n in with_grad) and any("lora_B" in n for n in with_grad)
+    assert not any(n.startswith("vision_tower.") for n in with_grad)
+    assert all(n.startswith("multi_modal_projector.") or "lora_" in n for n in with_grad)
+    groups = param_groups(model, 2, learning_rate=2e-4, projector_lr=2e-5)
+    assert [g["lr"] for g in groups] == [2e-5, 2e-4]
+
+
+def test_a_few_steps_on_eight_examples_reduce_the_loss(toy) -> None:
+    model = _model(toy)
+    apply_lora(model, r=4, alpha=8, dropout=0.0)
+    freeze_for_stage(model, 2)
+    model.gradient_checkpointing_enable()
+    assert model.language_model.model.gradient_checkpointing
+    optimizer = torch.optim.AdamW(param_groups(model, 2, learning_rate=1e-2), lr=1e-2)
+    model.train()
+    assert not model.vision_tower.training  # frozen: no dropout noise on its features
+    losses = []
+    for _ in range(6):
+        loss = model(**toy["batch"]).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - 0.3, losses
+
+
+def test_save_pretrained_round_trip_gives_identical_logits(toy, tmp_path: Path) -> None:
+    model = _model(toy)
+    apply_lora(model, r=4, alpha=8, dropout=0.0)
+    _perturb_lora(model)
+    model.save_pretrained(tmp_path / "patentlmm")
+    loaded = PatentLMMForConditionalGeneration.from_pretrained(tmp_path / "patentlmm", local_files_only=True)
+    assert loaded.config.lora == model.config.lora
+    model.eval()
+    loaded.eval()
+    with torch.no_grad():
+        expected = model(**toy["batch"]).logits
+        assert torch.equal(loaded(**toy["batch"]).logits, expected)
+        # The LoRA weights were loaded, not left at zero: without them the logits differ.
+        no_lora = copy.deepcopy(loaded)
+        for name, param in no_lora.named_parameters():
+            if "lora_B" in name:
+                param.zero_()
+        assert not torch.allclose(no_lora(**toy["batch"]).logits, expected)
+
+
+def test_from_components_local_files_match_the_in_memory_model(toy, tmp_path: Path) -> None:
+    from peft import LoraConfig, get_peft_model
+
+    model = _model(toy)
+    model.vision_tower.save_pretrained(tmp_path / "encoder")
+    model.language_model.save_pretrained(tmp_path / "lm")
+    # A PatentLLaMA-style adapter, saved the ordinary peft way.
+    peft_lm = get_peft_model(
+        model.language_model,
+        LoraConfig(
+            r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0, task_type="CAUSAL_LM"
+        ),
+    )
+    _perturb_lora(peft_lm)
+    peft_lm.save_pretrained(tmp_path / "adapter")
+    model.language_model = peft_lm.get_base_model()
+
+    built = PatentLMMForConditionalGeneration.from_components(
+        tmp_path / "encoder", tmp_path / "lm", toy["dir"], tmp_path / "adapter"
+    )
+    assert built.config.lora["r"] == 4 and built.config.lora["target_modules"] == ["q_proj", "v_proj"]
+    built.multi_modal_projector.load_state_dict(
+        model.multi_modal_projector.state_dict()
+    )  # trained separately
+    model.eval()
+    built.eval()
+    with torch.no_grad():
+        expected = model(**toy["batch"]).logits
+        assert torch.allclose(built(**toy["batch"]).logits, expected, atol=1e-6)
+        merged = PatentLMMForConditionalGeneration.from_components(
+            tmp_path / "encoder", tmp_path / "lm", toy["dir"], tmp_path / "adapter", merge_lora=True
+        )
+        merged.multi_modal_projector.load_state_dict(model.multi_modal_projector.state_dict())
+        assert merged.config.lora is None
+        assert torch.allclose(merged.eval()(**toy["batch"]).logits, expected, atol=1e-4)
+        # Our own adapter export loads back to the same model.
+        save_lora_adapter(built, tmp_path / "exported")
+        again = PatentLMMForConditionalGeneration.from_components(
+            tmp_path / "encoder", tmp_path / "lm", toy["dir"], tmp_path / "exported"
+        )
+        again.multi_modal_projector.load_state_dict(model.multi_modal_projector.state_dict())
+        assert torch.allclose(again.eval()(**toy["batch"]).logits, expected, atol=1e-6)
+    with pytest.raises(FileNotFoundError, match=r"adapter_config\.json"):
+        PatentLMMForConditionalGeneration.from_components(
+            tmp_path / "encoder", tmp_path / "lm", toy["dir"], tmp_path
+        )
+
+
+def test_generation_uses_the_image_and_splices_it_only_at_prefill(toy) -> None:
+    model = _model(toy, seed=1)
+    apply_lora(model, r=8, alpha=16, dropout=0.0)
+    freeze_for_stage(model, 2)
+    dataset = toy["dataset"]
+    pair = PatentLMMCollator(toy["tokenizer"], TINY.num_image_features, TINY.max_length)(
+        [dataset[0], dataset[1]]
+    )
+    optimizer = torch.optim.AdamW(param_groups(model, 2, learning_rate=1e-2), lr=1e-2)
+    model.train()
+    for _ in range(25):  # overfit a chair (box) and a lamp (disc) with different descriptions
+        model(**pair).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+
+    encoder_calls = []
+    hook = model.vision_tower.register_forward_hook(lambda *_: encoder_calls.append(1))
+    outputs = []
+    for index in (0, 1):
+        entry = dataset.entries[index]
+        with Image.open(dataset.image_paths[index]) as image:
+            outputs.append(
+                describe(
+                    model, toy["tokenizer"], toy["processor"], image, entry["ocr"], "brief", max_new_tokens=16
+                )
+            )
+    hook.remove()
+    assert encoder_calls == [1, 1]  # one prefill per image; later steps read the KV cache
+    assert all(outputs) and outputs[0] != outputs[1], outputs
+    assert "chair" in outputs[0] and "lamp" in outputs[1], outputs
+
+
+def test_missing_image_inputs_are_a_clear_error(toy) -> None:
+    model = _model(toy)
+    batch = dict(toy["batch"])
+    with pytest.raises(ValueError, match="pixel_values"):
+        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    cut = (
+        int((batch["input_ids"][0] == model.config.image_token_id).nonzero()[0]) + 1
+    )  # drops one placeholder
+    short = {
+        **batch,
+        "input_ids": batch["input_ids"][:, cut:],
+        "attention_mask": batch["attention_mask"][:, cut:],
+        "labels": batch["labels"][:, cut:],
+    }
+    with pytest.raises(ValueError, match="placeholders"):
+        model(**short)

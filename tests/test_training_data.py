@@ -1,0 +1,214 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from patent_assets.llava import prompt
+from training.data import (
+    IGNORE_INDEX,
+    PatentLMMCollator,
+    PatentLMMDataset,
+    answer_ids,
+    image_paths_from_figures,
+    prompt_ids,
+)
+from training.tokenizer import (
+    IMAGE,
+    corpus_from_llava,
+    load_lm_tokenizer,
+    load_ocr_processor,
+    train_tokenizer,
+)
+
+OCR_MAX = 32
+NUM_FEATURES = OCR_MAX + (64 // 16) ** 2  # the TINY preset's encoder: OCR tokens + patches
+
+
+def make_toy_llava(folder: Path, count: int = 8) -> Path:
+    """`count` figures in PatentLMM's LLaVA format: chairs (boxes) and lamps (circles), with OCR."""
+    images = folder / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for i in range(count):
+        image_id = f"US{1000 + i}B2__1"
+        image = Image.new("RGB", (200, 280), "white")
+        draw = ImageDraw.Draw(image)
+        if i % 2 == 0:
+            draw.rectangle([30, 40, 170, 240], outline="black", width=6)
+            words, description = (
+                ["FIG.", str(i + 1), "seat", "12"],
+                f"FIG. {i + 1} is a front view of the chair.",
+            )
+        else:
+            draw.ellipse([30, 40, 170, 240], fill="black")
+            words, description = (
+                ["FIG.", str(i + 1), "lamp", "20"],
+                f"FIG. {i + 1} is a top view of the lamp <shade>.",
+            )
+        image.save(images / f"{image_id}.png")
+        boxes = [[100 * k, 900, 100 * k + 80, 950] for k in range(len(words))]
+        entries.append(
+            {
+                "id": image_id,
+                "image": f"{image_id}.png",
+                "conversations": [
+                    {"from": "human", "value": prompt("brief")},
+                    {"from": "gpt", "value": description},
+                ],
+                "ocr": {"words": words, "boxes": boxes, "width": 200, "height": 280},
+            }
+        )
+    path = folder / "llava_json" / "brief_train.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(entries))
+    return path
+
+
+def make_toy_tokenizer(folder: Path, llava_json: Path) -> Path:
+    return train_tokenizer(
+        list(corpus_from_llava([llava_json])) * 4,
+        folder / "tokenizer",
+        vocab_size=600,
+        image_size=64,
+        ocr_max_tokens=OCR_MAX,
+    )
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("toy")
+    llava_json = make_toy_llava(folder)
+    return llava_json, make_toy_tokenizer(folder, llava_json)
+
+
+def _dataset(toy: tuple[Path, Path], **kwargs) -> PatentLMMDataset:
+    llava_json, tokenizer_dir = toy
+    return PatentLMMDataset(
+        llava_json,
+        llava_json.parent.parent / "images",
+        load_ocr_processor(tokenizer_dir),
+        load_lm_tokenizer(tokenizer_dir),
+        max_length=kwargs.get("max_length", 512),
+        ocr_max_tokens=OCR_MAX,
+    )
+
+
+def test_item_masks_the_prompt_and_keeps_the_description(toy) -> None:
+    dataset = _dataset(toy)
+    tokenizer = dataset.tokenizer
+    assert len(dataset) == 8 and dataset.rejected == []
+    item = dataset[1]
+    n_prompt = item["prompt_length"]
+    assert item["input_ids"][:n_prompt] == prompt_ids(tokenizer, "brief")
+    assert item["labels"][:n_prompt] == [IGNORE_INDEX] * n_prompt
+    assert item["labels"][n_prompt:] == item["input_ids"][n_prompt:]
+    assert item["input_ids"][-1] == tokenizer.eos_token_id
+    # PatentLMM's escape: "<shade>" in the description reaches the model as "[[shade]]".
+    answer = tokenizer.decode(item["input_ids"][n_prompt:], skip_special_tokens=True)
+    assert answer.strip() == "FIG. 2 is a top view of the lamp [[shade]]."
+    assert item["ocr_input_ids"].shape == (OCR_MAX,) and item["bbox"].shape == (OCR_MAX, 4)
+    assert item["pixel_values"].shape == (3, 64, 64)
+    assert item["bbox"][1].tolist() == [0, 900, 80, 950]  # first word's box, after <s>
+
+
+def test_collator_expands_image_to_the_number_of_features(toy) -> None:
+    dataset = _dataset(toy)
+    image_id = dataset.tokenizer.convert_tokens_to_ids(IMAGE)
+    batch = PatentLMMCollator(dataset.tokenizer, NUM_FEATURES, 512)([dataset[0], dataset[1]])
+    assert set(batch) == {
+        "input_ids",
+        "attention_mask",
+        "labels",
+        "ocr_input_ids",
+        "ocr_attention_mask",
+        "bbox",
+        "pixel_values",
+    }
+    assert ((batch["input_ids"] == image_id).sum(dim=1) == NUM_FEATURES).all()
+    assert (batch["labels"][batch["input_ids"] == image_id] == IGNORE_INDEX).all()
+    # Supervised tokens are exactly each description + eos.
+    for row, item in enumerate([dataset[0], dataset[1]]):
+        supervised = batch["labels"][row][batch["labels"][row] != IGNORE_INDEX].tolist()
+        assert supervised == item["input_ids"][item["prompt_length"] :]
+    # Right padding: the shorter row ends in pad tokens that are masked and unsupervised.
+    lengths = batch["attention_mask"].sum(dim=1)
+    short = int(lengths.argmin())
+    assert lengths[short] < batch["input_ids"].shape[1]
+    assert batch["input_ids"][short, -1] == dataset.tokenizer.pad_token_id
+    assert batch["labels"][short, -1] == IGNORE_INDEX
+    assert batch["pixel_values"].shape == (2, 3, 64, 64) and batch["bbox"].shape == (2, OCR_MAX, 4)
+
+
+def test_collator_truncates_descriptions_and_rejects_too_short_limits(toy) -> None:
+    dataset = _dataset(toy)
+    item = dataset[0]
+    limit = item["prompt_length"] - 1 + NUM_FEATURES + 3
+    batch = PatentLMMCollator(dataset.tokenizer, NUM_FEATURES, limit)([item])
+    assert batch["input_ids"].shape[1] == limit
+    assert (batch["labels"] != IGNORE_INDEX).sum() == 3
+    with pytest.raises(ValueError, match="max_length"):
+        PatentLMMCollator(dataset.tokenizer, NUM_FEATURES, NUM_FEATURES)([item])
+
+
+def test_generation_batches_are_left_padded_prompts(toy) -> None:
+    dataset = _dataset(toy)
+    batch = PatentLMMCollator(dataset.tokenizer, NUM_FEATURES, 512, for_generation=True)(
+        [dataset[0], dataset[1]]
+    )
+    assert "labels" not in batch
+    expected_length = len(prompt_ids(dataset.tokenizer, "brief")) - 1 + NUM_FEATURES
+    assert batch["input_ids"].shape == (2, expected_length)
+    assert batch["attention_mask"].all()
+    assert batch["input_ids"][0, -1].item() == batch["input_ids"][1, -1].item()  # both end with the prompt
+
+
+def test_bad_entries_are_left_out_with_a_reason(tmp_path: Path, toy) -> None:
+    llava_json, tokenizer_dir = toy
+    entries = json.loads(llava_json.read_text())
+    entries[0]["image"] = "missing.png"
+    entries[1]["conversations"][1]["value"] = "  "
+    entries[2]["conversations"][0]["value"] = "Write a brief description."  # no <image>
+    entries[3] = {"id": "broken"}
+    path = tmp_path / "brief_train.json"
+    path.write_text(json.dumps(entries))
+    dataset = PatentLMMDataset(
+        path,
+        llava_json.parent.parent / "images",
+        load_ocr_processor(tokenizer_dir),
+        load_lm_tokenizer(tokenizer_dir),
+        512,
+        OCR_MAX,
+    )
+    assert len(dataset) == 4
+    reasons = dict(dataset.rejected)
+    assert "not found" in reasons["US1000B2__1"]
+    assert "empty description" in reasons["US1001B2__1"]
+    assert "<image>" in reasons["US1002B2__1"]
+    assert "not a LLaVA entry" in reasons["broken"]
+    with pytest.raises(ValueError, match="cannot read"):
+        PatentLMMDataset(tmp_path / "nope.json", None, None, None, 512, OCR_MAX)
+
+
+def test_images_from_figures_jsonl(tmp_path: Path, toy) -> None:
+    llava_json, tokenizer_dir = toy
+    images = llava_json.parent.parent / "images"
+    figures = tmp_path / "figures.jsonl"
+    lines = [json.dumps({"image_id": p.stem, "image_path": str(p)}) for p in sorted(images.glob("*.png"))]
+    figures.write_text("\n".join([*lines, "{not json"]) + "\n")
+    paths = image_paths_from_figures(figures)
+    assert len(paths) == 8
+    dataset = PatentLMMDataset(
+        llava_json, paths, load_ocr_processor(tokenizer_dir), load_lm_tokenizer(tokenizer_dir), 512, OCR_MAX
+    )
+    assert len(dataset) == 8
+    assert torch.equal(dataset[0]["pixel_values"], _dataset(toy)[0]["pixel_values"])
+
+
+def test_answer_ids_end_with_eos(toy) -> None:
+    tokenizer = load_lm_tokenizer(toy[1])
+    ids = answer_ids(tokenizer, "FIG. 1 is a chair.")
+    assert ids[-1] == tokenizer.eos_token_id and tokenizer.decode(ids[:-1]) == " FIG. 1 is a chair."

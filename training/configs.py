@@ -1,0 +1,188 @@
+"""Model presets and stage configs: a tiny and a 7B PatentLMM are the same code with different values.
+
+`ModelPreset` says what the model is (sizes for a random-initialised model, or local directories of
+real checkpoints); `StageConfig` says how a training stage runs. The production values are
+PatentLMM's (vl2g/PatentLMM job files, see ANCHORS.md); the `*_EMBEDDED` stage configs shrink them
+so the embedded default trains on 2 CPU cores in minutes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+Kind = Literal["brief", "detailed"]
+
+# LLaVA-1.5's LoRA targets: every linear layer of the language model's decoder.
+LLAMA_LORA_TARGETS: tuple[str, ...] = (
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+)
+
+
+@dataclass(frozen=True)
+class ModelPreset:
+    """What PatentLMM is built from.
+
+    With `encoder_dir`, `lm_dir` and `tokenizer_dir` set, the model is assembled from those local
+    checkpoint directories (`PatentLMMForConditionalGeneration.from_components`); otherwise it is
+    random-initialised from the sizes below and a tokenizer trained on the data.
+    """
+
+    name: str
+    # Vision encoder (LayoutLMv3): image + OCR words and boxes.
+    image_size: int = 384
+    patch_size: int = 16
+    ocr_max_tokens: int = 512
+    vision_hidden_size: int = 1024
+    vision_layers: int = 24
+    vision_heads: int = 16
+    vision_intermediate_size: int = 4096
+    # LayoutLMv3 embeds a box as 4 coordinates and 2 sizes: 4 * coordinate + 2 * shape = hidden size.
+    vision_coordinate_size: int = 171
+    vision_shape_size: int = 170
+    # Language model (Llama).
+    text_hidden_size: int = 4096
+    text_layers: int = 32
+    text_heads: int = 32
+    text_intermediate_size: int = 11008
+    max_position_embeddings: int = 4096
+    # A random LM with frozen std-0.02 weights cannot make confident logits (|logit| < ~1.5), so
+    # LoRA alone could not fit anything: the tiny preset initialises wider. Unused for checkpoints.
+    text_initializer_range: float = 0.02
+    max_length: int = 2048  # longest training sequence, image placeholders included
+    vocab_size: int = 4000  # of the tokenizer trained on the data, when none is given
+    projector_type: str = "mlp2x_gelu"
+    vision_feature_layer: int = -2
+    # Local checkpoint directories (production); None: random initialisation.
+    encoder_dir: str | None = None
+    lm_dir: str | None = None
+    tokenizer_dir: str | None = None
+    lora_adapter_dir: str | None = None  # e.g. PatentLLaMA, loaded as the stage-2 LoRA's start
+
+    @property
+    def num_patches(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+    @property
+    def num_image_features(self) -> int:
+        """Placeholders per image: every encoder position (OCR tokens, visual CLS, patches) but the first."""
+        return self.ocr_max_tokens + self.num_patches
+
+    @property
+    def from_checkpoints(self) -> bool:
+        return self.encoder_dir is not None and self.lm_dir is not None
+
+
+# Embedded default: small enough that both stages train on 2 CPU cores in minutes.
+TINY = ModelPreset(
+    name="tiny",
+    image_size=64,
+    patch_size=16,
+    ocr_max_tokens=32,
+    vision_hidden_size=64,
+    vision_layers=2,
+    vision_heads=4,
+    vision_intermediate_size=128,
+    vision_coordinate_size=12,
+    vision_shape_size=8,
+    text_hidden_size=64,
+    text_layers=2,
+    text_heads=4,
+    text_intermediate_size=128,
+    max_position_embeddings=512,
+    text_initializer_range=0.2,
+    max_length=512,
+    vocab_size=2000,
+)
+
+# PatentLMM: PatentMME (LayoutLMv3-large, 384 px) + LLaVA-1.5-7B, PatentLLaMA LoRA. The directories
+# are where an operator puts the checkpoints; nothing is downloaded at run time.
+PRODUCTION = ModelPreset(
+    name="production",
+    image_size=384,
+    patch_size=16,
+    ocr_max_tokens=512,
+    max_length=2048,
+    encoder_dir="checkpoints/patentmme",
+    lm_dir="checkpoints/llava-v1.5-7b",
+    tokenizer_dir="checkpoints/tokenizer",
+    lora_adapter_dir="checkpoints/patentllama",
+)
+
+PRESETS: dict[str, ModelPreset] = {preset.name: preset for preset in (TINY, PRODUCTION)}
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    """One training stage. Stage 1 trains the projector only; stage 2 LoRA + projector."""
+
+    stage: Literal[1, 2]
+    kind: Kind = "brief"
+    learning_rate: float = 1e-3
+    projector_lr: float | None = None  # None: the projector uses `learning_rate`
+    lr_scheduler: str = "cosine"
+    warmup_ratio: float = 0.03
+    weight_decay: float = 0.0
+    num_epochs: int = 1
+    max_steps: int | None = None  # caps the run (the embedded default); None: whole epochs
+    per_device_batch_size: int = 12
+    gradient_accumulation_steps: int = 8
+    bf16: bool = True
+    zero_stage: int = 2
+    gradient_checkpointing: bool = True
+    eval_each_epoch: bool = False
+    lora_r: int = 0
+    lora_alpha: int = 0
+    lora_dropout: float = 0.05
+    lora_target_modules: tuple[str, ...] = field(default=LLAMA_LORA_TARGETS)
+
+    @property
+    def uses_lora(self) -> bool:
+        return self.stage == 2 and self.lora_r > 0
+
+
+STAGE1 = StageConfig(
+    stage=1,
+    kind="brief",
+    learning_rate=1e-3,
+    num_epochs=1,
+    per_device_batch_size=12,
+    gradient_accumulation_steps=8,
+)
+
+STAGE2 = StageConfig(
+    stage=2,
+    kind="brief",  # PatentLMM trains one stage-2 model per kind: replace(STAGE2, kind="detailed")
+    learning_rate=2e-4,
+    projector_lr=2e-5,
+    num_epochs=25,
+    per_device_batch_size=8,
+    gradient_accumulation_steps=8,
+    eval_each_epoch=True,
+    lora_r=128,
+    lora_alpha=256,
+)
+
+# CPU-sized overrides of the same stages for the embedded default: fp32 (CPUs have no fast bf16
+# training), no gradient checkpointing (nothing to save at this size), a tiny LoRA.
+STAGE1_EMBEDDED = replace(
+    STAGE1, per_device_batch_size=4, gradient_accumulation_steps=1, bf16=False, gradient_checkpointing=False
+)
+STAGE2_EMBEDDED = replace(
+    STAGE2,
+    learning_rate=1e-3,
+    projector_lr=1e-3,
+    num_epochs=2,
+    per_device_batch_size=4,
+    gradient_accumulation_steps=1,
+    bf16=False,
+    gradient_checkpointing=False,
+    lora_r=8,
+    lora_alpha=16,
+)
