@@ -1,0 +1,307 @@
+"""MLflow tracking and registry against a real SQLite store (and once, a real server)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+from tests.http_server import Fault, serve
+from training import tracking
+from training.tracking import TrackingUnavailable
+
+SERVER_START_LIMIT_S = 40.0
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """One SQLite store for the module: creating its tables takes a few seconds."""
+    home = tmp_path_factory.mktemp("mlflow-home")
+    uri = f"sqlite:///{home}/mlflow/mlflow.db"
+    tracking.check_reachable(uri)
+    return uri
+
+
+def _model_dir(root: Path, marker: str) -> Path:
+    """A small HF-format directory whose weights file tells versions apart."""
+    root.mkdir(parents=True)
+    (root / "config.json").write_text(json.dumps({"model_type": "patentlmm", "marker": marker}))
+    (root / "model.safetensors").write_bytes(marker.encode() * 64)
+    return root
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_tracking_uri_default_and_override(monkeypatch: pytest.MonkeyPatch, patentflow_home: Path) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    uri = tracking.tracking_uri()
+    assert uri == f"sqlite:///{patentflow_home.resolve()}/mlflow/mlflow.db"
+    assert tracking.artifact_root(uri) == patentflow_home.resolve() / "mlflow" / "artifacts"
+    assert os.environ["MLFLOW_DISABLE_TELEMETRY"] == "true"
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://tracking.example:5000")
+    assert tracking.tracking_uri(patentflow_home) == "http://tracking.example:5000"
+    assert tracking.artifact_root("http://tracking.example:5000") is None
+
+
+def test_run_logs_config_data_version_commit_plots_and_samples(store: str, tmp_path: Path) -> None:
+    params = {"stage": 1, "lr": 1e-3, "model": {"hidden_size": 64, "layers": [1, 2]}}
+    run_id = tracking.start_training_run(
+        "test-runs",
+        "stage1-brief",
+        params,
+        tags={"kind": "brief"},
+        data_version={"dvc_md5": "0123abcd", "dvc_commit": "feedbeef"},
+        tracking_uri=store,
+    )
+    tracking.log_metrics(run_id, {"eval_loss": 2.5, "bleu4": 0.12}, step=3, tracking_uri=store)
+    history = [{"step": 1, "loss": 3.0}, {"step": 2, "loss": 2.1, "eval_loss": 2.6}, {"step": 3, "loss": 1.7}]
+    assert tracking.log_curve_plot(run_id, history, "stage1", tracking_uri=store) == "plots/stage1.png"
+    drawing = tmp_path / "US1__1.png"
+    Image.new("L", (300, 200), 255).save(drawing)
+    samples = [
+        (drawing, "FIG. 1 is a view.", "FIG. 1 is a perspective view."),
+        (tmp_path / "gone.png", "p", "r"),
+    ]
+    tracking.log_samples(run_id, samples, tracking_uri=store)
+    tracking.finish_run(run_id, tracking_uri=store)
+
+    client = MlflowClient(store)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params == {
+        "stage": "1",
+        "lr": "0.001",
+        "model.hidden_size": "64",
+        "model.layers": "[1, 2]",
+    }
+    assert run.data.tags["data.dvc_md5"] == "0123abcd" and run.data.tags["data.dvc_commit"] == "feedbeef"
+    assert run.data.tags["kind"] == "brief"
+    expected_commit = tracking.read_git_commit()
+    assert run.data.tags["git_commit"] == expected_commit
+    assert expected_commit == "unknown" or len(expected_commit) == 40
+    assert tracking.read_git_commit(tmp_path) == "unknown"
+    assert run.data.metrics == {"eval_loss": 2.5, "bleu4": 0.12}
+
+    artifacts = Path(run.info.artifact_uri.removeprefix("file://"))
+    assert artifacts.is_relative_to(tracking.artifact_root(store))
+    assert json.loads((artifacts / "config.json").read_text()) == params
+    with Image.open(artifacts / "plots" / "stage1.png") as plot:
+        assert plot.format == "PNG" and plot.width > 300
+    with Image.open(artifacts / "samples" / "samples.png") as grid:
+        assert grid.format == "PNG" and grid.height > grid.width / 3  # two rows
+    table = json.loads((artifacts / "samples" / "samples.json").read_text())
+    assert table["columns"] == ["image", "prediction", "reference"]
+    assert table["data"][0] == ["images/000_US1__1.png", "FIG. 1 is a view.", "FIG. 1 is a perspective view."]
+    assert table["data"][1][0].startswith("unreadable: ")
+    assert (artifacts / "samples" / "images" / "000_US1__1.png").is_file()
+
+    with pytest.raises(ValueError, match="history is empty"):
+        tracking.log_curve_plot(run_id, [], tracking_uri=store)
+    with pytest.raises(ValueError, match="row 0 has no 'step'"):
+        tracking.log_curve_plot(run_id, [{"loss": 1.0}], tracking_uri=store)
+
+
+def test_register_promote_and_download_by_alias(store: str, tmp_path: Path) -> None:
+    name = "patentlmm-brief-promotion"
+    primary = "bleu4"
+
+    def new_version(marker: str) -> int:
+        run_id = tracking.start_training_run("test-registry", marker, {"marker": marker}, tracking_uri=store)
+        return tracking.register_model(
+            run_id, _model_dir(tmp_path / marker, marker), name, {"kind": "brief"}, tracking_uri=store
+        )
+
+    assert tracking.get_alias_version(name, tracking.CHAMPION, tracking_uri=store) is None
+    first = new_version("first")
+    assert first == 1
+    assert tracking.get_alias_version(name, tracking.CHALLENGER, tracking_uri=store) == 1
+    # No champion yet: the first version is promoted even by a negative decision.
+    applied = tracking.promote(name, first, tracking.Decision(False, "not compared"), tracking_uri=store)
+    assert applied.promote and applied.reason == "first version"
+    assert tracking.get_alias_version(name, tracking.CHAMPION, tracking_uri=store) == 1
+    assert tracking.version_tags(name, first, tracking_uri=store)["promotion_decision"] == "promoted"
+
+    champion_scores = {"bleu4": 0.30, "rougeL": 0.50}
+    worse = new_version("worse")
+    decision = tracking.compare({"bleu4": 0.25, "rougeL": 0.55}, champion_scores, primary)
+    tracking.promote(name, worse, decision, tracking_uri=store)
+    assert tracking.get_alias_version(name, tracking.CHAMPION, tracking_uri=store) == first
+    assert tracking.get_alias_version(name, tracking.CHALLENGER, tracking_uri=store) == worse
+    tags = tracking.version_tags(name, worse, tracking_uri=store)
+    assert tags["promotion_decision"] == "rejected"
+    assert "does not beat champion" in tags["promotion_reason"]
+    assert tags["promotion_metric"] == "bleu4"
+    assert (
+        float(tags["promotion_challenger_value"]) == 0.25 and float(tags["promotion_champion_value"]) == 0.30
+    )
+    assert tags["promotion_champion_version"] == "1" and tags["promotion_champion_rougeL"] == "0.5"
+
+    better = new_version("better")
+    decision = tracking.compare({"bleu4": 0.35}, champion_scores, primary)
+    assert decision.promote
+    tracking.promote(name, better, decision, tracking_uri=store)
+    assert tracking.get_alias_version(name, tracking.CHAMPION, tracking_uri=store) == better == 3
+    assert tracking.version_tags(name, better, tracking_uri=store)["promotion_decision"] == "promoted"
+
+    local = tracking.download_model(f"models:/{name}@champion", tracking_uri=store)
+    assert json.loads((local / "config.json").read_text())["marker"] == "better"
+    assert (local / "model.safetensors").read_bytes() == b"better" * 64
+
+    # A named destination is filled atomically, reused while the alias stays, refreshed when it moves.
+    cache = tmp_path / "cache" / "champion"
+    assert tracking.download_model(f"models:/{name}@champion", cache, tracking_uri=store) == cache
+    stamp = (cache / "config.json").stat().st_mtime_ns
+    tracking.download_model(f"models:/{name}@champion", cache, tracking_uri=store)
+    assert (cache / "config.json").stat().st_mtime_ns == stamp
+    tracking.set_alias(name, tracking.CHAMPION, first, tracking_uri=store)
+    tracking.download_model(f"models:/{name}@champion", cache, tracking_uri=store)
+    assert json.loads((cache / "config.json").read_text())["marker"] == "first"
+    assert (
+        json.loads(
+            (tracking.download_model(f"models:/{name}/2", tracking_uri=store) / "config.json").read_text()
+        )["marker"]
+        == "worse"
+    )
+    assert tracking.download_model(tmp_path / "first", tracking_uri=store) == tmp_path / "first"
+
+
+def test_registry_bad_input_gets_clear_errors(store: str, tmp_path: Path) -> None:
+    run_id = tracking.start_training_run("test-registry", "bad", {}, tracking_uri=store)
+    with pytest.raises(FileNotFoundError, match="missing-model"):
+        tracking.register_model(run_id, tmp_path / "missing-model", "bad-model", tracking_uri=store)
+    (tmp_path / "not-hf").mkdir()
+    (tmp_path / "not-hf" / "weights.bin").write_bytes(b"x")
+    with pytest.raises(ValueError, match="not in HF format"):
+        tracking.register_model(run_id, tmp_path / "not-hf", "bad-model", tracking_uri=store)
+    with pytest.raises(LookupError, match="no alias 'champion'"):
+        tracking.download_model("models:/never-registered@champion", tracking_uri=store)
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        tracking.download_model(tmp_path / "nowhere", tracking_uri=store)
+
+
+def test_compare_rules() -> None:
+    champion = {"bleu4": 0.30, "loss": 2.0}
+    assert not tracking.compare({"bleu4": 0.30}, champion, "bleu4").promote  # a tie keeps the champion
+    assert not tracking.compare({"bleu4": 0.305}, champion, "bleu4", min_delta=0.01).promote
+    assert tracking.compare({"bleu4": 0.32}, champion, "bleu4", min_delta=0.01).promote
+    assert tracking.compare({"loss": 1.9}, champion, "loss", higher_is_better=False).promote
+    assert not tracking.compare({"loss": 2.1}, champion, "loss", higher_is_better=False).promote
+    assert not tracking.compare({"bleu4": float("nan")}, champion, "bleu4").promote
+    first = tracking.compare({"bleu4": 0.1}, None, "bleu4")
+    assert first.promote and first.reason == "first version"
+    with pytest.raises(ValueError, match="challenger metrics have no 'cider'"):
+        tracking.compare({"bleu4": 0.1}, champion, "cider")
+    with pytest.raises(ValueError, match="champion metrics have no 'rougeL'"):
+        tracking.compare({"rougeL": 0.1}, champion, "rougeL")
+
+
+def test_unreachable_server_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    closed = f"http://127.0.0.1:{_free_port()}"
+    with pytest.raises(TrackingUnavailable, match=f"MLflow tracking server {closed} is unreachable"):
+        tracking.check_reachable(closed, timeout=2)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://user:secret@127.0.0.1:{_free_port()}")
+    with pytest.raises(TrackingUnavailable, match=r"user:\*\*\*@127\.0\.0\.1") as raised:
+        tracking.configure(timeout=2)
+    assert "secret" not in str(raised.value)
+
+    with serve() as server:  # a server that answers, but not healthy
+        server.add("/health", b"OK", faults=[Fault(status=503)])
+        with pytest.raises(TrackingUnavailable, match="answered 503"):
+            tracking.check_reachable(server.url(""), timeout=2)
+        tracking.check_reachable(server.url(""), timeout=2)  # the next answer is 200
+
+
+@pytest.fixture
+def mlflow_server(store: str, tmp_path: Path) -> Iterator[str]:
+    """`mlflow server` on 127.0.0.1 with its own SQLite store and proxied artifacts.
+
+    The store starts as a copy of the module's, whose tables exist: creating them would add
+    ~8 s to the server's start."""
+    source = sqlite3.connect(store.removeprefix("sqlite:///"))
+    with sqlite3.connect(tmp_path / "mlflow.db") as copy:
+        source.backup(copy)
+    source.close()
+    port = _free_port()
+    # Job execution (GenAI scorer jobs) is not needed and doubles the start-up time.
+    env = dict(os.environ, MLFLOW_DISABLE_TELEMETRY="true", MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+    env.pop("MLFLOW_TRACKING_URI", None)
+    log = (tmp_path / "server.log").open("wb")
+    command = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
+    command += [
+        "--backend-store-uri",
+        f"sqlite:///{tmp_path}/mlflow.db",
+        "--artifacts-destination",
+        str(tmp_path / "art"),
+    ]
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + SERVER_START_LIMIT_S
+        while True:
+            if process.poll() is not None:
+                pytest.fail(
+                    f"mlflow server exited with {process.returncode}: {(tmp_path / 'server.log').read_text()[-2000:]}"
+                )
+            try:
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.skip(
+                    f"mlflow server did not come up within {SERVER_START_LIMIT_S:.0f} s on this machine"
+                )
+            time.sleep(0.3)
+        yield url
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        log.close()
+
+
+def test_round_trip_through_a_real_tracking_server(
+    mlflow_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    assert tracking.configure(timeout=5) == mlflow_server
+    run_id = tracking.start_training_run("served", "stage2", {"lr": 2e-4})
+    version = tracking.register_model(run_id, _model_dir(tmp_path / "model", "served"), "patentlmm-served")
+    tracking.promote(
+        version=version, name="patentlmm-served", decision=tracking.compare({"bleu4": 0.2}, None, "bleu4")
+    )
+    local = tracking.download_model("models:/patentlmm-served@champion", tmp_path / "downloaded")
+    assert json.loads((local / "config.json").read_text())["marker"] == "served"
+    # Artifacts went through the server to its own destination, not to a local path.
+    assert list((tmp_path / "art").rglob("model.safetensors"))
