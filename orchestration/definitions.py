@@ -4,26 +4,40 @@ from __future__ import annotations
 
 import dagster as dg
 
-from orchestration import assets, checks
+from orchestration import assets, checks, model_assets
 from orchestration.jobs import build_dataset, ingest_release
-from orchestration.resources import DataVersioning, LandingDirectory, PatentflowHome, ReleaseSource
+from orchestration.resources import (
+    DataVersioning,
+    LandingDirectory,
+    MlflowTracking,
+    PatentflowHome,
+    PatentLMMSettings,
+    ReleaseSource,
+)
 from orchestration.sensors import new_uspto_releases
 
 
 def build_definitions(
-    release_source: ReleaseSource | None = None, home: PatentflowHome | None = None
+    release_source: ReleaseSource | None = None,
+    home: PatentflowHome | None = None,
+    settings: PatentLMMSettings | None = None,
 ) -> dg.Definitions:
-    """The graph with its resources; tests pass another release source or home."""
+    """The graph with its resources; tests pass another release source, home or model settings."""
     home = home or PatentflowHome()
     return dg.Definitions(
-        assets=dg.load_assets_from_modules([assets]),
-        asset_checks=dg.load_asset_checks_from_modules([checks]),
-        jobs=[ingest_release, build_dataset],
+        assets=dg.load_assets_from_modules([assets, model_assets]),
+        asset_checks=dg.load_asset_checks_from_modules([checks, model_assets]),
+        jobs=[ingest_release, build_dataset, model_assets.retrain_patentlmm],
+        schedules=[model_assets.weekly_retrain],
         sensors=[new_uspto_releases],
         resources={
             "home": home,
             "release_source": release_source or LandingDirectory(),
             "dvc": DataVersioning(home=home),
+            "mlflow": MlflowTracking(home=home),
+            "settings": settings or PatentLMMSettings(),
+            # training runs in a subprocess (DeepSpeed launcher); Dagster's K8s/Pipes clients scale it out
+            "pipes": dg.PipesSubprocessClient(),
         },
     )
 

@@ -117,3 +117,54 @@ class DataVersioning(dg.ConfigurableResource):
 
     def track(self, path: Path, message: str) -> versioning.DataVersion:
         return self.repo().track(os.path.relpath(path, self.home.home.data), message)
+
+
+class MlflowTracking(dg.ConfigurableResource):
+    """MLflow tracking and model registry: SQLite under $PATENTFLOW_HOME/mlflow by default,
+    a tracking server by setting `tracking_uri` (or MLFLOW_TRACKING_URI)."""
+
+    home: PatentflowHome
+    tracking_uri: str = ""
+    experiment: str = "patentlmm"
+    registered_model: str = "patentlmm"
+
+    def uri(self) -> str:
+        from training import tracking
+
+        uri = self.tracking_uri or tracking.tracking_uri(self.home.home)
+        tracking.check_reachable(uri)  # an unreachable server is a clear error before any training
+        return uri
+
+
+class PatentLMMSettings(dg.ConfigurableResource):
+    """Which PatentLMM to train: the tiny embedded default, or production from local checkpoints."""
+
+    preset_name: str = "tiny"  # a name in training.configs.PRESETS
+    # Production: local checkpoint directories (nothing is downloaded); empty keeps the preset's.
+    encoder_dir: str = ""
+    lm_dir: str = ""
+    tokenizer_dir: str = ""
+    lora_adapter_dir: str = ""
+    launcher: str = "deepspeed"  # or "torchrun"
+    nproc_per_node: int = 0  # 0: every GPU of the machine (1 process on a CPU)
+    max_steps: int = 0  # 0: the stage's own epochs
+    pretrain_steps: int = 200  # PatentMME / PatentLLaMA steps in the embedded default
+    promotion_metric: str = "brief_rougeL"  # the challenger must beat the champion on this
+
+    def preset(self):  # -> training.configs.ModelPreset
+        from dataclasses import replace
+
+        from training.configs import PRESETS
+
+        preset = PRESETS[self.preset_name]
+        paths = {
+            k: v
+            for k, v in {
+                "encoder_dir": self.encoder_dir,
+                "lm_dir": self.lm_dir,
+                "tokenizer_dir": self.tokenizer_dir,
+                "lora_adapter_dir": self.lora_adapter_dir,
+            }.items()
+            if v
+        }
+        return replace(preset, **paths)

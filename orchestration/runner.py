@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import dagster as dg
 
@@ -22,7 +23,6 @@ from patent_assets import pipeline
 from patent_assets.dataset import release_passed
 from patent_assets.records import read_jsonl
 from patentflow.settings import Home
-
 
 # The console shows INFO and up; every event is still in the run's log in the Dagster UI.
 QUIET = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
@@ -37,6 +37,7 @@ class RunReport:
     checks: dict[str, bool] = field(default_factory=dict)
     failed_runs: list[str] = field(default_factory=list)
     dataset: dict[str, int] = field(default_factory=dict)
+    model: dict[str, Any] = field(default_factory=dict)
 
     @property
     def success(self) -> bool:
@@ -60,6 +61,13 @@ class RunReport:
             f"  dataset:    {self.dataset.get('figures', 0)} figures; splits "
             + ", ".join(f"{k} {v}" for k, v in self.dataset.items() if k not in ("figures", "all")),
         ]
+        if self.model:
+            m = self.model
+            lines.append(
+                f"  model:      PatentLMM version {m.get('model_version', '?')} "
+                f"(champion: version {m.get('champion_version', '?')}; {m.get('reason', '')})"
+            )
+            lines += [f"                {k} {v:.3f}" for k, v in m.get("metrics", {}).items()]
         if self.failed_runs:
             lines.append(f"  FAILED runs: {', '.join(self.failed_runs)}")
         lines += [
@@ -68,6 +76,7 @@ class RunReport:
             f"    figure dataset:       {self.home.data / 'dataset' / 'figures' / pipeline.FIGURES}",
             f"    LLaVA JSON:           {self.home.data / 'dataset' / 'llava_json'}",
             "    Dagster UI:           make ui  (http://127.0.0.1:3000)",
+            f"    MLflow UI:            mlflow/server.sh  (runs, curves, registry; {self.home.mlflow})",
         ]
         return "\n".join(lines)
 
@@ -79,6 +88,7 @@ def run_all(
     patents_per_release: int = 8,
     seed: int = 0,
     echo: Callable[[str], None] = print,
+    train: bool = True,
 ) -> RunReport:
     from patent_assets import synthetic
 
@@ -115,9 +125,45 @@ def run_all(
         )
         if not result.success:
             report.failed_runs.append(f"build_dataset ({result.run_id})")
+        if train and not report.failed_runs:
+            echo(
+                "retrain_patentlmm (tokenizer, PatentMME, PatentLLaMA, stage 1, stage 2, evaluation, promotion) ..."
+            )
+            result = defs.resolve_job_def("retrain_patentlmm").execute_in_process(
+                run_config=QUIET, instance=instance, raise_on_error=False
+            )
+            report.model = _model_summary(result)
+            if not result.success and not report.model.get("blocked_by_check"):
+                report.failed_runs.append(f"retrain_patentlmm ({result.run_id})")
     summary = pipeline.read_step_summary(home.data / "dataset" / "figures")
     report.dataset = {"figures": summary.get("figures", 0), **summary.get("splits", {})}
     return report
+
+
+def _model_summary(result: dg.ExecuteInProcessResult) -> dict[str, Any]:
+    events = {
+        e.asset_key.to_user_string(): e.materialization.metadata
+        for e in result.get_asset_materialization_events()
+    }
+    summary: dict[str, Any] = {}
+    challenger = events.get("patentlmm_challenger", {})
+    if challenger:
+        summary["model_version"] = challenger["model_version"].value
+        summary["metrics"] = {
+            k: v.value
+            for k, v in challenger.items()
+            if k in ("brief_bleu4", "brief_rougeL", "brief_meteor", "brief_cider")
+        }
+        summary["ablations"] = challenger["ablations"].value
+    champion = events.get("patentlmm_champion", {})
+    if champion:
+        summary["champion_version"] = champion["champion_version"].value
+        summary["reason"] = champion["reason"].value
+    for evaluation in result.get_asset_check_evaluations():
+        if evaluation.check_name == "challenger_beats_champion" and not evaluation.passed:
+            summary["blocked_by_check"] = True
+            summary["reason"] = f"not promoted: {evaluation.metadata['reason'].value}"
+    return summary
 
 
 def _collect_release(report: RunReport, home: Home, key: str) -> None:

@@ -78,13 +78,19 @@ def run(
     ] = 3,
     patents: Annotated[int, typer.Option(help="Patents per synthetic release.")] = 8,
     seed: int = 0,
+    train: Annotated[bool, typer.Option(help="Also train, evaluate and promote PatentLMM.")] = True,
 ) -> None:
     """The main job: materialize the whole asset graph on the embedded default."""
     from orchestration import runner
 
     home = _home()
     report = runner.run_all(
-        home, synthetic_releases=releases, patents_per_release=patents, seed=seed, echo=typer.echo
+        home,
+        synthetic_releases=releases,
+        patents_per_release=patents,
+        seed=seed,
+        echo=typer.echo,
+        train=train,
     )
     typer.echo(report.render())
     if not report.success:

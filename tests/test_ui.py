@@ -47,7 +47,7 @@ def dagster_ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     env = os.environ | {"PATENTFLOW_HOME": str(root), "DAGSTER_HOME": str(root / "dagster")}
     # one small release, materialized by the main job into this home's persistent instance
     subprocess.run(
-        [sys.executable, "-m", "patentflow.cli", "run", "--releases", "1", "--patents", "3"],
+        [sys.executable, "-m", "patentflow.cli", "run", "--releases", "1", "--patents", "3", "--no-train"],
         env=env,
         check=True,
         timeout=600,

@@ -171,14 +171,21 @@ STAGE2 = StageConfig(
 
 # CPU-sized overrides of the same stages for the embedded default: fp32 (CPUs have no fast bf16
 # training), no gradient checkpointing (nothing to save at this size), a tiny LoRA.
+# More epochs than the paper: the tiny data set is ~100 figures, and the tiny model starts from
+# nothing, so it needs many passes to learn what the image and its OCR say.
 STAGE1_EMBEDDED = replace(
-    STAGE1, per_device_batch_size=4, gradient_accumulation_steps=1, bf16=False, gradient_checkpointing=False
+    STAGE1,
+    num_epochs=10,
+    per_device_batch_size=4,
+    gradient_accumulation_steps=1,
+    bf16=False,
+    gradient_checkpointing=False,
 )
 STAGE2_EMBEDDED = replace(
     STAGE2,
     learning_rate=1e-3,
     projector_lr=1e-3,
-    num_epochs=2,
+    num_epochs=25,  # the paper's stage-2 epochs
     per_device_batch_size=4,
     gradient_accumulation_steps=1,
     bf16=False,

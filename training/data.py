@@ -92,6 +92,22 @@ def encode_ocr(processor: Any, image: Image.Image, ocr: Any, ocr_max_tokens: int
     }
 
 
+# What the model is shown (PatentLMM's ablations): "full"; "image_blind": a blank page and no OCR,
+# so the description comes from the text prompt alone; "no_ocr": the image without its OCR words.
+INPUT_MODES: tuple[str, ...] = ("full", "image_blind", "no_ocr")
+
+
+def ablate_inputs(image: Image.Image, ocr: Any, mode: str) -> tuple[Image.Image, Any]:
+    """The encoder inputs under an ablation; the same function at training and at inference."""
+    if mode not in INPUT_MODES:
+        raise ValueError(f"input mode must be one of {INPUT_MODES}, got {mode!r}")
+    if mode == "image_blind":
+        return Image.new("L", image.size, 255), {"words": [], "boxes": []}
+    if mode == "no_ocr":
+        return image, {"words": [], "boxes": []}
+    return image, ocr
+
+
 class PatentLMMDataset(Dataset):
     """Examples of one LLaVA JSON file (`llava_json/{brief,detailed}_{split}.json`).
 
@@ -109,8 +125,10 @@ class PatentLMMDataset(Dataset):
         tokenizer: Any,
         max_length: int,
         ocr_max_tokens: int,
+        inputs: str = "full",
     ):
         self.llava_json = Path(llava_json)
+        self.inputs = inputs
         self.processor = processor
         self.tokenizer = tokenizer
         self.max_length = max_length
@@ -169,9 +187,8 @@ class PatentLMMDataset(Dataset):
         labels = ([IGNORE_INDEX] * len(prompt_part) + answer_part)[: self.max_length]
         try:
             with Image.open(self.image_paths[index]) as image:
-                encoder_inputs = encode_ocr(
-                    self.processor, image, entry.get("ocr") or {"words": [], "boxes": []}, self.ocr_max_tokens
-                )
+                shown, ocr = ablate_inputs(image, entry.get("ocr") or {"words": [], "boxes": []}, self.inputs)
+                encoder_inputs = encode_ocr(self.processor, shown, ocr, self.ocr_max_tokens)
         except (OSError, ValueError) as error:
             raise ValueError(f"{self.llava_json.name}: entry {entry.get('id')}: {error}") from error
         return {

@@ -40,7 +40,7 @@ from patent_assets.records import OcrWords, Rejection, atomic_write
 logger = logging.getLogger(__name__)
 
 Kind = Literal["brief", "detailed"]
-# Input ablations: "image_blind" shows the encoder a blank page, "no_ocr" gives it no OCR words.
+# Input ablations (training.data.ablate_inputs): "image_blind" = blank page and no OCR, "no_ocr" = no OCR words.
 InputMode = Literal["full", "image_blind", "no_ocr"]
 INPUT_MODES: tuple[str, ...] = ("full", "image_blind", "no_ocr")
 TOKENIZER_SUBDIR = "tokenizer"  # where training.train copies the tokenizer next to the model
@@ -257,16 +257,6 @@ def _ocr_of(figure: Figure, image: Image.Image) -> OcrWords | Mapping[str, Any]:
     return ocr_image(figure.image_path)  # empty words when tesseract reads nothing
 
 
-def _ablate(
-    image: Image.Image, ocr: OcrWords | Mapping[str, Any], mode: InputMode
-) -> tuple[Image.Image, Any]:
-    if mode == "image_blind":  # a blank page of the same size: the encoder still sees the OCR layout
-        return Image.new("L", image.size, 255), ocr
-    if mode == "no_ocr":
-        return image, {"words": [], "boxes": []}
-    return image, ocr
-
-
 def describe_figures(
     figures: Iterable[Figure],
     inference: Inference,
@@ -302,6 +292,8 @@ def describe_figures(
         seen.add(figure.image_id)
 
     journal = out.with_name(f".{out.name}.partial.jsonl") if out is not None else None
+    from training.data import ablate_inputs
+
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
     previous: dict[str, str] = {}
@@ -328,7 +320,7 @@ def describe_figures(
             for figure in batch:
                 try:
                     image = _read_image(figure.image_path)
-                    image, ocr = _ablate(image, _ocr_of(figure, image), inputs)
+                    image, ocr = ablate_inputs(image, _ocr_of(figure, image), inputs)
                     loaded.append((figure, encode_figure(inference, image, ocr)))
                 except (ImageRejected, OSError, RuntimeError, ValueError) as error:
                     # pytesseract's failures are RuntimeErrors (TesseractError) or OSErrors; bad

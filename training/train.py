@@ -92,6 +92,7 @@ class TrainConfig:
     num_workers: int = 0
     mlflow_run_id: str | None = None
     max_steps: int | None = None  # stop after this many optimizer steps (tests, smoke runs)
+    inputs: str = "full"  # an ablation trains on "image_blind" or "no_ocr" inputs (training.data)
 
     def __post_init__(self) -> None:
         if self.stage not in (1, 2):
@@ -234,7 +235,7 @@ def build_datasets(cfg: TrainConfig, model: Any) -> tuple[Dataset, Dataset | Non
 
     def dataset(path: str) -> Dataset:
         data = PatentLMMDataset(
-            Path(path), images, processor, tokenizer, cfg.max_length, model.config.ocr_max_tokens
+            Path(path), images, processor, tokenizer, cfg.max_length, model.config.ocr_max_tokens, cfg.inputs
         )
         if data.rejected:
             log(f"{path}: {len(data.rejected)} entries left out, e.g. {data.rejected[0]}")

@@ -1,0 +1,501 @@
+"""The model half: PatentLMM trained in two stages, evaluated, registered, promoted.
+
+    llava_dataset -> description_tokenizer -> patent_mme, patent_llama
+                  -> patentlmm_stage1 -> patentlmm_stage2 -> patentlmm_challenger
+                  -> (check: challenger_beats_champion) -> patentlmm_champion -> generated_descriptions
+
+Training never runs in the Dagster process: each training asset writes a JSON config and
+launches `training.*` through Dagster Pipes (the DeepSpeed launcher for the stages, so a
+machine's every GPU is used). Models go to content-addressed directories under
+$PATENTFLOW_HOME/store/models; MLflow holds runs, curves and the registry.
+"""
+# No `from __future__ import annotations`: Dagster inspects the `context` annotation at definition time.
+
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import dagster as dg
+
+from orchestration.assets import llava_dataset, release_documents
+from orchestration.resources import DataVersioning, MlflowTracking, PatentflowHome, PatentLMMSettings
+from patent_assets.records import atomic_write
+from patent_assets.store import ArtifactStore
+from training import launch, plans
+
+MODEL_GROUP = "patentlmm"
+EAGER = dg.AutomationCondition.eager()
+
+
+def _latest(context: dg.AssetExecutionContext, asset: str, key: str = "path") -> str:
+    event = context.instance.get_latest_materialization_event(dg.AssetKey(asset))
+    if event is None or event.asset_materialization is None:
+        raise dg.Failure(f"{asset} has not been materialized yet: materialize it first")
+    return str(event.asset_materialization.metadata[key].value)
+
+
+def _job(
+    pipes: dg.PipesSubprocessClient,
+    context: dg.AssetExecutionContext,
+    command: str,
+    config: dict,
+    config_path: Path,
+    extra: dict | None = None,
+) -> dg.MaterializeResult:
+    """Run `python -m training.jobs COMMAND --config CONFIG` through Pipes; add our own metadata."""
+    config_path.parent.mkdir(parents=True, exist_ok=True)
+    config_path.write_text(json.dumps(config, indent=2))
+    reported = pipes.run(
+        command=[sys.executable, "-m", "training.jobs", command, "--config", str(config_path)],
+        context=context,
+        env=launch.training_env(),
+        cwd=str(launch.PROJECT_ROOT),
+    ).get_materialize_result()
+    return dg.MaterializeResult(metadata={**(reported.metadata or {}), **(extra or {})})
+
+
+def _work_dir(home: PatentflowHome, context: dg.AssetExecutionContext) -> Path:
+    return home.home.store / "runs" / context.asset_key.to_user_string() / context.run.run_id[:8]
+
+
+@dg.asset(
+    deps=[llava_dataset],
+    group_name=MODEL_GROUP,
+    kinds={"huggingface"},
+    automation_condition=EAGER,
+    description="The BPE tokenizer of the embedded default, trained on the training descriptions "
+    "(LM form and LayoutLMv3 OCR-processor form); production uses the checkpoint's.",
+)
+def description_tokenizer(home: PatentflowHome, settings: PatentLMMSettings) -> dg.MaterializeResult:
+    from training import tokenizer
+
+    preset = settings.preset()
+    if preset.tokenizer_dir:
+        return dg.MaterializeResult(metadata={"path": preset.tokenizer_dir, "source": "checkpoint"})
+    train_jsons = sorted((home.dataset_dir() / "llava_json").glob("*_train.json"))
+    out = (
+        home.home.store
+        / "models"
+        / "tokenizer"
+        / ArtifactStore.hash_tree(home.dataset_dir() / "llava_json")[:16]
+    )
+    if not out.exists():  # content-addressed by its training data: re-materializing is free
+        tokenizer.train_tokenizer(
+            tokenizer.corpus_from_llava(train_jsons),
+            out,
+            vocab_size=preset.vocab_size,
+            image_size=preset.image_size,
+            ocr_max_tokens=preset.ocr_max_tokens,
+            lm_max_length=preset.max_length,
+        )
+    vocab = len(tokenizer.load_lm_tokenizer(out))
+    return dg.MaterializeResult(metadata={"path": str(out), "vocab_size": vocab, "source": "trained"})
+
+
+@dg.asset(
+    deps=[llava_dataset, description_tokenizer],
+    group_name=MODEL_GROUP,
+    kinds={"pytorch"},
+    automation_condition=EAGER,
+    description="PatentMME: the LayoutLMv3 encoder pretrained on the drawing sheets (MLM on OCR tokens, "
+    "masked image modelling on ink patches, patch classification); a configured checkpoint is loaded instead.",
+)
+def patent_mme(
+    context: dg.AssetExecutionContext,
+    home: PatentflowHome,
+    settings: PatentLMMSettings,
+    pipes: dg.PipesSubprocessClient,
+) -> dg.MaterializeResult:
+    out = _work_dir(home, context)
+    config = {
+        "records_jsonl": str(home.dataset_dir() / "figures" / "figures.jsonl"),
+        "tokenizer_dir": _latest(context, "description_tokenizer"),
+        "out_dir": str(out),
+        "preset": settings.preset_name,
+        "checkpoint_dir": settings.preset().encoder_dir,
+        "steps": settings.pretrain_steps,
+    }
+    return _job(pipes, context, "patent_mme", config, out / "job.json", {"path": str(out / "encoder")})
+
+
+@dg.asset(
+    deps=[release_documents, description_tokenizer],
+    group_name=MODEL_GROUP,
+    kinds={"pytorch"},
+    automation_condition=EAGER,
+    description="PatentLLaMA: the language model pretrained on the releases' patent text "
+    "(from scratch for the tiny default; LoRA continued pretraining of a checkpoint in production).",
+)
+def patent_llama(
+    context: dg.AssetExecutionContext,
+    home: PatentflowHome,
+    settings: PatentLMMSettings,
+    pipes: dg.PipesSubprocessClient,
+) -> dg.MaterializeResult:
+    out = _work_dir(home, context)
+    documents = sorted(str(p) for p in (home.home.data / "releases").glob("*/documents/documents.jsonl"))
+    config = {
+        "documents": documents,
+        "tokenizer_dir": _latest(context, "description_tokenizer"),
+        "out_dir": str(out),
+        "preset": settings.preset_name,
+        "base_model_dir": settings.preset().lm_dir,
+        "steps": settings.pretrain_steps,
+    }
+    return _job(pipes, context, "patent_llama", config, out / "job.json", {"path": str(out / "lm")})
+
+
+def _train_stage(
+    stage: int,
+    context: dg.AssetExecutionContext,
+    home: PatentflowHome,
+    settings: PatentLMMSettings,
+    mlflow: MlflowTracking,
+    pipes: dg.PipesSubprocessClient,
+    input_mode: str = "full",
+) -> dict:
+    """Launch one training (DeepSpeed, through Pipes) in its own MLflow run; its metadata."""
+    from training import tracking
+
+    out = _work_dir(home, context) / input_mode
+    inputs = plans.TrainingInputs(
+        dataset_dir=home.dataset_dir(),
+        tokenizer_dir=Path(_latest(context, "description_tokenizer")),
+        encoder_dir=Path(_latest(context, "patent_mme")),
+        lm_dir=Path(_latest(context, "patent_llama")),
+        lora_adapter_dir=Path(settings.preset().lora_adapter_dir)
+        if settings.preset().lora_adapter_dir
+        else None,
+    )
+    init = Path(_latest(context, "patentlmm_stage1")) if stage == 2 else None
+    cfg = plans.train_config(
+        stage,
+        inputs,
+        out,
+        settings.preset(),
+        init_model_dir=init,
+        max_steps=settings.max_steps or None,
+        input_mode=input_mode,
+    )
+    uri = mlflow.uri()
+    run_id = tracking.start_training_run(
+        experiment=mlflow.experiment,
+        run_name=f"stage{stage}-{input_mode}-{context.run.run_id[:8]}",
+        params=asdict(cfg),
+        tags={"stage": str(stage), "inputs": input_mode, "dagster_run_id": context.run.run_id},
+        data_version={"llava_dataset_md5": _latest(context, "llava_dataset", "dvc_md5")},
+        git_commit=tracking.read_git_commit(),
+        tracking_uri=uri,
+    )
+    cfg.mlflow_run_id = run_id
+    out.mkdir(parents=True, exist_ok=True)
+    cfg.to_json(out / "train_config.json")
+    command = launch.launch_command(
+        out / "train_config.json", nproc_per_node=settings.nproc_per_node or None, launcher=settings.launcher
+    )  # type: ignore[arg-type]
+    try:
+        reported = pipes.run(
+            command=command,
+            context=context,
+            env=launch.training_env({"MLFLOW_TRACKING_URI": uri}),
+            cwd=str(launch.PROJECT_ROOT),
+        ).get_materialize_result()
+    except Exception:
+        tracking.finish_run(run_id, status="FAILED", tracking_uri=uri)
+        raise
+    history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    history = [row for row in history if "step" in row]
+    if history:
+        tracking.log_curve_plot(run_id, history, name=f"stage{stage}_loss", tracking_uri=uri)
+    tracking.finish_run(run_id, tracking_uri=uri)
+    return {
+        **(reported.metadata or {}),
+        "path": str(out / "model"),
+        "mlflow_run_id": run_id,
+        "steps": len(history),
+    }
+
+
+@dg.asset(
+    deps=[llava_dataset, description_tokenizer, patent_mme, patent_llama],
+    group_name=MODEL_GROUP,
+    kinds={"deepspeed"},
+    automation_condition=EAGER,
+    description="Stage 1: the projector alone learns to map the frozen encoder into the frozen LM, on brief descriptions.",
+)
+def patentlmm_stage1(
+    context: dg.AssetExecutionContext,
+    home: PatentflowHome,
+    settings: PatentLMMSettings,
+    mlflow: MlflowTracking,
+    pipes: dg.PipesSubprocessClient,
+) -> dg.MaterializeResult:
+    return dg.MaterializeResult(metadata=_train_stage(1, context, home, settings, mlflow, pipes))
+
+
+@dg.asset(
+    deps=[patentlmm_stage1],
+    group_name=MODEL_GROUP,
+    kinds={"deepspeed"},
+    automation_condition=EAGER,
+    description="Stage 2: LoRA on the LM plus the projector, from stage 1's model.",
+)
+def patentlmm_stage2(
+    context: dg.AssetExecutionContext,
+    home: PatentflowHome,
+    settings: PatentLMMSettings,
+    mlflow: MlflowTracking,
+    pipes: dg.PipesSubprocessClient,
+) -> dg.MaterializeResult:
+    return dg.MaterializeResult(metadata=_train_stage(2, context, home, settings, mlflow, pipes))
+
+
+@dg.asset(
+    deps=[patentlmm_stage1],
+    group_name=MODEL_GROUP,
+    kinds={"deepspeed"},
+    automation_condition=EAGER,
+    description="Ablations that prove the image pathway works: stage 2 trained (and later evaluated) "
+    "without the image (text prompt only: blank page, no OCR) and without the OCR words.",
+)
+def patentlmm_ablations(
+    context: dg.AssetExecutionContext,
+    home: PatentflowHome,
+    settings: PatentLMMSettings,
+    mlflow: MlflowTracking,
+    pipes: dg.PipesSubprocessClient,
+) -> dg.MaterializeResult:
+    trained = {
+        mode: _train_stage(2, context, home, settings, mlflow, pipes, input_mode=mode)
+        for mode in ("image_blind", "no_ocr")
+    }
+    paths = {mode: meta["path"] for mode, meta in trained.items()}
+    out = _work_dir(home, context) / "ablations.json"
+    out.write_text(json.dumps(paths, indent=2))
+    return dg.MaterializeResult(metadata={"path": str(out), "models": dg.MetadataValue.json(paths)})
+
+
+def _evaluate(
+    context: dg.AssetExecutionContext,
+    pipes: dg.PipesSubprocessClient,
+    home: PatentflowHome,
+    model_dir: str,
+    out: Path,
+    run_id: str | None,
+    uri: str,
+    ablations: dict[str, str],
+) -> dict:
+    llava = home.dataset_dir() / "llava_json"
+    config = {
+        "out_dir": str(out),
+        "model_dir": model_dir,
+        "test_jsons": {"brief": str(llava / "brief_test.json")},
+        "figures_jsonl": str(home.dataset_dir() / "figures" / "figures.jsonl"),
+        # models trained without the image / the OCR, evaluated on the inputs they trained on
+        "ablations": ablations,
+        "mlflow_run_id": run_id,
+        "tracking_uri": uri,
+        "max_new_tokens": 96,
+    }
+    _job(pipes, context, "evaluate", config, out / "job.json")
+    return json.loads((out / "metrics.json").read_text())
+
+
+def _flat(metrics: dict) -> dict[str, float]:
+    from training.metrics import METRIC_NAMES
+
+    return {
+        f"{kind}_{m}": float(metrics[kind][m])
+        for kind in ("brief", "detailed")
+        if kind in metrics
+        for m in METRIC_NAMES
+    }
+
+
+@dg.asset(
+    deps=[patentlmm_stage2, patentlmm_ablations],
+    group_name=MODEL_GROUP,
+    kinds={"mlflow"},
+    automation_condition=EAGER,
+    description="The new model evaluated on the test split (BLEU-1..4, ROUGE, METEOR, CIDEr; image-blind and "
+    "no-OCR ablations), registered as a model version with alias `challenger`; the champion is "
+    "re-evaluated on the same split for the promotion check.",
+)
+def patentlmm_challenger(
+    context: dg.AssetExecutionContext,
+    home: PatentflowHome,
+    mlflow: MlflowTracking,
+    pipes: dg.PipesSubprocessClient,
+) -> dg.MaterializeResult:
+    from training import tracking
+
+    uri = mlflow.uri()
+    out = _work_dir(home, context)
+    model_dir, run_id = (
+        _latest(context, "patentlmm_stage2"),
+        _latest(context, "patentlmm_stage2", "mlflow_run_id"),
+    )
+    ablations = json.loads(Path(_latest(context, "patentlmm_ablations")).read_text())
+    metrics = _evaluate(context, pipes, home, model_dir, out / "challenger", run_id, uri, ablations)
+    flat = _flat(metrics)
+    version = tracking.register_model(
+        run_id,
+        Path(model_dir),
+        mlflow.registered_model,
+        tags={k: f"{v:.4f}" for k, v in flat.items()},
+        tracking_uri=uri,
+    )
+    champion = tracking.get_alias_version(mlflow.registered_model, tracking.CHAMPION, tracking_uri=uri)
+    champion_flat = None
+    if champion is not None and champion != version:
+        champion_dir = tracking.download_model(
+            f"models:/{mlflow.registered_model}@{tracking.CHAMPION}",
+            dst=home.home.store / "models" / "champion",
+            tracking_uri=uri,
+        )
+        champion_flat = _flat(
+            _evaluate(context, pipes, home, str(champion_dir), out / "champion", None, uri, {})
+        )
+    record = {
+        "version": version,
+        "metrics": flat,
+        "champion_version": champion,
+        "champion_metrics": champion_flat,
+        "ablations": {name: _flat(m) for name, m in metrics.get("ablations", {}).items()},
+    }
+    (out / "challenger.json").write_text(json.dumps(record, indent=2))
+    return dg.MaterializeResult(
+        metadata={
+            "path": str(out / "challenger.json"),
+            "model_version": version,
+            "champion_version": champion or 0,
+            **{k: dg.MetadataValue.float(round(v, 4)) for k, v in flat.items()},
+            "ablations": dg.MetadataValue.json(record["ablations"]),
+        }
+    )
+
+
+def _decision(context, settings: PatentLMMSettings) -> tuple[dict, object]:
+    from training import tracking
+
+    record = json.loads(Path(_latest(context, "patentlmm_challenger")).read_text())
+    decision = tracking.compare(
+        record["metrics"], record["champion_metrics"], primary=settings.promotion_metric
+    )
+    return record, decision
+
+
+@dg.asset_check(
+    asset=patentlmm_challenger,
+    blocking=True,
+    description="The challenger must beat the champion on the same test split (the promotion metric); "
+    "the decision and its reason go on the model version's tags either way.",
+)
+def challenger_beats_champion(
+    context: dg.AssetCheckExecutionContext, settings: PatentLMMSettings, mlflow: MlflowTracking
+) -> dg.AssetCheckResult:
+    from training import tracking
+
+    record, decision = _decision(context, settings)
+    if not decision.promote:  # record why on the version; the champion alias stays where it is
+        tracking.promote(mlflow.registered_model, record["version"], decision, tracking_uri=mlflow.uri())
+    return dg.AssetCheckResult(
+        passed=bool(decision.promote),
+        metadata={
+            "reason": decision.reason,
+            "metric": settings.promotion_metric,
+            "challenger_version": record["version"],
+            "champion_version": record["champion_version"] or 0,
+        },
+    )
+
+
+@dg.asset(
+    deps=[patentlmm_challenger],
+    group_name=MODEL_GROUP,
+    kinds={"mlflow"},
+    automation_condition=EAGER,
+    description="Moves the registry alias `champion` to the challenger (it runs only when the promotion check passed).",
+)
+def patentlmm_champion(
+    context: dg.AssetExecutionContext, settings: PatentLMMSettings, mlflow: MlflowTracking
+) -> dg.MaterializeResult:
+    from training import tracking
+
+    record, decision = _decision(context, settings)
+    decision = tracking.promote(
+        mlflow.registered_model, record["version"], decision, tracking_uri=mlflow.uri()
+    )
+    return dg.MaterializeResult(
+        metadata={
+            "champion_version": tracking.get_alias_version(
+                mlflow.registered_model, tracking.CHAMPION, tracking_uri=mlflow.uri()
+            )
+            or 0,
+            "reason": decision.reason,
+            "model_uri": f"models:/{mlflow.registered_model}@{tracking.CHAMPION}",
+        }
+    )
+
+
+@dg.asset(
+    deps=[patentlmm_champion],
+    group_name=MODEL_GROUP,
+    kinds={"pytorch"},
+    automation_condition=EAGER,
+    description="The champion's description of every figure ({image_id: text}): the LLM-informed text for retrieval.",
+)
+def generated_descriptions(
+    context: dg.AssetExecutionContext,
+    home: PatentflowHome,
+    mlflow: MlflowTracking,
+    dvc: DataVersioning,
+    pipes: dg.PipesSubprocessClient,
+) -> dg.MaterializeResult:
+    from training import tracking
+
+    uri = mlflow.uri()
+    version = tracking.get_alias_version(mlflow.registered_model, tracking.CHAMPION, tracking_uri=uri)
+    model_dir = tracking.download_model(
+        f"models:/{mlflow.registered_model}@{tracking.CHAMPION}",
+        dst=home.home.store / "models" / "champion",
+        tracking_uri=uri,
+    )
+    # Generation resumes within one model version only; a new champion starts afresh.
+    work = home.home.store / "generated" / f"{mlflow.registered_model}-v{version}"
+    config = {
+        "out_dir": str(work),
+        "model_dir": str(model_dir),
+        "max_new_tokens": 96,
+        "figures_jsonl": str(home.dataset_dir() / "figures" / "figures.jsonl"),
+    }
+    reported = _job(pipes, context, "generate", config, _work_dir(home, context) / "job.json")
+    out = home.home.data / "generated_descriptions"
+    with atomic_write(out / "generated_descriptions.json", "wb") as handle:
+        handle.write((work / "generated_descriptions.json").read_bytes())
+    (out / "model.json").write_text(json.dumps({"model": mlflow.registered_model, "version": version}))
+    version_meta = dvc.track(out, f"generated_descriptions {mlflow.registered_model} v{version}").metadata()
+    return dg.MaterializeResult(
+        metadata={
+            **(reported.metadata or {}),
+            "path": str(out / "generated_descriptions.json"),
+            "model_version": version or 0,
+            **version_meta,
+        }
+    )
+
+
+retrain_patentlmm = dg.define_asset_job(
+    "retrain_patentlmm",
+    selection=dg.AssetSelection.groups(MODEL_GROUP),
+    description="Tokenizer, pretraining, both stages, evaluation, promotion and generated descriptions.",
+)
+
+weekly_retrain = dg.ScheduleDefinition(
+    name="weekly_retrain",
+    job=retrain_patentlmm,
+    cron_schedule="0 6 * * 2",  # Tuesdays, after USPTO's weekly release
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+    description="Retrains PatentLMM every week, whatever arrived.",
+)
