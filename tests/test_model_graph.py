@@ -1,0 +1,99 @@
+"""The model half of the graph, materialized for real on a tiny data set: pretraining, both
+stages through the DeepSpeed launcher (Pipes), evaluation with ablations, the MLflow registry,
+the blocking promotion check and the generated descriptions."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from orchestration.assets import releases
+from orchestration.definitions import build_definitions
+from orchestration.resources import LandingDirectory, PatentflowHome, PatentLMMSettings
+from patent_assets import synthetic
+from training import tracking
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("model-home")
+    landing = root / "landing"
+    # seed 0: the hash splits give this release a non-empty test split
+    synthetic.generate(synthetic.SyntheticConfig(releases=1, patents_per_release=6, seed=0), landing)
+    settings = PatentLMMSettings(max_steps=12, pretrain_steps=10)
+    defs = build_definitions(
+        release_source=LandingDirectory(path=str(landing)),
+        home=PatentflowHome(root=str(root)),
+        settings=settings,
+    )
+    instance = dg.DagsterInstance.ephemeral()
+    [key] = [r.key for r in LandingDirectory(path=str(landing)).list_releases()]
+    instance.add_dynamic_partitions(releases.name, [key])
+    assert (
+        defs.resolve_job_def("ingest_release")
+        .execute_in_process(instance=instance, partition_key=key)
+        .success
+    )
+    assert defs.resolve_job_def("build_dataset").execute_in_process(instance=instance).success
+    first = defs.resolve_job_def("retrain_patentlmm").execute_in_process(
+        instance=instance, raise_on_error=False
+    )
+    return defs, instance, root, first
+
+
+def _metadata(result: dg.ExecuteInProcessResult, asset: str) -> dict:
+    return next(
+        e.materialization.metadata
+        for e in result.get_asset_materialization_events()
+        if e.asset_key.to_user_string() == asset
+    )
+
+
+def test_first_model_is_trained_evaluated_registered_and_becomes_champion(trained) -> None:
+    _, _, root, first = trained
+    assert first.success
+    uri = f"sqlite:///{root}/mlflow/mlflow.db"
+    challenger = _metadata(first, "patentlmm_challenger")
+    assert challenger["model_version"].value == 1
+    for name in ("brief_bleu4", "brief_rougeL", "brief_meteor", "brief_cider"):
+        assert name in challenger
+    assert set(challenger["ablations"].value) == {"image_blind", "no_ocr"}
+    assert tracking.get_alias_version("patentlmm", "champion", tracking_uri=uri) == 1
+    tags = tracking.version_tags("patentlmm", 1, tracking_uri=uri)
+    assert tags["promotion_reason"] == "first version"
+    # the training runs carry what was trained on and how it went
+    stage2 = _metadata(first, "patentlmm_stage2")
+    run = tracking._client(uri).get_run(stage2["mlflow_run_id"].value)
+    assert run.data.tags["data.llava_dataset_md5"].endswith(".dir")
+    assert run.data.tags["git_commit"]
+    assert "train/loss" in run.data.metrics and run.data.params["stage"] == "2"
+    model_dir = Path(stage2["path"].value)
+    assert (model_dir / "config.json").exists() and (model_dir / "tokenizer").is_dir()
+    generated = json.loads(Path(_metadata(first, "generated_descriptions")["path"].value).read_text())
+    figures = [json.loads(line) for line in (root / "data" / "dataset" / "figures" / "figures.jsonl").open()]
+    assert set(generated) == {f["image_id"] for f in figures}
+    assert all(isinstance(text, str) for text in generated.values())
+
+
+def test_a_challenger_that_does_not_beat_the_champion_is_not_promoted(trained) -> None:
+    defs, instance, root, _ = trained
+    uri = f"sqlite:///{root}/mlflow/mlflow.db"
+    # same data, same seeds: the new model ties with the champion, and a tie does not promote
+    second = defs.resolve_job_def("retrain_patentlmm").execute_in_process(
+        instance=instance, raise_on_error=False
+    )
+    [check] = [c for c in second.get_asset_check_evaluations() if c.check_name == "challenger_beats_champion"]
+    assert not check.passed
+    assert "patentlmm_champion" not in {
+        e.asset_key.to_user_string() for e in second.get_asset_materialization_events()
+    }
+    assert tracking.get_alias_version("patentlmm", "champion", tracking_uri=uri) == 1
+    assert tracking.get_alias_version("patentlmm", "challenger", tracking_uri=uri) == 2
+    tags = tracking.version_tags("patentlmm", 2, tracking_uri=uri)
+    assert tags["promotion_decision"] == "rejected" and tags["promotion_reason"]
+    assert tracking.version_tags("patentlmm", 1, tracking_uri=uri)["promotion_decision"] == "promoted"
