@@ -98,6 +98,53 @@ def run(
 
 
 @app.command()
+def describe(
+    images: Annotated[list[Path] | None, typer.Argument(help="PNG or TIFF images.")] = None,
+    model: Annotated[
+        str, typer.Option(help="models:/NAME@ALIAS, models:/NAME/VERSION or a model directory.")
+    ] = ("models:/patentlmm@champion"),
+    kind: Annotated[str, typer.Option(help="brief or detailed.")] = "brief",
+    split: Annotated[
+        Path | None, typer.Option(help="Batch mode: a llava_json/{kind}_{split}.json file.")
+    ] = None,
+    figures: Annotated[
+        Path | None, typer.Option(help="Batch mode: figures.jsonl with the image paths.")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Batch mode: where to write {image_id: text} JSON.")
+    ] = None,
+    max_new_tokens: int = 128,
+) -> None:
+    """Describe patent drawings with PatentLMM (default: the registry's champion): JSON lines
+    {"image", "description"}; or, with --split, PatentLMM's batch output {image_id: text}."""
+    from training import inference, tracking
+
+    if kind not in ("brief", "detailed"):
+        raise typer.BadParameter("brief or detailed", param_hint="--kind")
+    if not images and split is None:
+        raise typer.BadParameter("give IMAGE... or --split (with --out)")
+    home = _home()
+    try:
+        model_dir = tracking.download_model(
+            model, dst=home.store / "models" / "describe", tracking_uri=tracking.tracking_uri(home)
+        )
+        loaded = inference.load_for_inference(Path(model_dir))
+    except (LookupError, FileNotFoundError, ValueError, tracking.TrackingUnavailable) as exc:
+        typer.echo(f"patentflow describe: cannot load model {model}: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    if split is not None:
+        if out is None:
+            raise typer.BadParameter("batch mode writes a file: give --out", param_hint="--out")
+        run = inference.describe_split(split, figures, loaded, kind, out, max_new_tokens=max_new_tokens)  # type: ignore[arg-type]
+        typer.echo(f"{len(run.descriptions)} descriptions -> {out}; {len(run.rejected)} left out")
+        return
+    for row in inference.describe_images(images or [], loaded, kind, max_new_tokens):  # type: ignore[arg-type]
+        typer.echo(
+            json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in row.items()}, ensure_ascii=False)
+        )
+
+
+@app.command()
 def ui(port: int = 3000) -> None:
     """Start the Dagster UI (webserver + daemon) on 127.0.0.1."""
     home = _home()

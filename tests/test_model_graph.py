@@ -97,3 +97,30 @@ def test_a_challenger_that_does_not_beat_the_champion_is_not_promoted(trained) -
     tags = tracking.version_tags("patentlmm", 2, tracking_uri=uri)
     assert tags["promotion_decision"] == "rejected" and tags["promotion_reason"]
     assert tracking.version_tags("patentlmm", 1, tracking_uri=uri)["promotion_decision"] == "promoted"
+
+
+def test_describe_uses_the_champion_on_real_sheets(trained, realdata: Path, monkeypatch) -> None:
+    """`patentflow describe` on real drawing sheets: JSON lines; different drawings, different text."""
+    from typer.testing import CliRunner
+
+    from patentflow.cli import app
+
+    _, _, root, _ = trained
+    monkeypatch.setenv("PATENTFLOW_HOME", str(root))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    design = realdata / "design_patents_with_drawings_2021"
+    sheets = [
+        design / "USD0907292-20210105" / "USD0907292-20210105-D00001.TIF",
+        design / "USD0909824-20210209" / "USD0909824-20210209-D00002.TIF",
+        design / "USD0929296-20210831" / "USD0929296-20210831-D00002.TIF",
+        design / "USD0913174-20210316" / "USD0913174-20210316-D00005.TIF",
+    ]
+    result = CliRunner().invoke(app, ["describe", *map(str, sheets), "--max-new-tokens", "40"])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert [Path(r["image"]).name for r in rows] == [s.name for s in sheets]
+    assert all(r["description"] and r["error"] is None for r in rows)
+    assert len({r["description"] for r in rows}) >= 2, rows
+
+    missing = CliRunner().invoke(app, ["describe", str(sheets[0]), "--model", str(root / "no-such-model")])
+    assert missing.exit_code == 2 and "no-such-model" in missing.output
