@@ -107,7 +107,9 @@ def test_asset_graph_renders(dagster_ui: str, page, tmp_path: Path) -> None:
     page.goto(f"{dagster_ui}/asset-groups", wait_until="networkidle")
     for group in ("release", "dataset"):
         page.get_by_text(group, exact=True).first.wait_for(timeout=60_000)
-    page.goto(f"{dagster_ui}/locations/orchestration.definitions/asset-groups/release", wait_until="networkidle")
+    page.goto(
+        f"{dagster_ui}/locations/orchestration.definitions/asset-groups/release", wait_until="networkidle"
+    )
     for asset in ("uspto_release", "release_documents", "sheet_images", "sheet_ocr", "release_figures"):
         page.get_by_text(asset, exact=True).first.wait_for(timeout=60_000)
     page.get_by_text("1 / 1 Passed").first.wait_for(timeout=60_000)  # the check's result, on the graph

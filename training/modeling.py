@@ -447,13 +447,10 @@ def param_groups(
 
 
 # -- building ------------------------------------------------------------------------------------
-def tiny_config(preset: ModelPreset, tokenizer: Any, ocr_vocab_size: int) -> PatentLMMConfig:
-    """A random-initialisable config from a preset's sizes and a trained tokenizer's ids."""
-    from training.tokenizer import IMAGE
-
-    vocab_size = len(tokenizer)
-    vision = LayoutLMv3Config(
-        vocab_size=ocr_vocab_size,
+def encoder_config(preset: ModelPreset, vocab_size: int, pad_token_id: int = 1) -> LayoutLMv3Config:
+    """The LayoutLMv3 architecture of a preset, for an OCR tokenizer of `vocab_size` entries."""
+    return LayoutLMv3Config(
+        vocab_size=vocab_size,
         hidden_size=preset.vision_hidden_size,
         num_hidden_layers=preset.vision_layers,
         num_attention_heads=preset.vision_heads,
@@ -462,11 +459,17 @@ def tiny_config(preset: ModelPreset, tokenizer: Any, ocr_vocab_size: int) -> Pat
         shape_size=preset.vision_shape_size,
         input_size=preset.image_size,
         patch_size=preset.patch_size,
-        max_position_embeddings=preset.ocr_max_tokens + 2,  # RoBERTa positions start after the pad id
+        # RoBERTa-style positions run from pad_token_id + 1 (514 for 512 tokens, as LayoutLMv3 has).
+        max_position_embeddings=preset.ocr_max_tokens + pad_token_id + 1,
         max_2d_position_embeddings=1024,
+        pad_token_id=pad_token_id,
     )
-    text = LlamaConfig(
-        vocab_size=vocab_size,
+
+
+def lm_config(preset: ModelPreset, tokenizer: Any) -> LlamaConfig:
+    """The Llama architecture of a preset, for a trained tokenizer's vocabulary and special ids."""
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
         hidden_size=preset.text_hidden_size,
         intermediate_size=preset.text_intermediate_size,
         num_hidden_layers=preset.text_layers,
@@ -479,10 +482,17 @@ def tiny_config(preset: ModelPreset, tokenizer: Any, ocr_vocab_size: int) -> Pat
         initializer_range=preset.text_initializer_range,
         tie_word_embeddings=False,
     )
-    text._attn_implementation = choose_attention()
+    config._attn_implementation = choose_attention()
+    return config
+
+
+def tiny_config(preset: ModelPreset, tokenizer: Any, ocr_vocab_size: int) -> PatentLMMConfig:
+    """A random-initialisable config from a preset's sizes and a trained tokenizer's ids."""
+    from training.tokenizer import IMAGE
+
     return PatentLMMConfig(
-        vision_config=vision,
-        text_config=text,
+        vision_config=encoder_config(preset, ocr_vocab_size),
+        text_config=lm_config(preset, tokenizer),
         projector_type=preset.projector_type,
         image_token_id=tokenizer.convert_tokens_to_ids(IMAGE),
         vision_feature_layer=preset.vision_feature_layer,

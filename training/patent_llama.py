@@ -28,7 +28,6 @@ from pathlib import Path
 
 import torch
 from transformers import (
-    LlamaConfig,
     LlamaForCausalLM,
     PreTrainedTokenizerBase,
     get_cosine_schedule_with_warmup,
@@ -40,6 +39,7 @@ from patent_assets.records import read_jsonl
 
 from .attention import choose_attention
 from .configs import LLAMA_LORA_TARGETS, TINY, ModelPreset
+from .modeling import lm_config
 from .tokenizer import load_lm_tokenizer
 
 log = logging.getLogger(__name__)
@@ -120,25 +120,6 @@ def pack_blocks(texts: Iterable[str], tokenizer: PreTrainedTokenizerBase, block_
 
 
 # -- model --------------------------------------------------------------------------------------------
-
-
-def lm_config(preset: ModelPreset, tokenizer: PreTrainedTokenizerBase) -> LlamaConfig:
-    """The tiny Llama of a preset for a trained tokenizer (the same sizes `training.modeling` builds)."""
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=preset.text_hidden_size,
-        intermediate_size=preset.text_intermediate_size,
-        num_hidden_layers=preset.text_layers,
-        num_attention_heads=preset.text_heads,
-        num_key_value_heads=preset.text_heads,
-        max_position_embeddings=preset.max_position_embeddings,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=False,
-    )
-    config._attn_implementation = choose_attention()
-    return config
 
 
 def load_base_model(base_model_dir: Path) -> LlamaForCausalLM:

@@ -57,6 +57,7 @@ from patent_assets.alignment import scan_words
 from patent_assets.records import OcrWords, Rejection, read_jsonl, write_jsonl
 
 from .configs import TINY, ModelPreset
+from .modeling import encoder_config
 from .tokenizer import load_ocr_processor
 
 log = logging.getLogger(__name__)
@@ -67,24 +68,6 @@ PRETRAINING_SUBDIR = "pretraining"
 
 # A reference numeral on a drawing: "12", "14a", "102'", "3B" (digits first, short).
 _NUMERAL_RE = re.compile(r"^\d{1,4}[A-Za-z]?['’]?$")
-
-
-def encoder_config(preset: ModelPreset, vocab_size: int, pad_token_id: int = 1) -> LayoutLMv3Config:
-    """The LayoutLMv3 architecture of a preset, for a tokenizer of `vocab_size` entries."""
-    return LayoutLMv3Config(
-        vocab_size=vocab_size,
-        hidden_size=preset.vision_hidden_size,
-        num_hidden_layers=preset.vision_layers,
-        num_attention_heads=preset.vision_heads,
-        intermediate_size=preset.vision_intermediate_size,
-        coordinate_size=preset.vision_coordinate_size,
-        shape_size=preset.vision_shape_size,
-        input_size=preset.image_size,
-        patch_size=preset.patch_size,
-        # RoBERTa-style positions run from pad_token_id + 1 (514 for 512 tokens, as LayoutLMv3 has).
-        max_position_embeddings=preset.ocr_max_tokens + pad_token_id + 1,
-        pad_token_id=pad_token_id,
-    )
 
 
 class PatentMMEConfig(PretrainedConfig):
