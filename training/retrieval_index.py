@@ -1,0 +1,544 @@
+"""FAISS index over figure embeddings, with the prior-art date filter done inside the search.
+
+Figures get FAISS ids in grant-date order (stable sort by date, then figure id), so "granted
+strictly before D" is always the id prefix [0, cutoff). The filter is an `IDSelectorRange`
+passed in the search parameters of every index kind (flat, IVF, HNSW, IVF-PQ): FAISS never
+scores a later figure, so a query gets its k best prior-art hits however few of them there are,
+with no over-fetching and dropping.
+
+On disk an index is a directory: `index.faiss`, `metadata.jsonl` (one figure per line, in id
+order) and `index.json` (kind, metric, dim, count, date range, file checksums), written to a
+temporary directory and renamed into place.
+
+`rerank_k_reciprocal` is k-reciprocal re-ranking (Zhong et al., CVPR 2017), as Wang & Zhang
+(PRCV 2023) applied it to patent drawings with k1=10, k2=3, lambda=0.3.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Any, Literal
+
+import faiss
+import numpy as np
+
+IndexKind = Literal["flat", "ivf", "hnsw", "ivfpq"]
+Metric = Literal["ip", "l2"]
+DateLike = str | date
+
+INDEX_FILE = "index.faiss"
+METADATA_FILE = "metadata.jsonl"
+MANIFEST_FILE = "index.json"
+FORMAT_VERSION = 1
+
+
+class IndexFileError(ValueError):
+    """A saved index is missing a file, or a file is corrupt or inconsistent."""
+
+
+@dataclass(frozen=True)
+class Hit:
+    figure_id: str
+    patent_id: str
+    grant_date: str  # ISO yyyy-mm-dd
+    score: float  # cosine / inner product for metric "ip" (higher is better); squared L2 for "l2"
+    rank: int  # 1-based
+
+
+@dataclass(frozen=True)
+class FigureMeta:
+    figure_id: str
+    patent_id: str
+    grant_date: str
+    classes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class IndexOptions:
+    """Knobs of the approximate kinds; the flat index ignores them."""
+
+    nlist: int | None = None  # IVF cells; None: about 4 sqrt(n), at least 39 training points a cell
+    nprobe: int = 16  # IVF cells visited per query
+    m: int = 8  # PQ sub-quantizers (must divide the dimension)
+    nbits: int = 8  # bits per PQ code
+    hnsw_m: int = 32  # HNSW graph degree
+    ef_construction: int = 80
+    ef_search: int = 128
+
+
+@dataclass
+class KReciprocalConfig:
+    k1: int = 10
+    k2: int = 3
+    lambda_value: float = 0.3
+    pool: int = 100  # shortlist re-ranked per query, taken from the date-filtered search
+
+
+def _iso_date(value: DateLike, what: str) -> str:
+    if isinstance(value, date):
+        return value.isoformat()
+    try:
+        return date.fromisoformat(str(value)).isoformat()
+    except ValueError as error:
+        raise ValueError(f"{what}: {value!r} is not an ISO date (yyyy-mm-dd)") from error
+
+
+def _check_vectors(vectors: np.ndarray, dim: int | None, what: str, names: Sequence[str] | None = None):
+    array = np.asarray(vectors)
+    if array.ndim == 1 and what == "queries":
+        array = array[None, :]
+    if array.ndim != 2:
+        raise ValueError(f"{what}: expected a 2-D array (n, d), got shape {array.shape}")
+    if not np.issubdtype(array.dtype, np.number):
+        raise ValueError(f"{what}: expected numbers, got dtype {array.dtype}")
+    if dim is not None and array.shape[1] != dim:
+        raise ValueError(f"{what}: dimension {array.shape[1]} does not match the index's {dim}")
+    array = np.ascontiguousarray(array, dtype=np.float32)
+    bad_rows = np.flatnonzero(~np.isfinite(array).all(axis=1))
+    if bad_rows.size:
+        row = int(bad_rows[0])
+        label = f"row {row}" + (f" (figure {names[row]})" if names is not None else "")
+        raise ValueError(f"{what}: {bad_rows.size} row(s) hold NaN or infinite values, first {label}")
+    return array
+
+
+def _normalised(array: np.ndarray, what: str, names: Sequence[str] | None = None) -> np.ndarray:
+    norms = np.linalg.norm(array, axis=1)
+    zero = np.flatnonzero(norms == 0)
+    if zero.size:
+        row = int(zero[0])
+        label = f"row {row}" + (f" (figure {names[row]})" if names is not None else "")
+        raise ValueError(f"{what}: {zero.size} zero vector(s) have no direction for cosine, first {label}")
+    return np.ascontiguousarray(array / norms[:, None], dtype=np.float32)
+
+
+def _metadata(rows: Sequence[dict[str, Any]]) -> list[FigureMeta]:
+    figures: list[FigureMeta] = []
+    seen: set[str] = set()
+    for position, row in enumerate(rows):
+        figure_id = str(row.get("figure_id") or "")
+        if not figure_id:
+            raise ValueError(f"metadata row {position}: missing figure_id")
+        if figure_id in seen:
+            raise ValueError(f"metadata row {position}: duplicate figure_id {figure_id}")
+        seen.add(figure_id)
+        if "grant_date" not in row:
+            raise ValueError(f"metadata row {position} (figure {figure_id}): missing grant_date")
+        classes = row.get("classes") or []
+        if isinstance(classes, str):
+            classes = [classes]
+        figures.append(
+            FigureMeta(
+                figure_id=figure_id,
+                patent_id=str(row.get("patent_id") or ""),
+                grant_date=_iso_date(row["grant_date"], f"metadata row {position} (figure {figure_id})"),
+                classes=[str(c) for c in classes],
+            )
+        )
+    return figures
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _default_nlist(count: int) -> int:
+    # FAISS wants about 39 training points per centroid; 4 sqrt(n) is its usual cell count.
+    return max(1, min(int(4 * math.sqrt(count)), count // 39))
+
+
+class FigureIndex:
+    """A FAISS index whose ids are positions in grant-date order, plus the figures' metadata."""
+
+    def __init__(
+        self,
+        index: faiss.Index,
+        figures: list[FigureMeta],
+        kind: IndexKind,
+        metric: Metric,
+        options: IndexOptions,
+    ) -> None:
+        if index.ntotal != len(figures):
+            raise ValueError(f"index holds {index.ntotal} vectors but metadata {len(figures)} figures")
+        self.index = index
+        self.figures = figures
+        self.kind: IndexKind = kind
+        self.metric: Metric = metric
+        self.options = options
+        self.dim = int(index.d)
+        self._dates = [figure.grant_date for figure in figures]
+        self._gpu_index: Any = None
+        self._gpu_resources: Any = None
+        self._gpu_vectors: np.ndarray | None = None
+
+    # ---- building -------------------------------------------------------------------------------
+
+    @classmethod
+    def build(
+        cls,
+        embeddings: np.ndarray,
+        metadata: Sequence[dict[str, Any]],
+        kind: IndexKind = "flat",
+        metric: Metric = "ip",
+        options: IndexOptions | None = None,
+        use_gpu: bool = False,
+        **option_overrides: Any,
+    ) -> FigureIndex:
+        """Index `embeddings` (n, d); row i is the figure `metadata[i]`. Metric "ip" is cosine."""
+        options = options or IndexOptions()
+        for name, value in option_overrides.items():
+            if not hasattr(options, name):
+                raise TypeError(f"unknown index option {name!r}")
+            setattr(options, name, value)
+        if kind not in ("flat", "ivf", "hnsw", "ivfpq"):
+            raise ValueError(f"unknown index kind {kind!r}: use flat, ivf, hnsw or ivfpq")
+        if metric not in ("ip", "l2"):
+            raise ValueError(f"unknown metric {metric!r}: use ip (cosine) or l2")
+        figures = _metadata(metadata)
+        names = [figure.figure_id for figure in figures]
+        vectors = _check_vectors(embeddings, None, "embeddings", names)
+        if vectors.shape[0] == 0:
+            raise ValueError("embeddings: cannot build an index over zero figures")
+        if vectors.shape[0] != len(figures):
+            raise ValueError(f"embeddings has {vectors.shape[0]} rows but metadata {len(figures)} figures")
+        if metric == "ip":
+            vectors = _normalised(vectors, "embeddings", names)
+
+        # Stable sort by (date, figure id): the prior-art set of any date is an id prefix.
+        order = sorted(range(len(figures)), key=lambda i: (figures[i].grant_date, figures[i].figure_id))
+        figures = [figures[i] for i in order]
+        vectors = np.ascontiguousarray(vectors[order])
+
+        index = cls._new_index(kind, metric, vectors.shape[1], vectors.shape[0], options)
+        if not index.is_trained:
+            index.train(vectors)
+        index.add(vectors)
+        built = cls(index, figures, kind, metric, options)
+        if use_gpu:
+            built.to_gpu()
+        return built
+
+    @staticmethod
+    def _new_index(kind: IndexKind, metric: Metric, dim: int, count: int, options: IndexOptions):
+        faiss_metric = faiss.METRIC_INNER_PRODUCT if metric == "ip" else faiss.METRIC_L2
+        if kind == "flat":
+            return faiss.IndexFlatIP(dim) if metric == "ip" else faiss.IndexFlatL2(dim)
+        if kind == "hnsw":
+            index = faiss.index_factory(dim, f"HNSW{options.hnsw_m},Flat", faiss_metric)
+            index.hnsw.efConstruction = options.ef_construction
+            index.hnsw.efSearch = options.ef_search
+            return index
+        nlist = options.nlist or _default_nlist(count)
+        if nlist > count:
+            raise ValueError(f"ivf: nlist {nlist} exceeds the {count} vectors to train on")
+        if kind == "ivf":
+            return faiss.index_factory(dim, f"IVF{nlist},Flat", faiss_metric)
+        if dim % options.m:
+            raise ValueError(f"ivfpq: m={options.m} sub-quantizers must divide the dimension {dim}")
+        if count < 2**options.nbits:
+            raise ValueError(f"ivfpq: {count} vectors cannot train 2^{options.nbits} PQ centroids")
+        return faiss.index_factory(dim, f"IVF{nlist},PQ{options.m}x{options.nbits}", faiss_metric)
+
+    # ---- GPU ------------------------------------------------------------------------------------
+
+    def to_gpu(self, device: int = 0) -> bool:
+        """Use faiss-gpu for the flat index when a GPU is there; returns whether it now does.
+
+        GPU indexes ignore `IDSelector`s, so a date-filtered query runs exact brute force
+        (`knn_gpu`) over the allowed id prefix, which is contiguous by construction.
+        """
+        if self.kind != "flat" or not hasattr(faiss, "StandardGpuResources"):
+            return False
+        if faiss.get_num_gpus() <= 0:
+            return False
+        self._gpu_resources = faiss.StandardGpuResources()
+        self._gpu_index = faiss.index_cpu_to_gpu(self._gpu_resources, device, self.index)
+        # Host copy in id order: a filtered query hands knn_gpu the contiguous allowed prefix.
+        self._gpu_vectors = self.index.reconstruct_n(0, self.index.ntotal)
+        return True
+
+    @property
+    def on_gpu(self) -> bool:
+        return self._gpu_index is not None
+
+    # ---- searching ------------------------------------------------------------------------------
+
+    def cutoff(self, before: DateLike | None) -> int:
+        """Number of figures granted strictly before `before` (all of them for None)."""
+        if before is None:
+            return len(self._dates)
+        return bisect.bisect_left(self._dates, _iso_date(before, "before"))
+
+    def _search_params(self, cutoff: int):
+        if cutoff >= self.index.ntotal:
+            selector = None
+        else:
+            # IVF lists hold ids in increasing order (added in id order), so the range selector
+            # may binary-search each list instead of testing every entry.
+            selector = faiss.IDSelectorRange(0, cutoff, self.kind in ("ivf", "ivfpq"))
+        selection = {} if selector is None else {"sel": selector}
+        if self.kind in ("ivf", "ivfpq"):
+            params = faiss.SearchParametersIVF(nprobe=self.options.nprobe, **selection)
+        elif self.kind == "hnsw":
+            params = faiss.SearchParametersHNSW(efSearch=self.options.ef_search, **selection)
+        else:
+            params = faiss.SearchParameters(**selection)
+        return params, selector  # the caller keeps `selector` alive while FAISS uses it
+
+    def _raw_search(self, queries: np.ndarray, k: int, cutoff: int) -> tuple[np.ndarray, np.ndarray]:
+        if self.on_gpu:
+            if cutoff >= self.index.ntotal:
+                return self._gpu_index.search(queries, k)
+            faiss_metric = faiss.METRIC_INNER_PRODUCT if self.metric == "ip" else faiss.METRIC_L2
+            return faiss.knn_gpu(
+                self._gpu_resources, queries, self._gpu_vectors[:cutoff], min(k, cutoff), metric=faiss_metric
+            )
+        params, selector = self._search_params(cutoff)
+        scores, ids = self.index.search(queries, k, params=params)
+        del selector
+        return scores, ids
+
+    def search(
+        self,
+        queries: np.ndarray,
+        k: int = 10,
+        before: DateLike | Sequence[DateLike | None] | None = None,
+        rerank: KReciprocalConfig | None = None,
+    ) -> list[list[Hit]]:
+        """The k nearest figures of each query, only among those granted strictly before `before`.
+
+        `before` is one date for all queries or one per query (None: no filter). With `rerank`,
+        each query's date-filtered shortlist of `rerank.pool` is re-ranked k-reciprocally.
+        """
+        if k < 1:
+            raise ValueError(f"k must be at least 1, got {k}")
+        vectors = _check_vectors(queries, self.dim, "queries")
+        if self.metric == "ip":
+            vectors = _normalised(vectors, "queries")
+        count = vectors.shape[0]
+        if before is None or isinstance(before, (str, date)):
+            cutoffs = [self.cutoff(before)] * count
+        else:
+            if len(before) != count:
+                raise ValueError(f"before: {len(before)} dates for {count} queries")
+            cutoffs = [self.cutoff(value) for value in before]
+
+        fetch = max(k, rerank.pool) if rerank else k
+        results: list[list[Hit]] = [[] for _ in range(count)]
+        # One FAISS call per distinct cutoff: queries of the same date share a selector.
+        for cutoff in sorted(set(cutoffs)):
+            rows = [row for row, value in enumerate(cutoffs) if value == cutoff]
+            if cutoff == 0:
+                continue  # nothing was granted before that date
+            scores, ids = self._raw_search(vectors[rows], min(fetch, cutoff), cutoff)
+            for position, row in enumerate(rows):
+                found = ids[position] >= 0  # -1: fewer allowed figures than asked for
+                row_ids, row_scores = ids[position][found], scores[position][found]
+                if rerank and row_ids.size > 1:
+                    row_ids, row_scores = self._rerank(vectors[row], row_ids, rerank)
+                results[row] = [
+                    Hit(
+                        figure_id=self.figures[i].figure_id,
+                        patent_id=self.figures[i].patent_id,
+                        grant_date=self.figures[i].grant_date,
+                        score=float(score),
+                        rank=rank,
+                    )
+                    for rank, (i, score) in enumerate(zip(row_ids[:k], row_scores[:k], strict=True), start=1)
+                ]
+        return results
+
+    def reconstruct(self, ids: np.ndarray) -> np.ndarray:
+        """Stored vectors of `ids` (PQ codes decode to approximations)."""
+        if self.kind in ("ivf", "ivfpq"):
+            ivf = faiss.extract_index_ivf(self.index)
+            if ivf.direct_map.type == faiss.DirectMap.NoMap:
+                ivf.make_direct_map()
+        return np.stack([self.index.reconstruct(int(i)) for i in ids]).astype(np.float32)
+
+    def _rerank(
+        self, query: np.ndarray, ids: np.ndarray, config: KReciprocalConfig
+    ) -> tuple[np.ndarray, np.ndarray]:
+        gallery = self.reconstruct(ids)
+        distance = rerank_k_reciprocal(
+            query[None, :], gallery, k1=config.k1, k2=config.k2, lambda_value=config.lambda_value
+        )[0]
+        order = np.argsort(distance, kind="stable")
+        return ids[order], distance[order]  # scores become re-ranked distances (lower is better)
+
+    # ---- persistence ----------------------------------------------------------------------------
+
+    def manifest(self) -> dict[str, Any]:
+        return {
+            "format_version": FORMAT_VERSION,
+            "kind": self.kind,
+            "metric": self.metric,
+            "dim": self.dim,
+            "count": len(self.figures),
+            "first_grant_date": self._dates[0] if self._dates else None,
+            "last_grant_date": self._dates[-1] if self._dates else None,
+            "options": asdict(self.options),
+            "faiss_version": faiss.__version__,
+        }
+
+    def save(self, directory: Path | str) -> Path:
+        """Write the index directory atomically: readers see the old one or the whole new one."""
+        directory = Path(directory)
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.", suffix=".tmp"))
+        try:
+            faiss.write_index(self.index, str(staging / INDEX_FILE))
+            with open(staging / METADATA_FILE, "w", encoding="utf-8") as handle:
+                for figure in self.figures:
+                    handle.write(json.dumps(asdict(figure), ensure_ascii=False) + "\n")
+            manifest = self.manifest()
+            manifest["sha256"] = {name: _sha256(staging / name) for name in (INDEX_FILE, METADATA_FILE)}
+            (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+            for name in (INDEX_FILE, METADATA_FILE, MANIFEST_FILE):
+                with open(staging / name, "rb") as handle:
+                    os.fsync(handle.fileno())
+            # A directory cannot be replaced over a non-empty one: move the old one aside first.
+            previous = None
+            if directory.exists():
+                previous = directory.with_name(f".{directory.name}.{os.getpid()}.old")
+                os.replace(directory, previous)
+            os.replace(staging, directory)
+            if previous is not None:
+                shutil.rmtree(previous, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return directory
+
+    @classmethod
+    def load(cls, directory: Path | str, use_gpu: bool = False) -> FigureIndex:
+        directory = Path(directory)
+        for name in (MANIFEST_FILE, INDEX_FILE, METADATA_FILE):
+            if not (directory / name).is_file():
+                raise IndexFileError(f"{directory / name}: missing (not a saved figure index?)")
+        manifest_path = directory / MANIFEST_FILE
+        try:
+            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+            kind, metric, dim, count = (
+                manifest["kind"],
+                manifest["metric"],
+                manifest["dim"],
+                manifest["count"],
+            )
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as error:
+            raise IndexFileError(f"{manifest_path}: corrupt manifest ({error})") from error
+        for name, expected in (manifest.get("sha256") or {}).items():
+            if _sha256(directory / name) != expected:
+                raise IndexFileError(f"{directory / name}: corrupt (checksum differs from {MANIFEST_FILE})")
+
+        index_path = directory / INDEX_FILE
+        try:
+            index = faiss.read_index(str(index_path))
+        except RuntimeError as error:
+            raise IndexFileError(f"{index_path}: corrupt FAISS index ({error})") from error
+        if index.d != dim or index.ntotal != count:
+            raise IndexFileError(
+                f"{index_path}: holds {index.ntotal} vectors of dim {index.d}, "
+                f"{MANIFEST_FILE} says {count} of dim {dim}"
+            )
+
+        metadata_path = directory / METADATA_FILE
+        rows: list[dict[str, Any]] = []
+        with open(metadata_path, encoding="utf-8") as handle:
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as error:
+                    raise IndexFileError(f"{metadata_path}:{number}: corrupt JSON ({error})") from error
+        try:
+            figures = _metadata(rows)
+        except ValueError as error:
+            raise IndexFileError(f"{metadata_path}: {error}") from error
+        if len(figures) != count:
+            raise IndexFileError(f"{metadata_path}: {len(figures)} figures, {MANIFEST_FILE} says {count}")
+        dates = [figure.grant_date for figure in figures]
+        if dates != sorted(dates):
+            raise IndexFileError(f"{metadata_path}: figures are not in grant-date order")
+
+        options = IndexOptions(**manifest.get("options", {}))
+        loaded = cls(index, figures, kind, metric, options)
+        if use_gpu:
+            loaded.to_gpu()
+        return loaded
+
+
+def rerank_k_reciprocal(
+    query_feats: np.ndarray,
+    gallery_feats: np.ndarray,
+    k1: int = 10,
+    k2: int = 3,
+    lambda_value: float = 0.3,
+) -> np.ndarray:
+    """k-reciprocal re-ranking (Zhong et al., CVPR 2017): (n_query, n_gallery) distances, lower is better.
+
+    Queries and gallery form one neighbourhood graph. Each item's k1-reciprocal neighbours
+    (expanded by its neighbours' k1/2-reciprocal sets that overlap by more than 2/3) become a
+    Gaussian-weighted vector V; k2 averages V over the k2 nearest (local query expansion); the
+    final distance is lambda * original + (1 - lambda) * Jaccard distance of the V vectors.
+    """
+    query = _check_vectors(query_feats, None, "query_feats").astype(np.float64)
+    gallery = _check_vectors(gallery_feats, query.shape[1], "gallery_feats").astype(np.float64)
+    if k1 < 1 or k2 < 1 or not 0.0 <= lambda_value <= 1.0:
+        raise ValueError(f"need k1 >= 1, k2 >= 1 and 0 <= lambda <= 1; got {k1}, {k2}, {lambda_value}")
+    query_count = query.shape[0]
+    features = np.concatenate([query, gallery])
+    total = features.shape[0]
+    k1 = min(k1, total - 1) if total > 1 else 1
+    k2 = min(k2, total)
+
+    squared = np.sum(features**2, axis=1)
+    original = np.maximum(squared[:, None] + squared[None, :] - 2.0 * features @ features.T, 0.0)
+    # As in the reference implementation: scale each column by its maximum, then transpose.
+    original = (original / np.maximum(original.max(axis=0), 1e-12)).T
+    initial_rank = np.argsort(original, axis=1, kind="stable")
+
+    def reciprocal(item: int, k: int) -> np.ndarray:
+        forward = initial_rank[item, : k + 1]
+        backward = initial_rank[forward, : k + 1]
+        return forward[np.any(backward == item, axis=1)]
+
+    weights = np.zeros((total, total), dtype=np.float64)
+    half_k1 = int(np.around(k1 / 2.0))
+    for item in range(total):
+        neighbours = reciprocal(item, k1)
+        expansion = neighbours
+        for candidate in neighbours:
+            candidate_set = reciprocal(int(candidate), half_k1)
+            if len(np.intersect1d(candidate_set, neighbours)) > 2.0 / 3.0 * len(candidate_set):
+                expansion = np.append(expansion, candidate_set)
+        expansion = np.unique(expansion)
+        weight = np.exp(-original[item, expansion])
+        weights[item, expansion] = weight / np.sum(weight)
+
+    if k2 > 1:
+        weights = np.stack([weights[initial_rank[item, :k2]].mean(axis=0) for item in range(total)])
+
+    jaccard = np.zeros((query_count, total), dtype=np.float64)
+    for item in range(query_count):
+        nonzero = np.flatnonzero(weights[item])
+        shared = np.minimum(weights[item, nonzero][None, :], weights[:, nonzero]).sum(axis=1)
+        jaccard[item] = 1.0 - shared / (2.0 - shared)
+
+    final = jaccard * (1.0 - lambda_value) + original[:query_count] * lambda_value
+    return final[:, query_count:]
