@@ -14,7 +14,6 @@ from pathlib import Path
 import dagster as dg
 
 from patent_assets import release_source, versioning
-from patent_assets.store import ArtifactStore
 from patentflow.settings import Home
 
 
@@ -37,9 +36,6 @@ class PatentflowHome(dg.ConfigurableResource):
     @property
     def ocr_cache(self) -> Path:
         return self.home.store / "ocr"
-
-    def artifacts(self) -> ArtifactStore:
-        return ArtifactStore(self.home.store / "cas")
 
 
 class ReleaseSource(dg.ConfigurableResource, ABC):
