@@ -357,6 +357,7 @@ def _figure_records(
                 ocr=sheet_ocr.get(num, OcrWords()),
                 release=release,
                 image_sha256=row["sha256"],
+                abstract=doc.abstract,
             )
         )
     return records

@@ -42,6 +42,7 @@ class FigureRecord:
     ocr: OcrWords
     release: str = ""
     image_sha256: str = ""
+    abstract: str = ""  # the patent's abstract: with the title, its text for patent-level search
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FigureRecord:
