@@ -323,3 +323,17 @@ def test_rerank_inside_search_keeps_the_date_filter(corpus, indexes):
             assert [h.score for h in hits] == sorted(h.score for h in hits)  # distances, ascending
     with pytest.raises(ValueError, match="k1 >= 1"):
         rerank_k_reciprocal(queries[:1], queries[1:5], k1=0)
+
+
+def test_date_filter_survives_faiss_torch_utils() -> None:
+    """pytorch-metric-learning imports faiss.contrib.torch_utils, which swaps `Index.search` for a
+    wrapper without `params`: the prior-art filter must still work in such a process."""
+    import faiss.contrib.torch_utils  # noqa: F401
+
+    vectors = np.random.default_rng(0).standard_normal((40, 8)).astype(np.float32)
+    rows = [
+        {"figure_id": f"f{i}", "patent_id": "p", "grant_date": f"2024-01-{1 + i % 28:02d}"} for i in range(40)
+    ]
+    for kind in ("flat", "hnsw"):
+        hits = FigureIndex.build(vectors, rows, kind=kind).search(vectors[:1], k=5, before="2024-01-10")[0]
+        assert len(hits) == 5 and all(hit.grant_date < "2024-01-10" for hit in hits)

@@ -53,6 +53,8 @@ class Hit:
     grant_date: str  # ISO yyyy-mm-dd
     score: float  # cosine / inner product for metric "ip" (higher is better); squared L2 for "l2"
     rank: int  # 1-based
+    description: str = ""
+    image_path: str = ""
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,8 @@ class FigureMeta:
     patent_id: str
     grant_date: str
     classes: list[str] = field(default_factory=list)
+    description: str = ""  # what `patentflow search` prints: the brief description (or a title)
+    image_path: str = ""
 
 
 @dataclass
@@ -143,6 +147,8 @@ def _metadata(rows: Sequence[dict[str, Any]]) -> list[FigureMeta]:
                 patent_id=str(row.get("patent_id") or ""),
                 grant_date=_iso_date(row["grant_date"], f"metadata row {position} (figure {figure_id})"),
                 classes=[str(c) for c in classes],
+                description=str(row.get("description") or ""),
+                image_path=str(row.get("image_path") or ""),
             )
         )
     return figures
@@ -308,7 +314,10 @@ class FigureIndex:
                 self._gpu_resources, queries, self._gpu_vectors[:cutoff], min(k, cutoff), metric=faiss_metric
             )
         params, selector = self._search_params(cutoff)
-        scores, ids = self.index.search(queries, k, params=params)
+        # faiss.contrib.torch_utils (imported by pytorch-metric-learning) replaces `search` with a
+        # wrapper that has no `params`; it keeps the original as `search_numpy`.
+        search = getattr(self.index, "search_numpy", self.index.search)
+        scores, ids = search(queries, k, params=params)
         del selector
         return scores, ids
 
@@ -357,6 +366,8 @@ class FigureIndex:
                         grant_date=self.figures[i].grant_date,
                         score=float(score),
                         rank=rank,
+                        description=self.figures[i].description,
+                        image_path=self.figures[i].image_path,
                     )
                     for rank, (i, score) in enumerate(zip(row_ids[:k], row_scores[:k], strict=True), start=1)
                 ]
