@@ -1,0 +1,175 @@
+"""Evaluation of figure retrieval on a figures.jsonl collection, by the two published protocols.
+
+- "same_patent" (DeepPatent, Wang & Zhang): each query figure ranks the whole collection (other
+  patents are distractors), itself left out; its relevant items are the other figures of its patent.
+- "prior_art" (Lo et al., 2024): a query dated D ranks only the figures granted strictly before D
+  (the FAISS date filter of `FigureIndex`); its relevant items are those earlier figures of the
+  same category (the coarser level of `figure_class`). Queries with none are skipped and counted.
+
+Both score with `retrieval_metrics.evaluate_rankings` (ir-measures), so every paper's metrics
+come out. `evaluate_embeddings` takes any vectors (a pixel baseline, another model);
+`evaluate_encoder` embeds the images with a `FigureEncoder` and calls it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from training.retrieval_index import FigureIndex
+from training.retrieval_metrics import evaluate_rankings, same_patent_qrels
+
+_LOCARNO = re.compile(r"^(\d{2})-?(\d{2})")
+_CPC = re.compile(r"^([A-HY]\d{2}[A-Z])\s*(\d+)")
+
+
+def figure_class(classifications: Sequence[str]) -> tuple[str, str]:
+    """(class, category) of a figure from its first classification; ("", "") when it has none.
+
+    CPC and IPC share their groups: "IPC:F16M 13/02" -> ("CPC/IPC F16M 13", "CPC/IPC F16");
+    Locarno "LOCARNO:0808" -> ("LOCARNO 0808", "LOCARNO 08"); USPC "USPC:D8 380" ->
+    ("USPC D8 380", "USPC D8"); any other scheme: its code and the code's first word.
+    """
+    for entry in classifications:
+        scheme, _, code = str(entry).partition(":")
+        scheme, code = scheme.strip().upper(), code.strip()
+        if not code:
+            continue
+        if scheme in ("CPC", "IPC") and (match := _CPC.match(code)):
+            return f"CPC/IPC {match[1]} {match[2]}", f"CPC/IPC {match[1][:3]}"
+        if scheme == "LOCARNO" and (match := _LOCARNO.match(code)):
+            return f"LOCARNO {match[1]}{match[2]}", f"LOCARNO {match[1]}"
+        return f"{scheme} {code}", f"{scheme} {code.split()[0]}"
+    return "", ""
+
+
+def field_of(figure: Any, name: str, default: Any = None) -> Any:
+    """A field of a figure given as a dict (a figures.jsonl row) or a record object."""
+    if isinstance(figure, dict):
+        return figure.get(name, default)
+    return getattr(figure, name, default)
+
+
+def _empty(queries: int) -> dict[str, float]:
+    return {"queries": 0.0, "skipped_queries": float(queries)}
+
+
+def _score(run: dict[str, dict[str, float]], qrels: dict[str, dict[str, int]]) -> dict[str, float]:
+    if not any(qrels.values()):  # no query can be judged: report the counts, no metrics
+        return _empty(len(qrels))
+    return evaluate_rankings(run, qrels)
+
+
+def evaluate_embeddings(
+    vectors: np.ndarray, figures: Sequence[Any], query_ids: Sequence[str] | None = None
+) -> dict[str, dict[str, float]]:
+    """{"same_patent": metrics, "prior_art": metrics} of `vectors` (row i = `figures[i]`), cosine.
+
+    `query_ids`: the image ids that query (None: every figure). Every figure is in the database.
+    """
+    if len(vectors) != len(figures):
+        raise ValueError(f"{len(vectors)} vectors for {len(figures)} figures")
+    ids = [str(field_of(f, "image_id")) for f in figures]
+    patents = [str(field_of(f, "patent_id")) for f in figures]
+    dates = [str(field_of(f, "grant_date")) for f in figures]
+    categories = [figure_class(field_of(f, "classifications") or [])[1] for f in figures]
+    queries = list(ids) if query_ids is None else [str(q) for q in query_ids]
+    if not queries or not ids:
+        return {"same_patent": _empty(len(queries)), "prior_art": _empty(len(queries))}
+    index = FigureIndex.build(
+        vectors,
+        [
+            {"figure_id": i, "patent_id": p, "grant_date": d, "classes": [c] if c else []}
+            for i, p, d, c in zip(ids, patents, dates, categories, strict=True)
+        ],
+    )
+    row_of = {figure_id: row for row, figure_id in enumerate(ids)}
+    missing = [q for q in queries if q not in row_of]
+    if missing:
+        raise ValueError(f"query figures {missing[:5]} are not among the {len(ids)} figures")
+    query_vectors = np.asarray(vectors, dtype=np.float32)[[row_of[q] for q in queries]]
+
+    # Same patent: all of the collection, the query itself removed from its ranking.
+    qrels = same_patent_qrels(zip(ids, patents, strict=True), queries)
+    hits = index.search(query_vectors, k=len(ids))
+    run = {
+        q: {h.figure_id: h.score for h in found if h.figure_id != q}
+        for q, found in zip(queries, hits, strict=True)
+    }
+    same_patent = _score(run, qrels)
+
+    # Prior art: only what was granted strictly before the query; relevant = the same category.
+    before = [dates[row_of[q]] for q in queries]
+    hits = index.search(query_vectors, k=len(ids), before=before)
+    category_of = dict(zip(ids, categories, strict=True))
+    prior_qrels: dict[str, dict[str, int]] = {}
+    prior_run: dict[str, dict[str, float]] = {}
+    for query, found in zip(queries, hits, strict=True):
+        category = category_of[query]
+        prior_run[query] = {h.figure_id: h.score for h in found}
+        prior_qrels[query] = {
+            h.figure_id: 1 for h in found if category and category_of[h.figure_id] == category
+        }
+    prior_art = _score(prior_run, prior_qrels)
+    return {"same_patent": same_patent, "prior_art": prior_art}
+
+
+def query_ids_of(figures: Sequence[Any], query_splits: Sequence[str] | None) -> list[str] | None:
+    """Image ids of the figures in `query_splits`; None (every figure) without splits or split fields."""
+    if query_splits is None or not any(field_of(f, "split") for f in figures):
+        return None
+    wanted = set(query_splits)
+    return [str(field_of(f, "image_id")) for f in figures if field_of(f, "split") in wanted]
+
+
+def image_path_of(figure: Any, base: Path | None = None) -> Path:
+    path = Path(str(field_of(figure, "image_path")))
+    return path if path.is_absolute() or base is None else base / path
+
+
+def evaluate_encoder(
+    model: Any,
+    figures: Sequence[Any],
+    query_splits: Sequence[str] | None = ("val", "test"),
+    batch_size: int = 32,
+    base: Path | None = None,
+) -> dict[str, dict[str, float]]:
+    """Embed every figure's image with `model` (a FigureEncoder) and run `evaluate_embeddings`.
+
+    Queries: the figures of `query_splits` (every figure when None or when no figure has a split).
+    Figures whose image cannot be read are left out (counted in `unreadable`). `base`: the folder
+    relative image paths are relative to (a figures.jsonl's folder).
+    """
+    from training.retrieval_model import embed_images
+
+    embedded = embed_images(model, [image_path_of(f, base) for f in figures], batch_size=batch_size)
+    kept = [figures[i] for i in embedded.kept]
+    wanted = query_ids_of(figures, query_splits)
+    readable = {str(field_of(f, "image_id")) for f in kept}
+    queries = None if wanted is None else [q for q in wanted if q in readable]
+    result = evaluate_embeddings(embedded.retrieval, kept, queries)
+    for metrics in result.values():
+        metrics["unreadable"] = float(len(embedded.failed))
+    return result
+
+
+def pixel_embeddings(images: Sequence[str | Path], size: int = 48) -> tuple[np.ndarray, list[int]]:
+    """Plain pixel matching, the baseline a learnt encoder must beat: ink-cropped `size` x `size`
+    thumbnails (the encoder's own preprocessing), flattened. Returns (vectors, positions kept)."""
+    from training.retrieval_model import EncoderConfig, preprocess_image
+
+    config = EncoderConfig(image_size=size, flip_tta=False)
+    vectors, kept = [], []
+    for position, image in enumerate(images):
+        try:
+            pixels = preprocess_image(image, config).flatten().numpy()
+        except ValueError:
+            continue
+        if pixels.any():  # a blank page has no direction for cosine
+            vectors.append(pixels)
+            kept.append(position)
+    return (np.stack(vectors) if vectors else np.zeros((0, size * size), np.float32)), kept

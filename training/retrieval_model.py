@@ -1,0 +1,420 @@
+"""The image encoder of patent-figure retrieval: a CNN backbone, GeM pooling and a BN neck.
+
+The shape is the one of the best published image-based patent retrieval (Wang & Zhang, PRCV
+2023): backbone feature map -> GeM -> Linear -> BatchNorm1d, trained with ArcFace on patent
+identity; the BN-neck output is the retrieval embedding (cosine). `text_projection` maps it into
+the frozen text encoder's space for the LLM-informed alignment (Lo et al., 2024) and for text
+queries.
+
+As in transformers, a config class and a model class: the embedded `tiny` preset (a random-init
+transformers ResNet on 128 px line art) and the `production` one (512 px, 512-d, any backbone by
+path) are the same code. Backbones: "resnet", "efficientnet", "convnext" (transformers configs,
+random init or `backbone_dir`), "timm:<name>" (timm, imported only then) and "hf" (any local
+transformers vision checkpoint via AutoModel).
+
+On disk an encoder is a directory: `config.json` (the EncoderConfig, plus the backbone's own
+transformers config so that loading needs no pretrained weights) and `model.safetensors`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+FORMAT_VERSION = 1
+INK_THRESHOLD = 128  # a pixel darker than this is ink
+
+
+class EncoderFileError(ValueError):
+    """A saved encoder is missing a file, or a file is corrupt."""
+
+
+@dataclass
+class EncoderConfig:
+    backbone: str = "resnet"  # resnet | efficientnet | convnext | timm:<model name> | hf
+    backbone_dir: str | None = None  # local pretrained weights: transformers dir, or timm checkpoint file
+    hidden_sizes: list[int] = field(default_factory=lambda: [32, 64, 128, 256])  # resnet / convnext stages
+    depths: list[int] = field(default_factory=lambda: [1, 1, 1, 1])
+    layer_type: str = "basic"  # resnet block: basic | bottleneck
+    channels: int = 1  # drawings are line art; 3 for backbones pretrained on RGB
+    image_size: int = 128
+    embedding_dim: int = 128
+    gem_p: float = 3.0  # initial GeM exponent (learnable)
+    text_dim: int = 384  # the frozen text encoder's dimension (all-MiniLM-L6-v2: 384)
+    flip_tta: bool = True  # embed an image as the mean of it and its horizontal mirror
+    ink_margin: float = 0.02  # margin kept around the ink's bounding box, share of its longer side
+
+    def __post_init__(self) -> None:
+        known = ("resnet", "efficientnet", "convnext", "hf")
+        if self.backbone not in known and not self.backbone.startswith("timm:"):
+            raise ValueError(
+                f"unknown backbone {self.backbone!r}: one of {list(known)} or 'timm:<model name>'"
+            )
+        if self.backbone == "hf" and not self.backbone_dir:
+            raise ValueError("backbone 'hf' loads a pretrained transformers model: set backbone_dir")
+        if self.channels not in (1, 3):
+            raise ValueError(f"channels must be 1 or 3, got {self.channels}")
+        if self.image_size < 32 or self.embedding_dim < 1 or self.text_dim < 1:
+            raise ValueError(
+                f"need image_size >= 32, embedding_dim >= 1 and text_dim >= 1; got "
+                f"{self.image_size}, {self.embedding_dim}, {self.text_dim}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EncoderConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown EncoderConfig keys {unknown}")
+        return cls(**data)
+
+
+PRESETS: dict[str, EncoderConfig] = {
+    # Embedded default: trains in about a minute on 2 CPU cores.
+    "tiny": EncoderConfig(),
+    # Wang & Zhang's best setting: 512 px, 512-d; swap the backbone for pretrained weights by path.
+    "production": EncoderConfig(
+        backbone="efficientnet",
+        hidden_sizes=[64, 128, 256, 512],
+        depths=[2, 2, 2, 2],
+        image_size=512,
+        embedding_dim=512,
+    ),
+}
+
+
+def preset(name: str, **overrides: Any) -> EncoderConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown encoder preset {name!r}: one of {sorted(PRESETS)}")
+    return EncoderConfig.from_dict({**PRESETS[name].to_dict(), **overrides})
+
+
+# ----------------------------------------------------------------------------------------- model
+
+
+class GeM(nn.Module):
+    """Generalised-mean pooling (Radenović et al.): p=1 is average, p->inf max pooling; p is learnt."""
+
+    def __init__(self, p: float = 3.0, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.p = nn.Parameter(torch.tensor(float(p)))
+        self.eps = eps
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, C)
+        return features.clamp(min=self.eps).pow(self.p).mean(dim=(-2, -1)).pow(1.0 / self.p)
+
+
+def _transformers_backbone(config: EncoderConfig, backbone_config: dict[str, Any] | None) -> nn.Module:
+    """A transformers vision model: from the saved config dict, from `backbone_dir`, or random-init."""
+    from transformers import AutoConfig, AutoModel
+
+    if backbone_config is not None:  # loading a saved encoder: the architecture only, weights follow
+        model_type = backbone_config["model_type"]
+        rest = {k: v for k, v in backbone_config.items() if k != "model_type"}
+        return AutoModel.from_config(AutoConfig.for_model(model_type, **rest))
+    if config.backbone_dir:
+        directory = Path(config.backbone_dir)
+        if not directory.is_dir():
+            raise FileNotFoundError(f"backbone_dir {directory}: not a directory (a transformers checkpoint)")
+        return AutoModel.from_pretrained(directory)
+    if config.backbone == "resnet":
+        from transformers import ResNetConfig, ResNetModel
+
+        return ResNetModel(
+            ResNetConfig(
+                num_channels=config.channels,
+                embedding_size=config.hidden_sizes[0],
+                hidden_sizes=list(config.hidden_sizes),
+                depths=list(config.depths),
+                layer_type=config.layer_type,
+            )
+        )
+    if config.backbone == "efficientnet":
+        from transformers import EfficientNetConfig, EfficientNetModel
+
+        # B0 scaling (transformers' default config is B7); larger variants come by backbone_dir.
+        return EfficientNetModel(
+            EfficientNetConfig(
+                num_channels=config.channels,
+                image_size=config.image_size,
+                width_coefficient=1.0,
+                depth_coefficient=1.0,
+                hidden_dim=1280,
+                dropout_rate=0.2,
+            )
+        )
+    if config.backbone == "convnext":
+        from transformers import ConvNextConfig, ConvNextModel
+
+        return ConvNextModel(
+            ConvNextConfig(
+                num_channels=config.channels,
+                hidden_sizes=list(config.hidden_sizes),
+                depths=list(config.depths),
+            )
+        )
+    raise ValueError(f"backbone {config.backbone!r} is not a transformers backbone")
+
+
+def _timm_backbone(config: EncoderConfig) -> nn.Module:
+    name = config.backbone.split(":", 1)[1]
+    try:
+        import timm
+    except ImportError as error:  # e.g. its torchvision dependency does not load beside this torch
+        raise ImportError(
+            f"backbone {config.backbone!r} needs timm, which cannot be imported ({error}); "
+            "install timm (with a torchvision matching torch) or use resnet/efficientnet/convnext/hf"
+        ) from error
+    options: dict[str, Any] = {"num_classes": 0, "global_pool": "", "in_chans": config.channels}
+    if config.backbone_dir:
+        path = Path(config.backbone_dir)
+        if not path.is_file():
+            raise FileNotFoundError(f"backbone_dir {path}: not a file (a timm checkpoint)")
+        return timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **options)
+    return timm.create_model(name, pretrained=False, **options)
+
+
+class FigureEncoder(nn.Module):
+    """pixels (B, C, H, W) -> retrieval embedding (B, embedding_dim): backbone, GeM, Linear, BN neck."""
+
+    def __init__(self, config: EncoderConfig, backbone_config: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.is_timm = config.backbone.startswith("timm:")
+        self.backbone = (
+            _timm_backbone(config) if self.is_timm else _transformers_backbone(config, backbone_config)
+        )
+        self.pool = GeM(config.gem_p)
+        feature_dim = self._feature_dim()
+        self.fc = nn.Linear(feature_dim, config.embedding_dim, bias=False)
+        self.neck = nn.BatchNorm1d(config.embedding_dim)
+        self.text_projection = nn.Linear(config.embedding_dim, config.text_dim)
+
+    def _feature_dim(self) -> int:
+        # One dry run says how many channels the feature map has, whatever the backbone.
+        was_training = self.backbone.training
+        self.backbone.eval()
+        with torch.no_grad():
+            features = self.feature_map(torch.zeros(1, self.config.channels, 64, 64))
+        self.backbone.train(was_training)
+        return int(features.shape[1])
+
+    def feature_map(self, pixels: torch.Tensor) -> torch.Tensor:
+        if self.is_timm:
+            features = self.backbone.forward_features(pixels)
+        else:
+            features = self.backbone(pixel_values=pixels).last_hidden_state
+        if features.ndim == 3:  # a transformer's tokens (B, N, C): pool over tokens as a 1-row map
+            features = features.transpose(1, 2).unsqueeze(-1)
+        return features
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.neck(self.fc(self.pool(self.feature_map(pixels))))
+
+    def project_to_text(self, embedding: torch.Tensor) -> torch.Tensor:
+        return self.text_projection(embedding)
+
+    def backbone_config(self) -> dict[str, Any] | None:
+        return None if self.is_timm else self.backbone.config.to_dict()
+
+
+def build_encoder(config: EncoderConfig, seed: int | None = None) -> FigureEncoder:
+    if seed is not None:
+        torch.manual_seed(seed)
+    return FigureEncoder(config)
+
+
+# ----------------------------------------------------------------------------------- preprocessing
+
+
+def preprocess_image(image: Image.Image | str | Path, config: EncoderConfig) -> torch.Tensor:
+    """(C, image_size, image_size) float tensor, ink 1.0 and paper 0.0, at training and inference alike.
+
+    Grayscale; cropped to the ink's bounding box (pixels darker than 128) plus a small margin, so
+    that sheet margins and the figure's position do not matter; padded to a square with paper
+    (the aspect ratio is kept); area-resized (thin lines fade rather than vanish). A blank page
+    is not cropped.
+    """
+    if not isinstance(image, Image.Image):
+        path = Path(image)
+        try:
+            with Image.open(path) as opened:
+                image = opened.convert("L")
+        except (OSError, ValueError) as error:
+            raise ValueError(f"cannot read image {path}: {error}") from error
+    gray = image.convert("L")
+    ink = np.asarray(gray) < INK_THRESHOLD
+    rows, cols = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
+    if rows.size:
+        top, bottom, left, right = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+        margin = round(config.ink_margin * max(bottom - top, right - left)) + 1
+        gray = gray.crop(
+            (
+                max(0, left - margin),
+                max(0, top - margin),
+                min(gray.width, right + margin),
+                min(gray.height, bottom + margin),
+            )
+        )
+    # Pad the short side evenly with paper, then resample a square box centred to the sub-pixel:
+    # an odd padding split would shift the figure by a pixel and break mirror symmetry (flip TTA).
+    width, height = gray.size
+    side = max(width, height)
+    pad_x, pad_y = (
+        (side - width) // 2 + 1 if width < side else 0,
+        (side - height) // 2 + 1 if height < side else 0,
+    )
+    canvas = Image.new("L", (width + 2 * pad_x, height + 2 * pad_y), 255)
+    canvas.paste(gray, (pad_x, pad_y))
+    centre_x, centre_y = canvas.width / 2, canvas.height / 2
+    box = (centre_x - side / 2, centre_y - side / 2, centre_x + side / 2, centre_y + side / 2)
+    resized = canvas.resize((config.image_size, config.image_size), Image.Resampling.BOX, box=box)
+    pixels = torch.from_numpy(1.0 - np.asarray(resized, dtype=np.float32) / 255.0)[None]
+    return pixels.repeat(3, 1, 1) if config.channels == 3 else pixels
+
+
+# ------------------------------------------------------------------------------------- persistence
+
+
+def save_encoder(model: FigureEncoder, directory: Path | str) -> Path:
+    """Write `config.json` and `model.safetensors` into `directory`, atomically (a renamed temp dir)."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.", suffix=".tmp"))
+    try:
+        state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
+        save_file(state, str(staging / WEIGHTS_FILE), metadata={"format": "pt"})
+        payload = {
+            "format_version": FORMAT_VERSION,
+            "encoder": model.config.to_dict(),
+            "backbone_config": model.backbone_config(),
+        }
+        (staging / CONFIG_FILE).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+        previous = None
+        if directory.exists():
+            previous = directory.with_name(f".{directory.name}.{os.getpid()}.old")
+            os.replace(directory, previous)
+        os.replace(staging, directory)
+        if previous is not None:
+            shutil.rmtree(previous, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return directory
+
+
+def load_encoder(directory: Path | str) -> FigureEncoder:
+    """The encoder saved in `directory`, in eval mode; needs no pretrained backbone weights."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    for name in (CONFIG_FILE, WEIGHTS_FILE):
+        if not (directory / name).is_file():
+            raise EncoderFileError(f"{directory / name}: missing (not a saved figure encoder?)")
+    try:
+        payload = json.loads((directory / CONFIG_FILE).read_text(encoding="utf-8"))
+        config = EncoderConfig.from_dict(payload["encoder"])
+        backbone_config = payload.get("backbone_config")
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as error:
+        raise EncoderFileError(f"{directory / CONFIG_FILE}: corrupt encoder config ({error})") from error
+    try:
+        state = load_file(str(directory / WEIGHTS_FILE))
+    except (SafetensorError, OSError, ValueError) as error:
+        raise EncoderFileError(f"{directory / WEIGHTS_FILE}: corrupt weights ({error})") from error
+    # The architecture must not fetch pretrained weights: the saved state replaces them.
+    model = FigureEncoder(
+        EncoderConfig.from_dict({**config.to_dict(), "backbone_dir": None}), backbone_config
+    )
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        raise EncoderFileError(
+            f"{directory / WEIGHTS_FILE}: does not fit the saved config ({error})"
+        ) from error
+    model.config = config
+    return model.eval()
+
+
+# ---------------------------------------------------------------------------------------- embedding
+
+
+@dataclass
+class Embeddings:
+    retrieval: np.ndarray  # (n_ok, embedding_dim), L2-normalised: image-to-image search
+    aligned: np.ndarray  # (n_ok, text_dim), L2-normalised: the text-space projection, for text queries
+    kept: list[int]  # input positions embedded, in order
+    failed: dict[int, str]  # input position -> reason
+
+
+@torch.no_grad()
+def embed_pixels(model: FigureEncoder, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(retrieval, aligned) L2-normalised embeddings of a preprocessed batch, with flip TTA if configured."""
+    embedding = model(pixels)
+    if model.config.flip_tta:
+        # The mean over an image and its mirror: a figure and its mirror image embed the same.
+        embedding = 0.5 * (embedding + model(torch.flip(pixels, dims=[-1])))
+    aligned = model.project_to_text(embedding)
+    return F.normalize(embedding, dim=-1), F.normalize(aligned, dim=-1)
+
+
+def embed_images(
+    model: FigureEncoder,
+    images: Sequence[str | Path],
+    batch_size: int = 32,
+    progress: bool = False,
+) -> Embeddings:
+    """Embed image files; an unreadable one is reported in `failed` and the rest goes on."""
+    from tqdm.auto import tqdm
+
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    retrieval: list[np.ndarray] = []
+    aligned: list[np.ndarray] = []
+    kept: list[int] = []
+    failed: dict[int, str] = {}
+    try:
+        for start in tqdm(
+            range(0, len(images), batch_size), disable=not progress, desc="embedding", unit="batch"
+        ):
+            batch: list[torch.Tensor] = []
+            for position in range(start, min(start + batch_size, len(images))):
+                try:
+                    batch.append(preprocess_image(images[position], model.config))
+                except ValueError as error:
+                    failed[position] = str(error)
+                    continue
+                kept.append(position)
+            if batch:
+                image_vectors, text_vectors = embed_pixels(model, torch.stack(batch).to(device))
+                retrieval.append(image_vectors.cpu().numpy())
+                aligned.append(text_vectors.cpu().numpy())
+    finally:
+        model.train(was_training)
+    config = model.config
+    return Embeddings(
+        retrieval=np.concatenate(retrieval) if retrieval else np.zeros((0, config.embedding_dim), np.float32),
+        aligned=np.concatenate(aligned) if aligned else np.zeros((0, config.text_dim), np.float32),
+        kept=kept,
+        failed=failed,
+    )
