@@ -5,6 +5,8 @@ patentflow ingest SOURCE... --out DIR  the data steps on any path, without Dagst
 patentflow synthesize --out DIR        write the synthetic weekly releases
 patentflow ui                          the Dagster UI on 127.0.0.1
 patentflow restore PATH --commit C     bring back the exact data of a past materialization
+patentflow index FIGURES.jsonl --out DIR   a search index over ingested figures (champion encoder)
+patentflow search (--image P | --text T)   prior-art search of an index (default: the pipeline's)
 """
 
 from __future__ import annotations
@@ -181,6 +183,126 @@ def restore(
     repo = versioning.DataRepo(home.data, remote_url=str(home.dvc_remote))
     repo.open_or_init()
     typer.echo(repo.restore(path, commit=commit, md5=md5, dest=out))
+
+
+@app.command()
+def index(
+    figures: Annotated[Path, typer.Argument(help="A figures.jsonl that `patentflow ingest` wrote.")],
+    out: Annotated[Path, typer.Option(help="The index directory to write.")],
+    encoder: Annotated[
+        str, typer.Option(help="models:/NAME@ALIAS, models:/NAME/VERSION or an encoder directory.")
+    ] = "models:/patent-figure-encoder@champion",
+    kind: Annotated[str, typer.Option(help="flat (exact), ivf, hnsw or ivfpq.")] = "flat",
+    text_encoder: Annotated[
+        Path | None, typer.Option(help="A sentence-transformers model directory (default: MiniLM).")
+    ] = None,
+) -> None:
+    """Embed every figure with the encoder (default: the registry's champion) and write a FAISS
+    search index: images, their text-space projections, and the patents' title + abstract."""
+    from training import figure_search, tracking
+
+    if kind not in ("flat", "ivf", "hnsw", "ivfpq"):
+        raise typer.BadParameter("flat, ivf, hnsw or ivfpq", param_hint="--kind")
+    if not figures.is_file():
+        raise typer.BadParameter(f"{figures}: not found", param_hint="FIGURES")
+    home = _home()
+    try:
+        encoder_dir = tracking.download_model(
+            encoder, dst=home.store / "models" / "index-encoder", tracking_uri=tracking.tracking_uri(home)
+        )
+    except (LookupError, FileNotFoundError, ValueError, tracking.TrackingUnavailable) as exc:
+        typer.echo(
+            f"patentflow index: cannot load encoder {encoder}: {exc} "
+            "(train one with `patentflow run`, or pass --encoder DIR)",
+            err=True,
+        )
+        raise typer.Exit(2) from exc
+    built = figure_search.build_search_index(
+        figures,
+        Path(encoder_dir),
+        out,
+        kind=kind,  # type: ignore[arg-type]
+        text_encoder_dir=text_encoder,
+        encoder_source=encoder,
+        progress=True,
+    )
+    counts = built.manifest["counts"]
+    typer.echo(
+        f"{counts['figures']} figures of {counts['patents']} patents -> {out} ({kind}); "
+        f"{counts['rejected']} rejected -> {out / figure_search.REJECTED}"
+    )
+    same_patent = built.evaluation.get("same_patent", {})
+    if same_patent.get("queries"):
+        typer.echo(
+            "same-patent retrieval over this collection: "
+            + ", ".join(f"{name} {same_patent[name]:.3f}" for name in ("mAP", "Rank-1", "Rank-5"))
+            + f" ({int(same_patent['queries'])} queries)"
+        )
+
+
+@app.command()
+def search(
+    image: Annotated[Path | None, typer.Option(help="A drawing (PNG/TIFF) to find figures like.")] = None,
+    text: Annotated[str | None, typer.Option(help="A text to find figures (or patents) for.")] = None,
+    index_dir: Annotated[
+        Path | None, typer.Option("--index", help="An index directory (default: the pipeline's).")
+    ] = None,
+    before: Annotated[
+        str | None, typer.Option(help="Prior art only: figures granted before YYYY-MM-DD.")
+    ] = None,
+    k: Annotated[int, typer.Option(help="How many results.")] = 10,
+    patents: Annotated[bool, typer.Option(help="With --text: search patents' title + abstract.")] = False,
+    rerank: Annotated[
+        bool, typer.Option(help="With --image: k-reciprocal re-ranking (k1 10, k2 3).")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+) -> None:
+    """Search an index by image or text; results ranked with figure id, patent id, grant date,
+    score and description."""
+    from dataclasses import asdict
+    from datetime import date
+
+    from training import figure_search
+    from training.retrieval_index import IndexFileError, KReciprocalConfig
+
+    if (image is None) == (text is None):
+        raise typer.BadParameter("give exactly one of --image and --text")
+    if patents and text is None:
+        raise typer.BadParameter("--patents searches by text: give --text", param_hint="--patents")
+    if before is not None:
+        try:
+            date.fromisoformat(before)
+        except ValueError as exc:
+            raise typer.BadParameter(f"{before!r} is not a date (YYYY-MM-DD)", param_hint="--before") from exc
+    if k < 1:
+        raise typer.BadParameter("must be at least 1", param_hint="--k")
+    if image is not None and not image.is_file():
+        raise typer.BadParameter(f"{image}: not found", param_hint="--image")
+    home = _home()
+    directory = index_dir or home.data / figure_search.PIPELINE_INDEX
+    try:
+        loaded = figure_search.SearchIndex.load(directory)
+        if image is not None:
+            hits = loaded.search_image(
+                image, k=k, before=before, rerank=KReciprocalConfig() if rerank else None
+            )
+        elif patents:
+            hits = loaded.search_patents(text or "", k=k, before=before)
+        else:
+            hits = loaded.search_text(text or "", k=k, before=before)
+    except (IndexFileError, ValueError) as exc:
+        typer.echo(f"patentflow search: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    for hit in hits:
+        if as_json:
+            typer.echo(json.dumps(asdict(hit), ensure_ascii=False))
+        else:
+            typer.echo(
+                f"{hit.rank:>3}  {hit.score:7.4f}  {hit.grant_date}  {hit.patent_id:<15} "
+                f"{hit.figure_id:<22} {hit.description[:90]}"
+            )
+    if not hits and not as_json:
+        typer.echo("no results" + (f" granted before {before}" if before else ""))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,168 @@
+"""`patentflow index` / `patentflow search` and the library under them, on synthetic sheets."""
+
+from __future__ import annotations
+
+import json
+from datetime import date
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from patent_assets import synthetic
+from patent_assets.records import read_jsonl, write_jsonl
+from patentflow.cli import app
+from training import figure_search
+from training.retrieval_index import IndexFileError
+from training.retrieval_model import build_encoder, preset, save_encoder
+
+
+@pytest.fixture(scope="module")
+def collection(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Two weekly releases of synthetic patents as figure records, plus an untrained encoder."""
+    root = tmp_path_factory.mktemp("collection")
+    config = synthetic.SyntheticConfig(releases=2, patents_per_release=4, seed=3)
+    rows = []
+    for index in range(config.releases):
+        for patent in synthetic.plan_release(config, index).patents:
+            for sheet in patent.sheets:
+                path = root / "images" / f"{patent.stem}-D{sheet.num:05d}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                synthetic.render_sheet(patent, sheet, config).save(path)
+                rows.append(
+                    {
+                        "image_id": f"{patent.patent_id}__{sheet.num}",
+                        "patent_id": patent.patent_id,
+                        "image_path": str(path),
+                        "grant_date": patent.grant_date.isoformat(),
+                        "classifications": [f"CPC:{patent.object_class.cpc[0]}{patent.object_class.cpc[1]}"],
+                        "title": patent.title,
+                        "abstract": patent.abstract,
+                        "brief_description": f"FIG. {sheet.num} is a view of the {patent.object_class.name}.",
+                    }
+                )
+    bad = [
+        {**rows[0], "image_id": "USX__missing", "image_path": str(root / "nowhere.png")},
+        {**rows[0], "image_id": "USX__undated", "grant_date": ""},
+    ]
+    figures = root / "figures.jsonl"
+    write_jsonl(figures, rows + bad)
+    encoder = save_encoder(build_encoder(preset("tiny"), seed=0), root / "encoder")
+    index = root / "index"
+    figure_search.build_search_index(figures, encoder, index)
+    return {"root": root, "figures": figures, "encoder": encoder, "index": index}
+
+
+def test_build_writes_every_part_and_rejects_bad_rows_by_name(collection: dict[str, Path]) -> None:
+    index = collection["index"]
+    manifest = json.loads((index / figure_search.MANIFEST).read_text())
+    rows = list(read_jsonl(collection["figures"]))
+    assert manifest["counts"]["figures"] == len(rows) - 2
+    assert manifest["counts"]["patents"] == len({r["patent_id"] for r in rows[:-2]})
+    rejected = {r["item"]: r["reason"] for r in read_jsonl(index / figure_search.REJECTED)}
+    assert set(rejected) == {"USX__missing", "USX__undated"}
+    assert "nowhere.png" in rejected["USX__missing"] and "date" in rejected["USX__undated"]
+    for part in (figure_search.ENCODER, figure_search.FIGURES, figure_search.ALIGNED, figure_search.PATENTS):
+        assert (index / part).is_dir()
+    assert manifest["evaluation"]["same_patent"]["queries"] > 0
+    assert not [p for p in index.parent.iterdir() if p.name.startswith(".index.")]  # no staging left
+
+
+def test_image_query_finds_itself_and_the_filter_keeps_only_prior_art(collection: dict[str, Path]) -> None:
+    loaded = figure_search.SearchIndex.load(collection["index"])
+    newest = loaded.figures.figures[-1]
+    hits = loaded.search_image(Path(newest.image_path), k=3)
+    assert hits[0].figure_id == newest.figure_id and hits[0].score == pytest.approx(1.0, abs=1e-4)
+    prior = loaded.search_image(Path(newest.image_path), k=50, before=newest.grant_date)
+    assert prior and all(
+        date.fromisoformat(h.grant_date) < date.fromisoformat(newest.grant_date) for h in prior
+    )
+    oldest = loaded.figures.figures[0].grant_date
+    assert loaded.search_image(Path(newest.image_path), k=5, before=oldest) == []
+
+
+def test_patent_text_search_ranks_the_matching_title_first(collection: dict[str, Path]) -> None:
+    loaded = figure_search.SearchIndex.load(collection["index"])
+    target = loaded.patents.figures[0]
+    hits = loaded.search_patents(target.description, k=3)
+    assert hits[0].patent_id == target.patent_id
+    figures = loaded.search_text("a drawing of a mechanical part", k=4)
+    assert len(figures) == 4 and len({h.figure_id for h in figures}) == 4
+    with pytest.raises(ValueError, match="empty"):
+        loaded.search_text("   ")
+
+
+def test_cli_index_then_search_json(
+    collection: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATENTFLOW_HOME", str(tmp_path / "home"))
+    runner = CliRunner()
+    out = tmp_path / "cli-index"
+    built = runner.invoke(
+        app, ["index", str(collection["figures"]), "--out", str(out), "--encoder", str(collection["encoder"])]
+    )
+    assert built.exit_code == 0, built.output
+    assert "2 rejected" in built.output and "same-patent retrieval" in built.output
+    loaded = figure_search.SearchIndex.load(out)
+    query = loaded.figures.figures[-1]
+    result = runner.invoke(
+        app,
+        [
+            "search",
+            "--image",
+            query.image_path,
+            "--index",
+            str(out),
+            "--k",
+            "3",
+            "--before",
+            query.grant_date,
+            "--json",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    hits = [json.loads(line) for line in result.output.splitlines() if line.startswith("{")]
+    assert len(hits) == 3 and [h["rank"] for h in hits] == [1, 2, 3]
+    assert all(h["grant_date"] < query.grant_date for h in hits)
+    assert {"figure_id", "patent_id", "grant_date", "score", "description"} <= set(hits[0])
+    text = runner.invoke(app, ["search", "--text", "vehicle wheel", "--patents", "--index", str(out)])
+    assert text.exit_code == 0 and text.output.count("\n") == min(10, len(loaded.patents.figures))
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--image", "x.png", "--text", "wheel"], "exactly one"),
+        (["--text", "wheel", "--before", "2024-13-01"], "not a date"),
+        (["--image", "missing.png"], "not found"),
+        (["--text", "wheel", "--index", "nowhere"], "not a search index"),
+    ],
+)
+def test_cli_search_bad_input_is_a_clear_error(
+    args: list[str], message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATENTFLOW_HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["search", *args])
+    assert result.exit_code == 2
+    assert message in result.output
+
+
+def test_cli_index_without_a_champion_says_how_to_get_one(
+    collection: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATENTFLOW_HOME", str(tmp_path / "home"))
+    result = CliRunner().invoke(app, ["index", str(collection["figures"]), "--out", str(tmp_path / "i")])
+    assert result.exit_code == 2
+    assert "cannot load encoder" in result.output and "patentflow run" in result.output
+    assert not (tmp_path / "i").exists()
+
+
+def test_loading_a_damaged_index_names_the_file(collection: dict[str, Path], tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "damaged"
+    shutil.copytree(collection["index"], copy)
+    (copy / figure_search.FIGURES / "index.faiss").write_bytes(b"not faiss")
+    with pytest.raises(IndexFileError, match=r"index\.faiss"):
+        figure_search.SearchIndex.load(copy)

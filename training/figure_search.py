@@ -1,0 +1,278 @@
+"""A search index over ingested figures: what `patentflow index` builds and `patentflow search` reads.
+
+One directory holds everything a search needs, so that an index is a single versioned artifact:
+
+    DIR/index.json       manifest: encoder, text encoder, counts, kind, evaluation, checksums
+    DIR/encoder/         the image encoder that embedded the figures (queries use the same one)
+    DIR/figures/         FigureIndex of the image embeddings              (--image queries)
+    DIR/aligned/         FigureIndex of the same images in the text space  (--text queries)
+    DIR/patents/         FigureIndex of each patent's title + abstract     (--text --patents)
+    DIR/rejected.jsonl   figures left out, each with the reason
+
+`aligned/` exists because the encoder is trained to align its image embeddings with a frozen text
+encoder (Lo et al., 2024): a text query is embedded by that text encoder and searched among the
+images' projections. `patents/` is PatentCL's patent-level text search. Every FigureIndex sorts by
+grant date, so the prior-art filter (`before`) works the same in all three.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from patent_assets.records import Rejection, read_jsonl, write_jsonl
+from patent_assets.store import ArtifactStore
+from training import text_encoder
+from training.retrieval_index import (
+    DateLike,
+    FigureIndex,
+    Hit,
+    IndexFileError,
+    IndexKind,
+    IndexOptions,
+    KReciprocalConfig,
+)
+
+# The registry name of the champion encoder, and where the pipeline keeps its current index.
+REGISTERED_ENCODER = "patent-figure-encoder"
+PIPELINE_INDEX = "retrieval_index"  # under $PATENTFLOW_HOME/data, DVC-tracked
+
+MANIFEST = "index.json"
+ENCODER = "encoder"
+FIGURES = "figures"
+ALIGNED = "aligned"
+PATENTS = "patents"
+REJECTED = "rejected.jsonl"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class BuildResult:
+    directory: Path
+    manifest: dict[str, Any]
+    rejected: list[Rejection] = field(default_factory=list)
+
+    @property
+    def evaluation(self) -> dict[str, Any]:
+        return self.manifest.get("evaluation", {})
+
+
+def _valid_date(value: Any) -> bool:
+    try:
+        date.fromisoformat(str(value))
+    except ValueError:
+        return False
+    return True
+
+
+def _patent_texts(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
+    """One entry per patent: PatentCL's `title [SEP] abstract`; without an abstract (older
+    figure files), the title and the patent's brief descriptions stand in for it."""
+    by_patent: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        by_patent[row["patent_id"]].append(row)
+    metadata, texts = [], []
+    for patent_id, figures in sorted(by_patent.items()):
+        first = figures[0]
+        body = first.get("abstract") or " ".join(f.get("brief_description", "") for f in figures)
+        title = first.get("title", "")
+        metadata.append(
+            {
+                "figure_id": patent_id,
+                "patent_id": patent_id,
+                "grant_date": first["grant_date"],
+                "classes": first.get("classifications", []),
+                "description": title or body[:200],
+            }
+        )
+        texts.append(f"{title} [SEP] {body}" if title else body)
+    return metadata, texts
+
+
+def build_search_index(
+    figures_jsonl: Path,
+    encoder_dir: Path,
+    out_dir: Path,
+    kind: IndexKind = "flat",
+    text_encoder_dir: str | Path | None = None,
+    encoder_source: str = "",
+    options: IndexOptions | None = None,
+    progress: bool = False,
+    batch_size: int = 32,
+) -> BuildResult:
+    """Embed every figure of `figures_jsonl` with the encoder at `encoder_dir`, index the image
+    embeddings, their text-space projections and the patents' texts, evaluate same-patent
+    retrieval over the collection, and write it all to `out_dir` atomically."""
+    from training.retrieval_eval import evaluate_embeddings
+    from training.retrieval_model import embed_images, load_encoder
+
+    figures_jsonl, encoder_dir, out_dir = Path(figures_jsonl), Path(encoder_dir), Path(out_dir)
+    if not figures_jsonl.is_file():
+        raise FileNotFoundError(f"{figures_jsonl}: no such figures file (write one with `patentflow ingest`)")
+    rows: list[dict[str, Any]] = []
+    rejected: list[Rejection] = []
+    seen: set[str] = set()
+    for number, row in enumerate(read_jsonl(figures_jsonl), start=1):
+        item = str(row.get("image_id") or f"{figures_jsonl.name}:{number}")
+        missing = [key for key in ("image_id", "patent_id", "image_path") if not row.get(key)]
+        if missing:
+            rejected.append(Rejection(item, f"missing {', '.join(missing)}", "index", str(figures_jsonl)))
+        elif item in seen:
+            rejected.append(Rejection(item, "duplicate image_id", "index", str(figures_jsonl)))
+        elif not _valid_date(row.get("grant_date")):
+            reason = (
+                f"grant_date {row.get('grant_date')!r} is not a date: cannot be placed in prior-art order"
+            )
+            rejected.append(Rejection(item, reason, "index", str(figures_jsonl)))
+        else:
+            seen.add(item)
+            rows.append(row)
+    model = load_encoder(encoder_dir)
+    embedded = embed_images(
+        model, [row["image_path"] for row in rows], batch_size=batch_size, progress=progress
+    )
+    for position, reason in sorted(embedded.failed.items()):
+        rejected.append(Rejection(rows[position]["image_id"], reason, "index", str(figures_jsonl)))
+    rows = [rows[position] for position in embedded.kept]
+    if not rows:
+        raise ValueError(f"{figures_jsonl}: no figure could be indexed ({len(rejected)} rejected)")
+
+    metadata = [
+        {
+            "figure_id": row["image_id"],
+            "patent_id": row["patent_id"],
+            "grant_date": row["grant_date"],
+            "classes": row.get("classifications", []),
+            "description": row.get("brief_description") or row.get("title", ""),
+            "image_path": row["image_path"],
+        }
+        for row in rows
+    ]
+    patent_metadata, patent_texts = _patent_texts(rows)
+    patent_vectors = text_encoder.encode_texts(patent_texts, text_encoder_dir, progress=progress)
+    evaluation = evaluate_embeddings(embedded.retrieval, rows)
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
+    try:
+        shutil.copytree(encoder_dir, staging / ENCODER)
+        FigureIndex.build(embedded.retrieval, metadata, kind=kind, options=options).save(staging / FIGURES)
+        FigureIndex.build(embedded.aligned, metadata, kind=kind, options=options).save(staging / ALIGNED)
+        FigureIndex.build(patent_vectors, patent_metadata, kind=kind, options=options).save(staging / PATENTS)
+        write_jsonl(staging / REJECTED, rejected)
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "figures_jsonl": str(figures_jsonl),
+            "kind": kind,
+            "encoder": {
+                "source": encoder_source or str(encoder_dir),
+                "sha256": ArtifactStore.hash_tree(staging / ENCODER),
+                "embedding_dim": int(embedded.retrieval.shape[1]),
+            },
+            "text_encoder": {
+                "source": text_encoder.text_encoder_name(text_encoder_dir),
+                "path": str(text_encoder_dir) if text_encoder_dir else None,
+                "dim": int(patent_vectors.shape[1]),
+            },
+            "counts": {"figures": len(rows), "patents": len(patent_metadata), "rejected": len(rejected)},
+            "grant_dates": list(_date_range(metadata)),
+            "evaluation": {"same_patent": evaluation.get("same_patent", {})},
+        }
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        _swap_in(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return BuildResult(out_dir, manifest, rejected)
+
+
+def _date_range(metadata: list[dict[str, Any]]) -> tuple[str, str]:
+    dates = sorted(str(row["grant_date"]) for row in metadata)
+    return dates[0], dates[-1]
+
+
+def _swap_in(staging: Path, directory: Path) -> None:
+    """Replace `directory` by `staging`: readers see the old index or the whole new one."""
+    previous = None
+    if directory.exists():
+        previous = directory.with_name(f".{directory.name}.{os.getpid()}.old")
+        os.replace(directory, previous)
+    os.replace(staging, directory)
+    if previous is not None:
+        shutil.rmtree(previous, ignore_errors=True)
+
+
+class SearchIndex:
+    """A built index directory, loaded for queries."""
+
+    def __init__(self, directory: Path, manifest: dict[str, Any]) -> None:
+        self.directory = directory
+        self.manifest = manifest
+        self.figures = FigureIndex.load(directory / FIGURES)
+        self.aligned = FigureIndex.load(directory / ALIGNED)
+        self.patents = FigureIndex.load(directory / PATENTS)
+        self._encoder: Any = None
+
+    @classmethod
+    def load(cls, directory: Path | str) -> SearchIndex:
+        directory = Path(directory)
+        manifest_path = directory / MANIFEST
+        if not manifest_path.is_file():
+            raise IndexFileError(
+                f"{directory}: not a search index (no {MANIFEST}); build one with `patentflow index`"
+            )
+        try:
+            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise IndexFileError(f"{manifest_path}: corrupt manifest ({error})") from error
+        if manifest.get("format_version") != FORMAT_VERSION:
+            raise IndexFileError(
+                f"{manifest_path}: format version {manifest.get('format_version')!r}, expected {FORMAT_VERSION}"
+            )
+        return cls(directory, manifest)
+
+    @property
+    def encoder(self) -> Any:
+        if self._encoder is None:
+            from training.retrieval_model import load_encoder
+
+            self._encoder = load_encoder(self.directory / ENCODER)
+        return self._encoder
+
+    def _text_vector(self, text: str) -> np.ndarray:
+        if not text.strip():
+            raise ValueError("the text query is empty")
+        return text_encoder.encode_texts([text], self.manifest["text_encoder"].get("path"))
+
+    def search_image(
+        self,
+        image: Path,
+        k: int = 10,
+        before: DateLike | None = None,
+        rerank: KReciprocalConfig | None = None,
+    ) -> list[Hit]:
+        """Figures that look like `image`, granted before `before` when given."""
+        from training.retrieval_model import embed_images
+
+        embedded = embed_images(self.encoder, [image])
+        if embedded.failed:
+            raise ValueError(embedded.failed[0])
+        return self.figures.search(embedded.retrieval, k=k, before=before, rerank=rerank)[0]
+
+    def search_text(self, text: str, k: int = 10, before: DateLike | None = None) -> list[Hit]:
+        """Figures whose image embedding lies nearest `text` in the aligned text space."""
+        return self.aligned.search(self._text_vector(text), k=k, before=before)[0]
+
+    def search_patents(self, text: str, k: int = 10, before: DateLike | None = None) -> list[Hit]:
+        """Patents whose title + abstract are nearest `text` (PatentCL's task)."""
+        return self.patents.search(self._text_vector(text), k=k, before=before)[0]
