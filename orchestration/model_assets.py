@@ -12,13 +12,13 @@ $PATENTFLOW_HOME/store/models; MLflow holds runs, curves and the registry.
 # No `from __future__ import annotations`: Dagster inspects the `context` annotation at definition time.
 
 import json
-import sys
 from dataclasses import asdict
 from pathlib import Path
 
 import dagster as dg
 
 from orchestration.assets import llava_dataset, release_documents
+from orchestration.launching import latest, run_job, work_dir
 from orchestration.resources import DataVersioning, MlflowTracking, PatentflowHome, PatentLMMSettings
 from patent_assets.records import atomic_write
 from patent_assets.store import ArtifactStore
@@ -26,37 +26,6 @@ from training import launch, plans
 
 MODEL_GROUP = "patentlmm"
 EAGER = dg.AutomationCondition.eager()
-
-
-def _latest(context: dg.AssetExecutionContext, asset: str, key: str = "path") -> str:
-    event = context.instance.get_latest_materialization_event(dg.AssetKey(asset))
-    if event is None or event.asset_materialization is None:
-        raise dg.Failure(f"{asset} has not been materialized yet: materialize it first")
-    return str(event.asset_materialization.metadata[key].value)
-
-
-def _job(
-    pipes: dg.PipesSubprocessClient,
-    context: dg.AssetExecutionContext,
-    command: str,
-    config: dict,
-    config_path: Path,
-    extra: dict | None = None,
-) -> dg.MaterializeResult:
-    """Run `python -m training.jobs COMMAND --config CONFIG` through Pipes; add our own metadata."""
-    config_path.parent.mkdir(parents=True, exist_ok=True)
-    config_path.write_text(json.dumps(config, indent=2))
-    reported = pipes.run(
-        command=[sys.executable, "-m", "training.jobs", command, "--config", str(config_path)],
-        context=context,
-        env=launch.training_env(),
-        cwd=str(launch.PROJECT_ROOT),
-    ).get_materialize_result()
-    return dg.MaterializeResult(metadata={**(reported.metadata or {}), **(extra or {})})
-
-
-def _work_dir(home: PatentflowHome, context: dg.AssetExecutionContext) -> Path:
-    return home.home.store / "runs" / context.asset_key.to_user_string() / context.run.run_id[:8]
 
 
 @dg.asset(
@@ -107,16 +76,16 @@ def patent_mme(
     settings: PatentLMMSettings,
     pipes: dg.PipesSubprocessClient,
 ) -> dg.MaterializeResult:
-    out = _work_dir(home, context)
+    out = work_dir(home, context)
     config = {
         "records_jsonl": str(home.dataset_dir() / "figures" / "figures.jsonl"),
-        "tokenizer_dir": _latest(context, "description_tokenizer"),
+        "tokenizer_dir": latest(context, "description_tokenizer"),
         "out_dir": str(out),
         "preset": settings.preset_name,
         "checkpoint_dir": settings.preset().encoder_dir,
         "steps": settings.pretrain_steps,
     }
-    return _job(pipes, context, "patent_mme", config, out / "job.json", {"path": str(out / "encoder")})
+    return run_job(pipes, context, "patent_mme", config, out / "job.json", {"path": str(out / "encoder")})
 
 
 @dg.asset(
@@ -133,17 +102,17 @@ def patent_llama(
     settings: PatentLMMSettings,
     pipes: dg.PipesSubprocessClient,
 ) -> dg.MaterializeResult:
-    out = _work_dir(home, context)
+    out = work_dir(home, context)
     documents = sorted(str(p) for p in (home.home.data / "releases").glob("*/documents/documents.jsonl"))
     config = {
         "documents": documents,
-        "tokenizer_dir": _latest(context, "description_tokenizer"),
+        "tokenizer_dir": latest(context, "description_tokenizer"),
         "out_dir": str(out),
         "preset": settings.preset_name,
         "base_model_dir": settings.preset().lm_dir,
         "steps": settings.pretrain_steps,
     }
-    return _job(pipes, context, "patent_llama", config, out / "job.json", {"path": str(out / "lm")})
+    return run_job(pipes, context, "patent_llama", config, out / "job.json", {"path": str(out / "lm")})
 
 
 def _train_stage(
@@ -158,17 +127,17 @@ def _train_stage(
     """Launch one training (DeepSpeed, through Pipes) in its own MLflow run; its metadata."""
     from training import tracking
 
-    out = _work_dir(home, context) / input_mode
+    out = work_dir(home, context) / input_mode
     inputs = plans.TrainingInputs(
         dataset_dir=home.dataset_dir(),
-        tokenizer_dir=Path(_latest(context, "description_tokenizer")),
-        encoder_dir=Path(_latest(context, "patent_mme")),
-        lm_dir=Path(_latest(context, "patent_llama")),
+        tokenizer_dir=Path(latest(context, "description_tokenizer")),
+        encoder_dir=Path(latest(context, "patent_mme")),
+        lm_dir=Path(latest(context, "patent_llama")),
         lora_adapter_dir=Path(settings.preset().lora_adapter_dir)
         if settings.preset().lora_adapter_dir
         else None,
     )
-    init = Path(_latest(context, "patentlmm_stage1")) if stage == 2 else None
+    init = Path(latest(context, "patentlmm_stage1")) if stage == 2 else None
     cfg = plans.train_config(
         stage,
         inputs,
@@ -184,7 +153,7 @@ def _train_stage(
         run_name=f"stage{stage}-{input_mode}-{context.run.run_id[:8]}",
         params=asdict(cfg),
         tags={"stage": str(stage), "inputs": input_mode, "dagster_run_id": context.run.run_id},
-        data_version={"llava_dataset_md5": _latest(context, "llava_dataset", "dvc_md5")},
+        data_version={"llava_dataset_md5": latest(context, "llava_dataset", "dvc_md5")},
         git_commit=tracking.read_git_commit(),
         tracking_uri=uri,
     )
@@ -271,7 +240,7 @@ def patentlmm_ablations(
         for mode in ("image_blind", "no_ocr")
     }
     paths = {mode: meta["path"] for mode, meta in trained.items()}
-    out = _work_dir(home, context) / "ablations.json"
+    out = work_dir(home, context) / "ablations.json"
     out.write_text(json.dumps(paths, indent=2))
     return dg.MaterializeResult(metadata={"path": str(out), "models": dg.MetadataValue.json(paths)})
 
@@ -298,7 +267,7 @@ def _evaluate(
         "tracking_uri": uri,
         "max_new_tokens": 96,
     }
-    _job(pipes, context, "evaluate", config, out / "job.json")
+    run_job(pipes, context, "evaluate", config, out / "job.json")
     return json.loads((out / "metrics.json").read_text())
 
 
@@ -331,12 +300,12 @@ def patentlmm_challenger(
     from training import tracking
 
     uri = mlflow.uri()
-    out = _work_dir(home, context)
+    out = work_dir(home, context)
     model_dir, run_id = (
-        _latest(context, "patentlmm_stage2"),
-        _latest(context, "patentlmm_stage2", "mlflow_run_id"),
+        latest(context, "patentlmm_stage2"),
+        latest(context, "patentlmm_stage2", "mlflow_run_id"),
     )
-    ablations = json.loads(Path(_latest(context, "patentlmm_ablations")).read_text())
+    ablations = json.loads(Path(latest(context, "patentlmm_ablations")).read_text())
     metrics = _evaluate(context, pipes, home, model_dir, out / "challenger", run_id, uri, ablations)
     flat = _flat(metrics)
     version = tracking.register_model(
@@ -379,7 +348,7 @@ def patentlmm_challenger(
 def _decision(context, settings: PatentLMMSettings) -> tuple[dict, object]:
     from training import tracking
 
-    record = json.loads(Path(_latest(context, "patentlmm_challenger")).read_text())
+    record = json.loads(Path(latest(context, "patentlmm_challenger")).read_text())
     decision = tracking.compare(
         record["metrics"], record["champion_metrics"], primary=settings.promotion_metric
     )
@@ -470,7 +439,7 @@ def generated_descriptions(
         "max_new_tokens": 96,
         "figures_jsonl": str(home.dataset_dir() / "figures" / "figures.jsonl"),
     }
-    reported = _job(pipes, context, "generate", config, _work_dir(home, context) / "job.json")
+    reported = run_job(pipes, context, "generate", config, work_dir(home, context) / "job.json")
     out = home.home.data / "generated_descriptions"
     with atomic_write(out / "generated_descriptions.json", "wb") as handle:
         handle.write((work / "generated_descriptions.json").read_bytes())

@@ -123,6 +123,8 @@ class MlflowTracking(dg.ConfigurableResource):
     tracking_uri: str = ""
     experiment: str = "patentlmm"
     registered_model: str = "patentlmm"
+    retrieval_experiment: str = "patent-figure-retrieval"
+    retrieval_model: str = "patent-figure-encoder"  # `patentflow index`'s default encoder
 
     def uri(self) -> str:
         from training import tracking
@@ -164,3 +166,19 @@ class PatentLMMSettings(dg.ConfigurableResource):
             if v
         }
         return replace(preset, **paths)
+
+
+class RetrievalSettings(dg.ConfigurableResource):
+    """Which figure encoder to train and how to index: the tiny embedded default, or production
+    (a pretrained backbone and a text encoder from local paths, an approximate index)."""
+
+    preset_name: str = "tiny"  # a name in training.retrieval_model.PRESETS
+    backbone: str = ""  # e.g. "efficientnet", "timm:efficientnet_b0", "hf"; empty keeps the preset's
+    backbone_dir: str = ""  # local pretrained weights; nothing is downloaded
+    text_encoder_dir: str = ""  # a sentence-transformers directory; empty: the embedded MiniLM
+    epochs: int = 0  # 0: the training job's default
+    index_kind: str = "flat"  # flat (exact), ivf, hnsw or ivfpq
+    promotion_metric: str = "same_patent_mAP"  # the challenger must beat the champion on this
+
+    def encoder_overrides(self) -> dict[str, str]:
+        return {k: v for k, v in {"backbone": self.backbone, "backbone_dir": self.backbone_dir}.items() if v}

@@ -38,6 +38,7 @@ class RunReport:
     failed_runs: list[str] = field(default_factory=list)
     dataset: dict[str, int] = field(default_factory=dict)
     model: dict[str, Any] = field(default_factory=dict)
+    retrieval: dict[str, Any] = field(default_factory=dict)
 
     @property
     def success(self) -> bool:
@@ -68,6 +69,15 @@ class RunReport:
                 f"(champion: version {m.get('champion_version', '?')}; {m.get('reason', '')})"
             )
             lines += [f"                {k} {v:.3f}" for k, v in m.get("metrics", {}).items()]
+        if self.retrieval:
+            r = self.retrieval
+            lines.append(
+                f"  retrieval:  encoder version {r.get('model_version', '?')} "
+                f"(champion: version {r.get('champion_version', '?')}; {r.get('reason', '')})"
+            )
+            lines += [f"                {k} {v:.3f}" for k, v in r.get("metrics", {}).items()]
+            if "index" in r:
+                lines.append(f"                index: {r['index']}")
         if self.failed_runs:
             lines.append(f"  FAILED runs: {', '.join(self.failed_runs)}")
         lines += [
@@ -75,6 +85,7 @@ class RunReport:
             f"    data (DVC-versioned): {self.home.data}",
             f"    figure dataset:       {self.home.data / 'dataset' / 'figures' / pipeline.FIGURES}",
             f"    LLaVA JSON:           {self.home.data / 'dataset' / 'llava_json'}",
+            f"    search index:         {self.home.data / 'retrieval_index'}  (patentflow search --image PNG)",
             "    Dagster UI:           make ui  (http://127.0.0.1:3000)",
             f"    MLflow UI:            mlflow/server.sh  (runs, curves, registry; {self.home.mlflow})",
         ]
@@ -135,6 +146,14 @@ def run_all(
             report.model = _model_summary(result)
             if not result.success and not report.model.get("blocked_by_check"):
                 report.failed_runs.append(f"retrain_patentlmm ({result.run_id})")
+        if train and not report.failed_runs:
+            echo("retrain_retrieval (figure encoder, evaluation, promotion, search index) ...")
+            result = defs.resolve_job_def("retrain_retrieval").execute_in_process(
+                run_config=QUIET, instance=instance, raise_on_error=False
+            )
+            report.retrieval = _retrieval_summary(result)
+            if not result.success and not report.retrieval.get("blocked_by_check"):
+                report.failed_runs.append(f"retrain_retrieval ({result.run_id})")
     summary = pipeline.read_step_summary(home.data / "dataset" / "figures")
     report.dataset = {"figures": summary.get("figures", 0), **summary.get("splits", {})}
     return report
@@ -161,6 +180,32 @@ def _model_summary(result: dg.ExecuteInProcessResult) -> dict[str, Any]:
         summary["reason"] = champion["reason"].value
     for evaluation in result.get_asset_check_evaluations():
         if evaluation.check_name == "challenger_beats_champion" and not evaluation.passed:
+            summary["blocked_by_check"] = True
+            summary["reason"] = f"not promoted: {evaluation.metadata['reason'].value}"
+    return summary
+
+
+def _retrieval_summary(result: dg.ExecuteInProcessResult) -> dict[str, Any]:
+    events = {
+        e.asset_key.to_user_string(): e.materialization.metadata
+        for e in result.get_asset_materialization_events()
+    }
+    summary: dict[str, Any] = {}
+    encoder = events.get("retrieval_encoder", {})
+    for name in ("untrained_same_patent_mAP", "same_patent_mAP", "same_patent_Rank-1", "prior_art_mAP"):
+        if name in encoder:
+            summary.setdefault("metrics", {})[name] = encoder[name].value
+    if challenger := events.get("retrieval_challenger", {}):
+        summary["model_version"] = challenger["model_version"].value
+    if champion := events.get("retrieval_champion", {}):
+        summary["champion_version"] = champion["champion_version"].value
+        summary["reason"] = champion["reason"].value
+    if index := events.get("retrieval_index", {}):
+        summary["index"] = (
+            f"{index['figures'].value} figures, {index['patents'].value} patents ({index['kind'].value})"
+        )
+    for evaluation in result.get_asset_check_evaluations():
+        if evaluation.check_name == "retrieval_challenger_beats_champion" and not evaluation.passed:
             summary["blocked_by_check"] = True
             summary["reason"] = f"not promoted: {evaluation.metadata['reason'].value}"
     return summary

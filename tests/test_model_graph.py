@@ -1,6 +1,7 @@
 """The model half of the graph, materialized for real on a tiny data set: pretraining, both
 stages through the DeepSpeed launcher (Pipes), evaluation with ablations, the MLflow registry,
-the blocking promotion check and the generated descriptions."""
+the blocking promotion check and the generated descriptions; then the retrieval encoder trained
+on them, gated the same way, and the search index that `patentflow search` reads."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 
 from orchestration.assets import releases
 from orchestration.definitions import build_definitions
-from orchestration.resources import LandingDirectory, PatentflowHome, PatentLMMSettings
+from orchestration.resources import LandingDirectory, PatentflowHome, PatentLMMSettings, RetrievalSettings
 from patent_assets import synthetic
 from training import tracking
 
@@ -30,6 +31,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory):
         release_source=LandingDirectory(path=str(landing)),
         home=PatentflowHome(root=str(root)),
         settings=settings,
+        retrieval=RetrievalSettings(epochs=3),
     )
     instance = dg.DagsterInstance.ephemeral()
     [key] = [r.key for r in LandingDirectory(path=str(landing)).list_releases()]
@@ -124,3 +126,73 @@ def test_describe_uses_the_champion_on_real_sheets(trained, realdata: Path, monk
 
     missing = CliRunner().invoke(app, ["describe", str(sheets[0]), "--model", str(root / "no-such-model")])
     assert missing.exit_code == 2 and "no-such-model" in missing.output
+
+
+@pytest.fixture(scope="module")
+def retrieval_runs(trained):
+    """retrain_retrieval twice on the same data: the first encoder is promoted, the second ties."""
+    defs, instance, _, first = trained
+    assert first.success
+    job = defs.resolve_job_def("retrain_retrieval")
+    return job.execute_in_process(instance=instance, raise_on_error=False), job.execute_in_process(
+        instance=instance, raise_on_error=False
+    )
+
+
+def test_retrieval_encoder_is_trained_registered_promoted_and_indexed(trained, retrieval_runs) -> None:
+    _, _, root, _ = trained
+    first, _ = retrieval_runs
+    assert first.success
+    uri = f"sqlite:///{root}/mlflow/mlflow.db"
+    encoder = _metadata(first, "retrieval_encoder")
+    assert {"same_patent_mAP", "untrained_same_patent_mAP"} <= set(encoder)
+    run = tracking._client(uri).get_run(encoder["mlflow_run_id"].value)
+    assert run.data.tags["data.figure_dataset_md5"].endswith(".dir")
+    assert run.data.tags["data.generated_descriptions_md5"]
+    assert tracking.get_alias_version("patent-figure-encoder", "champion", tracking_uri=uri) == 1
+    index = _metadata(first, "retrieval_index")
+    figures = [json.loads(line) for line in (root / "data" / "dataset" / "figures" / "figures.jsonl").open()]
+    assert index["figures"].value == len(figures)
+    assert index["dvc_md5"].value.endswith(".dir")
+    assert "prior art only" in index["sample_query"].value
+
+
+def test_a_retrieval_challenger_that_ties_is_not_promoted(trained, retrieval_runs) -> None:
+    _, _, root, _ = trained
+    _, second = retrieval_runs
+    uri = f"sqlite:///{root}/mlflow/mlflow.db"
+    [check] = [
+        c
+        for c in second.get_asset_check_evaluations()
+        if c.check_name == "retrieval_challenger_beats_champion"
+    ]
+    assert not check.passed, check.metadata["reason"].value
+    assert "retrieval_index" not in {
+        e.asset_key.to_user_string() for e in second.get_asset_materialization_events()
+    }
+    assert tracking.get_alias_version("patent-figure-encoder", "champion", tracking_uri=uri) == 1
+    assert (
+        tracking.version_tags("patent-figure-encoder", 2, tracking_uri=uri)["promotion_decision"]
+        == "rejected"
+    )
+
+
+def test_search_and_index_default_to_the_pipeline(trained, retrieval_runs, tmp_path, monkeypatch) -> None:
+    """`patentflow search` reads the pipeline's index; `patentflow index` uses the champion encoder."""
+    from typer.testing import CliRunner
+
+    from patentflow.cli import app
+
+    _, _, root, _ = trained
+    monkeypatch.setenv("PATENTFLOW_HOME", str(root))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    figures = root / "data" / "dataset" / "figures" / "figures.jsonl"
+    query = json.loads(figures.read_text().splitlines()[-1])
+    found = CliRunner().invoke(app, ["search", "--image", query["image_path"], "--k", "2", "--json"])
+    assert found.exit_code == 0, found.output
+    hits = [json.loads(line) for line in found.stdout.splitlines() if line.startswith("{")]
+    assert hits[0]["figure_id"] == query["image_id"]
+    built = CliRunner().invoke(app, ["index", str(figures), "--out", str(tmp_path / "index")])
+    assert built.exit_code == 0, built.output
+    manifest = json.loads((tmp_path / "index" / "index.json").read_text())
+    assert manifest["encoder"]["source"] == "models:/patent-figure-encoder@champion"

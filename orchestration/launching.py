@@ -1,0 +1,42 @@
+"""Helpers of the training assets: read an upstream asset's metadata, launch a job through Pipes."""
+# No `from __future__ import annotations`: Dagster inspects the `context` annotation at definition time.
+
+import json
+import sys
+from pathlib import Path
+
+import dagster as dg
+
+from orchestration.resources import PatentflowHome
+from training import launch
+
+
+def latest(context: dg.AssetExecutionContext, asset: str, key: str = "path") -> str:
+    event = context.instance.get_latest_materialization_event(dg.AssetKey(asset))
+    if event is None or event.asset_materialization is None:
+        raise dg.Failure(f"{asset} has not been materialized yet: materialize it first")
+    return str(event.asset_materialization.metadata[key].value)
+
+
+def run_job(
+    pipes: dg.PipesSubprocessClient,
+    context: dg.AssetExecutionContext,
+    command: str,
+    config: dict,
+    config_path: Path,
+    extra: dict | None = None,
+) -> dg.MaterializeResult:
+    """Run `python -m training.jobs COMMAND --config CONFIG` through Pipes; add our own metadata."""
+    config_path.parent.mkdir(parents=True, exist_ok=True)
+    config_path.write_text(json.dumps(config, indent=2))
+    reported = pipes.run(
+        command=[sys.executable, "-m", "training.jobs", command, "--config", str(config_path)],
+        context=context,
+        env=launch.training_env(),
+        cwd=str(launch.PROJECT_ROOT),
+    ).get_materialize_result()
+    return dg.MaterializeResult(metadata={**(reported.metadata or {}), **(extra or {})})
+
+
+def work_dir(home: PatentflowHome, context: dg.AssetExecutionContext) -> Path:
+    return home.home.store / "runs" / context.asset_key.to_user_string() / context.run.run_id[:8]

@@ -1,0 +1,321 @@
+"""The retrieval half: the figure encoder trained, gated, promoted; the search index built from it.
+
+    figure_dataset, generated_descriptions -> retrieval_encoder -> retrieval_challenger
+        -> (check: retrieval_challenger_beats_champion) -> retrieval_champion -> retrieval_index
+
+The encoder trains in a subprocess launched through Pipes (ArcFace on patent identity plus the
+LLM-informed alignment with the champion PatentLMM's descriptions); MLflow holds its run and
+registry versions; the index (figures, text-space projections, patents' title + abstract, the
+encoder itself) is one DVC-versioned directory that `patentflow search` reads.
+"""
+# No `from __future__ import annotations`: Dagster inspects the `context` annotation at definition time.
+
+import json
+from pathlib import Path
+
+import dagster as dg
+
+from orchestration.assets import figure_dataset
+from orchestration.launching import latest, run_job, work_dir
+from orchestration.model_assets import EAGER, generated_descriptions
+from orchestration.resources import DataVersioning, MlflowTracking, PatentflowHome, RetrievalSettings
+
+RETRIEVAL_GROUP = "retrieval"
+QUERY_SPLITS = ["val", "test"]  # held-out patents; the training patents stay in the database
+
+
+def _figures_jsonl(home: PatentflowHome) -> Path:
+    return home.dataset_dir() / "figures" / "figures.jsonl"
+
+
+def _flat(metrics: dict) -> dict[str, float]:
+    """{"same_patent": {"mAP": ..}, "prior_art": {..}} -> {"same_patent_mAP": .., ...}"""
+    return {
+        f"{task}_{name}": float(value)
+        for task, values in metrics.items()
+        if isinstance(values, dict)
+        for name, value in values.items()
+        if isinstance(value, int | float)
+    }
+
+
+def _headline(flat: dict[str, float]) -> dict[str, dg.MetadataValue]:
+    keys = (
+        "same_patent_mAP",
+        "same_patent_Rank-1",
+        "same_patent_Rank-5",
+        "prior_art_mAP",
+        "prior_art_Recall@10",
+    )
+    return {key: dg.MetadataValue.float(round(flat[key], 4)) for key in keys if key in flat}
+
+
+@dg.asset(
+    deps=[figure_dataset, generated_descriptions],
+    group_name=RETRIEVAL_GROUP,
+    kinds={"pytorch"},
+    automation_condition=EAGER,
+    description="The figure encoder: a backbone with GeM pooling and a BN neck, trained with ArcFace on "
+    "patent identity and aligned (L_clip, L_cls, L_cat, uncertainty-weighted) with a frozen text encoder's "
+    "embeddings of each figure's brief and generated descriptions. Untrained and trained scores are logged.",
+)
+def retrieval_encoder(
+    context: dg.AssetExecutionContext,
+    home: PatentflowHome,
+    retrieval: RetrievalSettings,
+    mlflow: MlflowTracking,
+    pipes: dg.PipesSubprocessClient,
+) -> dg.MaterializeResult:
+    from training import tracking
+
+    uri = mlflow.uri()
+    out = work_dir(home, context)
+    config = {
+        "figures_jsonl": str(_figures_jsonl(home)),
+        "out_dir": str(out),
+        "preset": retrieval.preset_name,
+        "encoder": retrieval.encoder_overrides(),
+        "generated_descriptions": latest(context, "generated_descriptions"),
+        "text_encoder_dir": retrieval.text_encoder_dir or None,
+        "eval_splits": QUERY_SPLITS,
+        **({"epochs": retrieval.epochs} if retrieval.epochs else {}),
+    }
+    run_id = tracking.start_training_run(
+        experiment=mlflow.retrieval_experiment,
+        run_name=f"encoder-{context.run.run_id[:8]}",
+        params=config,
+        tags={"dagster_run_id": context.run.run_id, "task": "figure retrieval"},
+        data_version={
+            "figure_dataset_md5": latest(context, "figure_dataset", "dvc_md5"),
+            "generated_descriptions_md5": latest(context, "generated_descriptions", "dvc_md5"),
+        },
+        git_commit=tracking.read_git_commit(),
+        tracking_uri=uri,
+    )
+    try:
+        result = run_job(
+            pipes,
+            context,
+            "retrieval_encoder",
+            {**config, "mlflow_run_id": run_id, "tracking_uri": uri},
+            out / "job.json",
+            {"path": str(out / "encoder"), "mlflow_run_id": run_id},
+        )
+    except Exception:
+        tracking.finish_run(run_id, status="FAILED", tracking_uri=uri)
+        raise
+    tracking.finish_run(run_id, tracking_uri=uri)
+    return result
+
+
+def _evaluate(
+    context: dg.AssetExecutionContext,
+    pipes: dg.PipesSubprocessClient,
+    home: PatentflowHome,
+    encoders: dict[str, str],
+    out: Path,
+) -> dict[str, dict[str, float]]:
+    config = {
+        "encoder_dirs": encoders,
+        "figures_jsonl": str(_figures_jsonl(home)),
+        "out_dir": str(out),
+        "query_splits": QUERY_SPLITS,
+    }
+    run_job(pipes, context, "retrieval_evaluate", config, out / "job.json")
+    return {name: _flat(metrics) for name, metrics in json.loads((out / "metrics.json").read_text()).items()}
+
+
+@dg.asset(
+    deps=[retrieval_encoder],
+    group_name=RETRIEVAL_GROUP,
+    kinds={"mlflow"},
+    automation_condition=EAGER,
+    description="The new encoder registered with alias `challenger`; it and the champion are evaluated on "
+    "the same held-out patents (same-patent mAP / Rank-N; prior-art mAP, Recall@10, MRR@10).",
+)
+def retrieval_challenger(
+    context: dg.AssetExecutionContext,
+    home: PatentflowHome,
+    mlflow: MlflowTracking,
+    pipes: dg.PipesSubprocessClient,
+) -> dg.MaterializeResult:
+    from training import tracking
+
+    uri = mlflow.uri()
+    out = work_dir(home, context)
+    encoder_dir = latest(context, "retrieval_encoder")
+    run_id = latest(context, "retrieval_encoder", "mlflow_run_id")
+    encoders = {"challenger": encoder_dir}
+    champion = tracking.get_alias_version(mlflow.retrieval_model, tracking.CHAMPION, tracking_uri=uri)
+    if champion is not None:
+        encoders["champion"] = str(
+            tracking.download_model(
+                f"models:/{mlflow.retrieval_model}@{tracking.CHAMPION}",
+                dst=home.home.store / "models" / "retrieval-champion",
+                tracking_uri=uri,
+            )
+        )
+    metrics = _evaluate(context, pipes, home, encoders, out / "evaluation")
+    version = tracking.register_model(
+        run_id,
+        Path(encoder_dir),
+        mlflow.retrieval_model,
+        tags={k: f"{v:.4f}" for k, v in metrics["challenger"].items()},
+        tracking_uri=uri,
+    )
+    record = {
+        "version": version,
+        "metrics": metrics["challenger"],
+        "champion_version": champion,
+        "champion_metrics": metrics.get("champion") if champion != version else None,
+    }
+    (out / "challenger.json").write_text(json.dumps(record, indent=2))
+    return dg.MaterializeResult(
+        metadata={
+            "path": str(out / "challenger.json"),
+            "model_version": version,
+            "champion_version": champion or 0,
+            **_headline(metrics["challenger"]),
+            # the bar any learned encoder must clear: plain pixel matching of the same figures
+            **{f"pixels_{k}": v for k, v in _headline(metrics.get("pixels", {})).items()},
+        }
+    )
+
+
+def _decision(context, retrieval: RetrievalSettings) -> tuple[dict, object]:
+    from training import tracking
+
+    record = json.loads(Path(latest(context, "retrieval_challenger")).read_text())
+    decision = tracking.compare(
+        record["metrics"], record["champion_metrics"], primary=retrieval.promotion_metric
+    )
+    return record, decision
+
+
+@dg.asset_check(
+    asset=retrieval_challenger,
+    blocking=True,
+    description="The challenger encoder must beat the champion on the same held-out patents (the promotion "
+    "metric); the decision and its reason go on the model version's tags either way.",
+)
+def retrieval_challenger_beats_champion(
+    context: dg.AssetCheckExecutionContext, retrieval: RetrievalSettings, mlflow: MlflowTracking
+) -> dg.AssetCheckResult:
+    from training import tracking
+
+    record, decision = _decision(context, retrieval)
+    if not decision.promote:
+        tracking.promote(mlflow.retrieval_model, record["version"], decision, tracking_uri=mlflow.uri())
+    return dg.AssetCheckResult(
+        passed=bool(decision.promote),
+        metadata={
+            "reason": decision.reason,
+            "metric": retrieval.promotion_metric,
+            "challenger_version": record["version"],
+            "champion_version": record["champion_version"] or 0,
+        },
+    )
+
+
+@dg.asset(
+    deps=[retrieval_challenger],
+    group_name=RETRIEVAL_GROUP,
+    kinds={"mlflow"},
+    automation_condition=EAGER,
+    description="Moves the registry alias `champion` to the challenger encoder (only when the check passed).",
+)
+def retrieval_champion(
+    context: dg.AssetExecutionContext, retrieval: RetrievalSettings, mlflow: MlflowTracking
+) -> dg.MaterializeResult:
+    from training import tracking
+
+    record, decision = _decision(context, retrieval)
+    decision = tracking.promote(
+        mlflow.retrieval_model, record["version"], decision, tracking_uri=mlflow.uri()
+    )
+    version = tracking.get_alias_version(mlflow.retrieval_model, tracking.CHAMPION, tracking_uri=mlflow.uri())
+    return dg.MaterializeResult(
+        metadata={
+            "champion_version": version or 0,
+            "reason": decision.reason,
+            "model_uri": f"models:/{mlflow.retrieval_model}@{tracking.CHAMPION}",
+        }
+    )
+
+
+def _results_table(hits: list) -> str:
+    rows = ["| rank | score | granted | patent | figure | description |", "|---|---|---|---|---|---|"]
+    rows += [
+        f"| {h.rank} | {h.score:.3f} | {h.grant_date} | {h.patent_id} | {h.figure_id} | {h.description[:80]} |"
+        for h in hits
+    ]
+    return "\n".join(rows)
+
+
+@dg.asset(
+    deps=[retrieval_champion],
+    group_name=RETRIEVAL_GROUP,
+    kinds={"faiss"},
+    automation_condition=EAGER,
+    description="The search index of every figure, built with the champion encoder: image embeddings, their "
+    "text-space projections and the patents' title + abstract, each a FAISS index in grant-date order "
+    "(prior-art filtering inside the search). DVC-versioned; `patentflow search` reads it.",
+)
+def retrieval_index(
+    context: dg.AssetExecutionContext,
+    home: PatentflowHome,
+    retrieval: RetrievalSettings,
+    mlflow: MlflowTracking,
+    dvc: DataVersioning,
+) -> dg.MaterializeResult:
+    from training import figure_search, tracking
+
+    uri = mlflow.uri()
+    version = tracking.get_alias_version(mlflow.retrieval_model, tracking.CHAMPION, tracking_uri=uri)
+    model_uri = f"models:/{mlflow.retrieval_model}@{tracking.CHAMPION}"
+    encoder_dir = tracking.download_model(
+        model_uri, dst=home.home.store / "models" / "retrieval-champion", tracking_uri=uri
+    )
+    out = home.home.data / figure_search.PIPELINE_INDEX
+    built = figure_search.build_search_index(
+        _figures_jsonl(home),
+        Path(encoder_dir),
+        out,
+        kind=retrieval.index_kind,  # type: ignore[arg-type]
+        text_encoder_dir=retrieval.text_encoder_dir or None,
+        encoder_source=f"{model_uri} (version {version})",
+    )
+    version_meta = dvc.track(out, f"retrieval_index {mlflow.retrieval_model} v{version}").metadata()
+    # A sample query, so the UI shows what a search returns: the newest figure against its prior art.
+    loaded = figure_search.SearchIndex.load(out)
+    newest = loaded.figures.figures[-1]
+    sample = loaded.search_image(Path(newest.image_path), k=5, before=newest.grant_date)
+    counts = built.manifest["counts"]
+    same_patent = built.evaluation.get("same_patent", {})
+    return dg.MaterializeResult(
+        metadata={
+            "path": str(out),
+            "encoder_version": version or 0,
+            "kind": retrieval.index_kind,
+            "figures": counts["figures"],
+            "patents": counts["patents"],
+            "rejected": counts["rejected"],
+            **{
+                f"collection_same_patent_{k}": dg.MetadataValue.float(round(same_patent[k], 4))
+                for k in ("mAP", "Rank-1")
+                if k in same_patent
+            },
+            "sample_query": dg.MetadataValue.md(
+                f"Query: {newest.figure_id} ({newest.patent_id}, granted {newest.grant_date}), "
+                f"prior art only\n\n{_results_table(sample)}"
+            ),
+            **version_meta,
+        }
+    )
+
+
+retrain_retrieval = dg.define_asset_job(
+    "retrain_retrieval",
+    selection=dg.AssetSelection.groups(RETRIEVAL_GROUP),
+    description="Encoder training, evaluation, promotion and the search index.",
+)
