@@ -196,12 +196,18 @@ def start_training_run(
     return run_id
 
 
+def mlflow_key(name: str) -> str:
+    """A metric or tag name MLflow accepts: retrieval metrics are named like "Recall@10", and
+    MLflow allows no "@" in names ("Recall_at_10")."""
+    return name.replace("@", "_at_")
+
+
 def log_metrics(
     run_id: str, metrics: Mapping[str, float], step: int | None = None, tracking_uri: str | None = None
 ) -> None:
     """Log numeric metrics at `step` (None: step 0)."""
     now = int(datetime.now(UTC).timestamp() * 1000)
-    entries = [Metric(key, float(value), now, step or 0) for key, value in metrics.items()]
+    entries = [Metric(mlflow_key(key), float(value), now, step or 0) for key, value in metrics.items()]
     _client(tracking_uri).log_batch(run_id, metrics=entries)
 
 
@@ -384,7 +390,10 @@ def register_model(
         if error.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
     version = client.create_model_version(
-        name, source=f"runs:/{run_id}/model", run_id=run_id, tags={k: str(v) for k, v in (tags or {}).items()}
+        name,
+        source=f"runs:/{run_id}/model",
+        run_id=run_id,
+        tags={mlflow_key(k): str(v) for k, v in (tags or {}).items()},
     )
     if alias:
         client.set_registered_model_alias(name, alias, str(version.version))
@@ -555,7 +564,7 @@ def promote(name: str, version: int, decision: Decision, tracking_uri: str | Non
         "promotion_champion_value": _tag_number(decision.champion_value),
         "promotion_champion_version": str(current) if current is not None else "none",
         "promotion_decided_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        **{f"promotion_{key}": _tag_number(value) for key, value in decision.details.items()},
+        **{mlflow_key(f"promotion_{key}"): _tag_number(value) for key, value in decision.details.items()},
     }
     for key, value in tags.items():
         client.set_model_version_tag(name, str(version), key, value)
