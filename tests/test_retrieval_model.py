@@ -55,6 +55,23 @@ def test_preprocess_crops_to_the_ink_and_keeps_the_aspect_ratio():
     assert float(pixels.min()) == 0.0 and float(pixels.max()) == pytest.approx(1.0)  # paper 0, ink 1
 
 
+def test_max_downscale_keeps_a_thin_line_at_full_ink_where_area_fades_it():
+    page = Image.new("L", (1400, 1400), 255)
+    draw = ImageDraw.Draw(page)
+    draw.rectangle((0, 0, 1399, 1399), outline=0, width=2)  # the ink's bounding box: the whole page
+    draw.line((700, 100, 700, 1300), fill=0, width=2)  # a 2 px line, 1/11 of an output pixel at 128 px
+    area = preprocess_image(page, EncoderConfig(image_size=128))
+    strongest = {"area": float(area[0, 20:108, 50:78].max())}
+    for mode in ("max", "max_area"):
+        pixels = preprocess_image(page, EncoderConfig(image_size=128, downscale=mode))
+        assert pixels.shape == (1, 128, 128)
+        strongest[mode] = float(pixels[0, 20:108, 50:78].max())
+        assert float(pixels[0, 20:108, 50:78].sum()) < 0.1 * 88 * 28  # still a line, not a smear
+    assert strongest["area"] < 0.35 and strongest["max"] == 1.0 and strongest["max_area"] >= 0.5
+    with pytest.raises(ValueError, match="unknown downscale"):
+        EncoderConfig(downscale="bilinear")
+
+
 def test_preprocess_allows_a_blank_page_and_three_channels(tmp_path):
     blank = preprocess_image(Image.new("1", (300, 500), 1), EncoderConfig(image_size=32))
     assert blank.shape == (1, 32, 32) and float(blank.abs().max()) == 0.0
@@ -79,6 +96,9 @@ def test_gem_interpolates_between_average_and_max_pooling():
 
 def test_encoder_shapes_presets_and_config_round_trip(small_encoder):
     assert small_encoder(torch.rand(3, 1, 64, 64)).shape == (3, 16)
+    regional = build_encoder(EncoderConfig(**SMALL, regional_pooling=True), seed=0).eval()
+    assert regional.fc.in_features == 5 * small_encoder.fc.in_features  # global + 2x2 regions
+    assert regional(torch.rand(3, 1, 64, 64)).shape == (3, 16)
     assert small_encoder.project_to_text(torch.rand(3, 16)).shape == (3, 8)
     assert PRESETS["production"].image_size == 512 and PRESETS["production"].embedding_dim == 512
     assert EncoderConfig.from_dict(preset("tiny").to_dict()) == preset("tiny")
@@ -149,8 +169,13 @@ def test_flip_tta_embeds_an_image_and_its_mirror_identically(tmp_path):
     original = _sheet(tmp_path / "a.png", [(30, 60, 200, 500), (220, 80, 380, 200)])
     mirrored = tmp_path / "mirror.png"
     Image.open(original).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(mirrored)
-    for flip_tta, same in ((True, True), (False, False)):
-        model = build_encoder(EncoderConfig(**SMALL, flip_tta=flip_tta), seed=0).eval()
+    for flip_tta, same, downscale in (
+        (True, True, "area"),
+        (True, True, "max"),
+        (True, True, "max_area"),
+        (False, False, "area"),
+    ):
+        model = build_encoder(EncoderConfig(**SMALL, flip_tta=flip_tta, downscale=downscale), seed=0).eval()
         result = embed_images(model, [original, mirrored])
         assert np.allclose(result.retrieval[0], result.retrieval[1], atol=1e-5) is same
         assert np.allclose(result.aligned[0], result.aligned[1], atol=1e-5) is same

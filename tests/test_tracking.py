@@ -310,6 +310,8 @@ def test_round_trip_through_a_real_tracking_server(
 def test_retrieval_metric_names_with_at_are_logged(store: str) -> None:
     """ir-measures names like "Recall@10" are not valid MLflow names: they are logged as "_at_"."""
     run_id = tracking.start_training_run("names", "at", params={}, tracking_uri=store)
-    tracking.log_metrics(run_id, {"same_patent_mAP@all": 0.5, "prior_art_Recall@10": 0.25}, tracking_uri=store)
+    tracking.log_metrics(
+        run_id, {"same_patent_mAP@all": 0.5, "prior_art_Recall@10": 0.25}, tracking_uri=store
+    )
     logged = tracking._client(store).get_run(run_id).data.metrics
     assert logged == {"same_patent_mAP_at_all": 0.5, "prior_art_Recall_at_10": 0.25}

@@ -239,7 +239,7 @@ class RetrievalEncoderJob(JobConfig):
     batch_size: int = 16
     views_per_patent: int = 2
     lr: float = 2e-3
-    weight_decay: float = 1e-4
+    weight_decay: float = 0.05
     seed: int = 0
     losses: list[str] = field(default_factory=lambda: ["arcface", "clip", "cls", "cat"])
     arcface_scale: float = 20.0

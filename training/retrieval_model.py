@@ -37,6 +37,7 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 FORMAT_VERSION = 1
 INK_THRESHOLD = 128  # a pixel darker than this is ink
+DOWNSCALES = ("area", "max", "max_area")
 
 
 class EncoderFileError(ValueError):
@@ -57,6 +58,12 @@ class EncoderConfig:
     text_dim: int = 384  # the frozen text encoder's dimension (all-MiniLM-L6-v2: 384)
     flip_tta: bool = True  # embed an image as the mean of it and its horizontal mirror
     ink_margin: float = 0.02  # margin kept around the ink's bounding box, share of its longer side
+    # How a sheet is shrunk to image_size: "area" averages (a 2 px line on a 1400 px sheet fades
+    # to a quarter of ink at 128 px); "max" keeps a pixel's darkest ink (every line survives at
+    # full strength); "max_area" max-pools to twice the size, then averages 2x2 (lines survive,
+    # hatching and text stay lighter than solid ink).
+    downscale: str = "area"
+    regional_pooling: bool = False  # GeM over the 2x2 quadrants too, concatenated with the global one
 
     def __post_init__(self) -> None:
         known = ("resnet", "efficientnet", "convnext", "hf")
@@ -66,6 +73,8 @@ class EncoderConfig:
             )
         if self.backbone == "hf" and not self.backbone_dir:
             raise ValueError("backbone 'hf' loads a pretrained transformers model: set backbone_dir")
+        if self.downscale not in DOWNSCALES:
+            raise ValueError(f"unknown downscale {self.downscale!r}: one of {list(DOWNSCALES)}")
         if self.channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, got {self.channels}")
         if self.image_size < 32 or self.embedding_dim < 1 or self.text_dim < 1:
@@ -202,7 +211,7 @@ class FigureEncoder(nn.Module):
             _timm_backbone(config) if self.is_timm else _transformers_backbone(config, backbone_config)
         )
         self.pool = GeM(config.gem_p)
-        feature_dim = self._feature_dim()
+        feature_dim = self._feature_dim() * (5 if config.regional_pooling else 1)
         self.fc = nn.Linear(feature_dim, config.embedding_dim, bias=False)
         self.neck = nn.BatchNorm1d(config.embedding_dim)
         self.text_projection = nn.Linear(config.embedding_dim, config.text_dim)
@@ -225,8 +234,22 @@ class FigureEncoder(nn.Module):
             features = features.transpose(1, 2).unsqueeze(-1)
         return features
 
+    def pooled(self, features: torch.Tensor) -> torch.Tensor:
+        pooled = self.pool(features)
+        if self.config.regional_pooling:
+            # 2x2 regions keep where parts of the drawing sit; 1x1 maps repeat the global vector.
+            height, width = features.shape[-2:]
+            top, left = max(1, height // 2), max(1, width // 2)
+            regions = [
+                features[..., rows, cols]
+                for rows in (slice(0, top), slice(height - top, height))
+                for cols in (slice(0, left), slice(width - left, width))
+            ]
+            pooled = torch.cat([pooled, *(self.pool(region) for region in regions)], dim=-1)
+        return pooled
+
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.neck(self.fc(self.pool(self.feature_map(pixels))))
+        return self.neck(self.fc(self.pooled(self.feature_map(pixels))))
 
     def project_to_text(self, embedding: torch.Tensor) -> torch.Tensor:
         return self.text_projection(embedding)
@@ -277,17 +300,35 @@ def preprocess_image(image: Image.Image | str | Path, config: EncoderConfig) -> 
     # an odd padding split would shift the figure by a pixel and break mirror symmetry (flip TTA).
     width, height = gray.size
     side = max(width, height)
-    pad_x, pad_y = (
-        (side - width) // 2 + 1 if width < side else 0,
-        (side - height) // 2 + 1 if height < side else 0,
-    )
-    canvas = Image.new("L", (width + 2 * pad_x, height + 2 * pad_y), 255)
-    canvas.paste(gray, (pad_x, pad_y))
-    centre_x, centre_y = canvas.width / 2, canvas.height / 2
-    box = (centre_x - side / 2, centre_y - side / 2, centre_x + side / 2, centre_y + side / 2)
-    resized = canvas.resize((config.image_size, config.image_size), Image.Resampling.BOX, box=box)
-    pixels = torch.from_numpy(1.0 - np.asarray(resized, dtype=np.float32) / 255.0)[None]
+    if config.downscale == "area":
+        pad_x, pad_y = (
+            (side - width) // 2 + 1 if width < side else 0,
+            (side - height) // 2 + 1 if height < side else 0,
+        )
+        canvas = Image.new("L", (width + 2 * pad_x, height + 2 * pad_y), 255)
+        canvas.paste(gray, (pad_x, pad_y))
+        centre_x, centre_y = canvas.width / 2, canvas.height / 2
+        box = (centre_x - side / 2, centre_y - side / 2, centre_x + side / 2, centre_y + side / 2)
+        resized = canvas.resize((config.image_size, config.image_size), Image.Resampling.BOX, box=box)
+        pixels = torch.from_numpy(1.0 - np.asarray(resized, dtype=np.float32) / 255.0)[None]
+    else:
+        pixels = _max_downscale(gray, side, config)
     return pixels.repeat(3, 1, 1) if config.channels == 3 else pixels
+
+
+def _max_downscale(gray: Image.Image, side: int, config: EncoderConfig) -> torch.Tensor:
+    """(1, size, size) ink of a cropped sheet shrunk by max pooling (see EncoderConfig.downscale)."""
+    width, height = gray.size
+    # An even horizontal padding split keeps the figure centred, so that a mirror stays a mirror.
+    side += (side - width) % 2
+    canvas = np.zeros((side, side), dtype=np.float32)
+    top, left = (side - height) // 2, (side - width) // 2
+    canvas[top : top + height, left : left + width] = 1.0 - np.asarray(gray, dtype=np.float32) / 255.0
+    ink = torch.from_numpy(canvas)[None, None]
+    if config.downscale == "max":
+        return F.adaptive_max_pool2d(ink, config.image_size)[0]
+    pooled = F.adaptive_max_pool2d(ink, 2 * config.image_size)
+    return F.avg_pool2d(pooled, 2)[0]
 
 
 # ------------------------------------------------------------------------------------- persistence

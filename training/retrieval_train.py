@@ -18,7 +18,11 @@ All are combined with learnable homoscedastic-uncertainty weights (Kendall et al
 sum_i exp(-s_i) L_i + s_i.
 
 Augmentations are those that keep a line drawing's geometry (Wang & Zhang: scale/crop and
-rotation hurt): horizontal and vertical flips, random erasing and grid masks.
+rotation hurt): horizontal and vertical flips, random erasing and grid masks, each at 0.8 by
+default with AdamW weight decay 0.05: with a few dozen training patents the regularisation is what
+makes the encoder generalise to held-out patents (measured against 0.5 / 1e-4 and no masks).
+Optional model selection (`select_splits`): the best epoch by same-patent mAP on a split that is
+neither trained on nor reported.
 """
 
 from __future__ import annotations
@@ -56,18 +60,25 @@ class RetrievalTrainConfig:
     text_encoder_dir: str | None = None  # None: the embedded all-MiniLM-L6-v2
     train_splits: Sequence[str] = ("train",)
     eval_splits: Sequence[str] = ("val", "test")
+    # Model selection: every `select_every` epochs the same-patent mAP of the figures of these
+    # splits (searching them and the training figures only) is measured and the best epoch's
+    # weights are kept. Empty: the last epoch's weights.
+    select_splits: Sequence[str] = ()
+    select_every: int = 5
     epochs: int = 30
     batch_size: int = 16  # P patents x K views
     views_per_patent: int = 2  # K
     lr: float = 2e-3
-    weight_decay: float = 1e-4
+    # Strong regularisation: the embedded default has 19 training patents; with erasing and grid
+    # masks at 0.5 and weight decay 1e-4 the encoder memorised them (held-out mAP barely moved).
+    weight_decay: float = 0.05
     warmup_fraction: float = 0.05
     seed: int = 0
     losses: Sequence[str] = LOSSES
     arcface_scale: float = 20.0
     arcface_margin: float = 0.5  # radians, as papers state it
-    erase_probability: float = 0.5
-    grid_mask_probability: float = 0.5
+    erase_probability: float = 0.8
+    grid_mask_probability: float = 0.8
     mlflow_run_id: str | None = None
     tracking_uri: str | None = None
     num_threads: int | None = None  # torch CPU threads; None: torch's default
@@ -80,6 +91,14 @@ class RetrievalTrainConfig:
             raise ValueError(
                 f"batch_size {self.batch_size} is not a multiple of views_per_patent {self.views_per_patent}"
             )
+        reported = sorted(set(self.select_splits) & (set(self.eval_splits) | set(self.train_splits)))
+        if reported:
+            raise ValueError(
+                f"select_splits {list(self.select_splits)}: {reported} is also trained on or reported"
+                " (eval_splits); select on a split of its own"
+            )
+        if self.select_every < 1:
+            raise ValueError(f"select_every must be >= 1, got {self.select_every}")
         if self.epochs < 0 or self.lr <= 0:
             raise ValueError(f"need epochs >= 0 and lr > 0, got {self.epochs}, {self.lr}")
 
@@ -287,6 +306,14 @@ def patent_batches(
     return batches
 
 
+def _selection_score(model: nn.Module, figures: Sequence[dict[str, Any]], cfg: RetrievalTrainConfig) -> float:
+    """Same-patent mAP of the selection splits' figures among themselves and the training figures."""
+    searched = set(cfg.select_splits) | set(cfg.train_splits)
+    pool = [f for f in figures if f["split"] in searched]
+    result = evaluate_encoder(model, pool, cfg.select_splits)["same_patent"]
+    return float(result.get("mAP", 0.0))
+
+
 def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(path, "wb") as handle:
@@ -360,6 +387,8 @@ def train_retrieval_encoder(cfg: RetrievalTrainConfig, report: Any = None) -> di
         train.append(figure)
     if not train:
         raise ValueError(f"{figures_jsonl}: no readable figure in the training splits {sorted(train_splits)}")
+    if cfg.select_splits and not any(f["split"] in set(cfg.select_splits) for f in figures):
+        raise ValueError(f"{figures_jsonl}: no figure in the selection splits {list(cfg.select_splits)}")
     images = torch.stack(pixels)
     patents = sorted({f["patent_id"] for f in train})
     patent_labels = torch.tensor([patents.index(f["patent_id"]) for f in train])
@@ -426,6 +455,7 @@ def train_retrieval_encoder(cfg: RetrievalTrainConfig, report: Any = None) -> di
     history: list[dict[str, Any]] = []
     generator = torch.Generator().manual_seed(cfg.seed)
     start_epoch, step = 0, 0
+    best: dict[str, Any] | None = None  # {"epoch", "score", "model"} of model selection
     run_config = {**asdict(cfg), "train_splits": list(cfg.train_splits), "eval_splits": list(cfg.eval_splits)}
     run_config["losses"] = list(cfg.losses)
     if checkpoint_path.is_file():
@@ -440,11 +470,12 @@ def train_retrieval_encoder(cfg: RetrievalTrainConfig, report: Any = None) -> di
         scheduler.load_state_dict(state["scheduler"])
         generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_random"])
-        start_epoch, step, history, untrained = (
+        start_epoch, step, history, untrained, best = (
             state["epoch"],
             state["step"],
             state["history"],
             state["untrained"],
+            state.get("best"),
         )
         log(f"retrieval_encoder: resumed from {checkpoint_path} at epoch {start_epoch}, step {step}")
     else:
@@ -488,6 +519,17 @@ def train_retrieval_encoder(cfg: RetrievalTrainConfig, report: Any = None) -> di
             }
             history.append(row)
             _log_mlflow(cfg, "metrics", {k: v for k, v in row.items() if k != "step"}, step=step)
+        if cfg.select_splits and ((epoch + 1) % cfg.select_every == 0 or epoch + 1 == cfg.epochs):
+            model.eval()
+            score = _selection_score(model, figures, cfg)
+            history[-1]["select_mAP"] = score
+            _log_mlflow(cfg, "metrics", {"select_mAP": score}, step=step)
+            if best is None or score > best["score"]:
+                state_copy = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                best = {"epoch": epoch + 1, "score": score, "model": state_copy}
+            log(
+                f"retrieval_encoder: epoch {epoch + 1} selection mAP {score:.3f} (best epoch {best['epoch']})"
+            )
         _save_checkpoint(
             checkpoint_path,
             {
@@ -501,6 +543,7 @@ def train_retrieval_encoder(cfg: RetrievalTrainConfig, report: Any = None) -> di
                 "step": step,
                 "history": history,
                 "untrained": untrained,
+                "best": best,
                 "encoder_config": encoder_config.to_dict(),
                 "patents": patents,
             },
@@ -512,6 +555,9 @@ def train_retrieval_encoder(cfg: RetrievalTrainConfig, report: Any = None) -> di
     train_seconds = time.perf_counter() - train_started
 
     # ---- evaluate, write, log
+    if best is not None:
+        model.load_state_dict(best["model"])
+        log(f"retrieval_encoder: kept epoch {best['epoch']} (selection mAP {best['score']:.3f})")
     model.eval()
     trained = evaluate_encoder(model, figures, cfg.eval_splits)
     log(f"retrieval_encoder: trained same-patent mAP {trained['same_patent'].get('mAP', float('nan')):.3f}")
@@ -522,6 +568,7 @@ def train_retrieval_encoder(cfg: RetrievalTrainConfig, report: Any = None) -> di
         "trained": trained,
         "steps": step,
         "epochs": cfg.epochs,
+        "selected": None if best is None else {"epoch": best["epoch"], "mAP": best["score"]},
         "figures": len(figures),
         "train_figures": len(train),
         "patents": len(patents),
