@@ -82,6 +82,7 @@ class RetrievalTrainConfig:
     mlflow_run_id: str | None = None
     tracking_uri: str | None = None
     num_threads: int | None = None  # torch CPU threads; None: torch's default
+    device: str = "auto"  # "auto": the GPU when there is one, else the CPU; or "cpu", "cuda", "cuda:1"
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.losses) - set(LOSSES))
@@ -416,6 +417,9 @@ def train_retrieval_encoder(cfg: RetrievalTrainConfig, report: Any = None) -> di
         log(f"retrieval_encoder: {len(flat)} texts embedded ({len(generated)} generated descriptions given)")
 
     # ---- model and losses
+    device = torch.device(
+        ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
+    )
     model = build_encoder(encoder_config, seed=cfg.seed)
     losses = RetrievalLosses(
         cfg.losses,
@@ -432,6 +436,10 @@ def train_retrieval_encoder(cfg: RetrievalTrainConfig, report: Any = None) -> di
     )
     if not class_names:  # nothing is classified: cls / cat have nothing to learn from
         losses.active = [name for name in losses.active if name not in ("cls", "cat")]
+    # Augmentation and sampling stay on the CPU (seeded generator); the batches move to `device`.
+    model.to(device)
+    losses.to(device)
+    log(f"retrieval_encoder: training on {device}")
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2] + list(losses.logit_scales.parameters())
     no_decay += list(losses.log_variances.parameters())
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
@@ -459,7 +467,7 @@ def train_retrieval_encoder(cfg: RetrievalTrainConfig, report: Any = None) -> di
     run_config = {**asdict(cfg), "train_splits": list(cfg.train_splits), "eval_splits": list(cfg.eval_splits)}
     run_config["losses"] = list(cfg.losses)
     if checkpoint_path.is_file():
-        state = torch.load(checkpoint_path, weights_only=False)
+        state = torch.load(checkpoint_path, weights_only=False, map_location="cpu")
         if state["encoder_config"] != encoder_config.to_dict() or state["patents"] != patents:
             raise ValueError(
                 f"{checkpoint_path}: made for another encoder config or training set; remove it to start over"
@@ -495,16 +503,16 @@ def train_retrieval_encoder(cfg: RetrievalTrainConfig, report: Any = None) -> di
         for batch in patent_batches(patent_labels, patents_per_batch, views, generator):
             pixels_batch = torch.stack([augment(images[i], cfg, generator) for i in batch.tolist()])
             texts, has_text = _sample_texts(batch.tolist(), text_vectors, encoder_config.text_dim, generator)
-            embedding = model(pixels_batch)
+            embedding = model(pixels_batch.to(device))
             parts = losses(
                 embedding,
                 model.project_to_text(embedding),
-                patent_labels[batch],
-                figure_index[batch],
-                texts,
-                has_text,
-                class_labels[batch],
-                category_labels[batch],
+                patent_labels[batch].to(device),
+                figure_index[batch].to(device),
+                texts.to(device),
+                has_text.to(device),
+                class_labels[batch].to(device),
+                category_labels[batch].to(device),
             )
             optimizer.zero_grad(set_to_none=True)
             parts["total"].backward()
