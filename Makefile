@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PATENTFLOW_HOME ?= $(CURDIR)/.patentflow
 
-.PHONY: setup run test ui lint bench clean
+.PHONY: setup run test ui lint bench bench-retrieval clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,9 @@ lint: $(STAMP)
 
 bench: setup
 	$(BIN)/python benchmarks/data_pipeline.py
+
+bench-retrieval: $(STAMP)
+	$(BIN)/python benchmarks/retrieval_index.py
 
 clean:
 	rm -rf .patentflow
