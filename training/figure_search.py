@@ -218,9 +218,10 @@ class SearchIndex:
     def __init__(self, directory: Path, manifest: dict[str, Any]) -> None:
         self.directory = directory
         self.manifest = manifest
-        self.figures = FigureIndex.load(directory / FIGURES)
-        self.aligned = FigureIndex.load(directory / ALIGNED)
-        self.patents = FigureIndex.load(directory / PATENTS)
+        # faiss-gpu serves the exact indexes when installed and a GPU is there; CPU otherwise.
+        self.figures = FigureIndex.load(directory / FIGURES, use_gpu=True)
+        self.aligned = FigureIndex.load(directory / ALIGNED, use_gpu=True)
+        self.patents = FigureIndex.load(directory / PATENTS, use_gpu=True)
         self._encoder: Any = None
 
     @classmethod
