@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -80,6 +81,20 @@ def atomic_write(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def replace_directory(staging: Path, directory: Path) -> Path:
+    """Put the fully written `staging` directory at `directory`: readers see the old one or the
+    whole new one. A directory cannot be renamed over a non-empty one, so the old one is moved
+    aside first and removed after."""
+    previous = None
+    if directory.exists():
+        previous = directory.with_name(f".{directory.name}.{os.getpid()}.old")
+        os.replace(directory, previous)
+    os.replace(staging, directory)
+    if previous is not None:
+        shutil.rmtree(previous, ignore_errors=True)
+    return directory
 
 
 def write_jsonl(path: Path, rows: Iterable[Any]) -> int:

@@ -18,7 +18,6 @@ grant date, so the prior-art filter (`before`) works the same in all three.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from collections import defaultdict
@@ -29,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from patent_assets.records import Rejection, read_jsonl, write_jsonl
+from patent_assets.records import Rejection, read_jsonl, replace_directory, write_jsonl
 from patent_assets.store import ArtifactStore
 from training import text_encoder
 from training.retrieval_index import (
@@ -189,7 +188,7 @@ def build_search_index(
             "evaluation": {"same_patent": evaluation.get("same_patent", {})},
         }
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-        _swap_in(staging, out_dir)
+        replace_directory(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -199,17 +198,6 @@ def build_search_index(
 def _date_range(metadata: list[dict[str, Any]]) -> tuple[str, str]:
     dates = sorted(str(row["grant_date"]) for row in metadata)
     return dates[0], dates[-1]
-
-
-def _swap_in(staging: Path, directory: Path) -> None:
-    """Replace `directory` by `staging`: readers see the old index or the whole new one."""
-    previous = None
-    if directory.exists():
-        previous = directory.with_name(f".{directory.name}.{os.getpid()}.old")
-        os.replace(directory, previous)
-    os.replace(staging, directory)
-    if previous is not None:
-        shutil.rmtree(previous, ignore_errors=True)
 
 
 class SearchIndex:

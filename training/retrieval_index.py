@@ -32,6 +32,8 @@ from typing import Any, Literal
 import faiss
 import numpy as np
 
+from patent_assets.records import replace_directory
+
 IndexKind = Literal["flat", "ivf", "hnsw", "ivfpq"]
 Metric = Literal["ip", "l2"]
 DateLike = str | date
@@ -423,14 +425,7 @@ class FigureIndex:
             for name in (INDEX_FILE, METADATA_FILE, MANIFEST_FILE):
                 with open(staging / name, "rb") as handle:
                     os.fsync(handle.fileno())
-            # A directory cannot be replaced over a non-empty one: move the old one aside first.
-            previous = None
-            if directory.exists():
-                previous = directory.with_name(f".{directory.name}.{os.getpid()}.old")
-                os.replace(directory, previous)
-            os.replace(staging, directory)
-            if previous is not None:
-                shutil.rmtree(previous, ignore_errors=True)
+            replace_directory(staging, directory)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise

@@ -19,7 +19,6 @@ transformers config so that loading needs no pretrained weights) and `model.safe
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -32,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
+
+from patent_assets.records import replace_directory
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -350,13 +351,7 @@ def save_encoder(model: FigureEncoder, directory: Path | str) -> Path:
             "backbone_config": model.backbone_config(),
         }
         (staging / CONFIG_FILE).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-        previous = None
-        if directory.exists():
-            previous = directory.with_name(f".{directory.name}.{os.getpid()}.old")
-            os.replace(directory, previous)
-        os.replace(staging, directory)
-        if previous is not None:
-            shutil.rmtree(previous, ignore_errors=True)
+        replace_directory(staging, directory)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
