@@ -253,7 +253,10 @@ def search(
     k: Annotated[int, typer.Option(help="How many results.")] = 10,
     patents: Annotated[bool, typer.Option(help="With --text: search patents' title + abstract.")] = False,
     rerank: Annotated[
-        bool, typer.Option(help="With --image: k-reciprocal re-ranking (k1 10, k2 3).")
+        bool,
+        typer.Option(
+            help="With --image: k-reciprocal re-ranking (k1 10, k2 3); scores become distances, lower is better."
+        ),
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
 ) -> None:
