@@ -272,6 +272,8 @@ def search(
         raise typer.BadParameter("give exactly one of --image and --text")
     if patents and text is None:
         raise typer.BadParameter("--patents searches by text: give --text", param_hint="--patents")
+    if rerank and image is None:
+        raise typer.BadParameter("re-ranking works on image queries: give --image", param_hint="--rerank")
     if before is not None:
         try:
             date.fromisoformat(before)

@@ -136,6 +136,7 @@ def test_cli_index_then_search_json(
         (["--text", "wheel", "--before", "2024-13-01"], "not a date"),
         (["--image", "missing.png"], "not found"),
         (["--text", "wheel", "--index", "nowhere"], "not a search index"),
+        (["--text", "wheel", "--rerank"], "image queries"),
     ],
 )
 def test_cli_search_bad_input_is_a_clear_error(
