@@ -17,6 +17,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from orchestration import promotion
 from orchestration.assets import llava_dataset, release_documents
 from orchestration.launching import latest, run_job, work_dir
 from orchestration.resources import DataVersioning, MlflowTracking, PatentflowHome, PatentLMMSettings
@@ -345,16 +346,6 @@ def patentlmm_challenger(
     )
 
 
-def _decision(context, settings: PatentLMMSettings) -> tuple[dict, object]:
-    from training import tracking
-
-    record = json.loads(Path(latest(context, "patentlmm_challenger")).read_text())
-    decision = tracking.compare(
-        record["metrics"], record["champion_metrics"], primary=settings.promotion_metric
-    )
-    return record, decision
-
-
 @dg.asset_check(
     asset=patentlmm_challenger,
     blocking=True,
@@ -364,19 +355,8 @@ def _decision(context, settings: PatentLMMSettings) -> tuple[dict, object]:
 def challenger_beats_champion(
     context: dg.AssetCheckExecutionContext, settings: PatentLMMSettings, mlflow: MlflowTracking
 ) -> dg.AssetCheckResult:
-    from training import tracking
-
-    record, decision = _decision(context, settings)
-    if not decision.promote:  # record why on the version; the champion alias stays where it is
-        tracking.promote(mlflow.registered_model, record["version"], decision, tracking_uri=mlflow.uri())
-    return dg.AssetCheckResult(
-        passed=bool(decision.promote),
-        metadata={
-            "reason": decision.reason,
-            "metric": settings.promotion_metric,
-            "challenger_version": record["version"],
-            "champion_version": record["champion_version"] or 0,
-        },
+    return promotion.gate(
+        context, "patentlmm_challenger", mlflow.registered_model, settings.promotion_metric, mlflow.uri()
     )
 
 
@@ -390,21 +370,8 @@ def challenger_beats_champion(
 def patentlmm_champion(
     context: dg.AssetExecutionContext, settings: PatentLMMSettings, mlflow: MlflowTracking
 ) -> dg.MaterializeResult:
-    from training import tracking
-
-    record, decision = _decision(context, settings)
-    decision = tracking.promote(
-        mlflow.registered_model, record["version"], decision, tracking_uri=mlflow.uri()
-    )
-    return dg.MaterializeResult(
-        metadata={
-            "champion_version": tracking.get_alias_version(
-                mlflow.registered_model, tracking.CHAMPION, tracking_uri=mlflow.uri()
-            )
-            or 0,
-            "reason": decision.reason,
-            "model_uri": f"models:/{mlflow.registered_model}@{tracking.CHAMPION}",
-        }
+    return promotion.promote(
+        context, "patentlmm_challenger", mlflow.registered_model, settings.promotion_metric, mlflow.uri()
     )
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from orchestration import promotion
 from orchestration.assets import figure_dataset
 from orchestration.launching import latest, run_job, work_dir
 from orchestration.model_assets import EAGER, generated_descriptions
@@ -182,16 +183,6 @@ def retrieval_challenger(
     )
 
 
-def _decision(context, retrieval: RetrievalSettings) -> tuple[dict, object]:
-    from training import tracking
-
-    record = json.loads(Path(latest(context, "retrieval_challenger")).read_text())
-    decision = tracking.compare(
-        record["metrics"], record["champion_metrics"], primary=retrieval.promotion_metric
-    )
-    return record, decision
-
-
 @dg.asset_check(
     asset=retrieval_challenger,
     blocking=True,
@@ -201,19 +192,8 @@ def _decision(context, retrieval: RetrievalSettings) -> tuple[dict, object]:
 def retrieval_challenger_beats_champion(
     context: dg.AssetCheckExecutionContext, retrieval: RetrievalSettings, mlflow: MlflowTracking
 ) -> dg.AssetCheckResult:
-    from training import tracking
-
-    record, decision = _decision(context, retrieval)
-    if not decision.promote:
-        tracking.promote(mlflow.retrieval_model, record["version"], decision, tracking_uri=mlflow.uri())
-    return dg.AssetCheckResult(
-        passed=bool(decision.promote),
-        metadata={
-            "reason": decision.reason,
-            "metric": retrieval.promotion_metric,
-            "challenger_version": record["version"],
-            "champion_version": record["champion_version"] or 0,
-        },
+    return promotion.gate(
+        context, "retrieval_challenger", mlflow.retrieval_model, retrieval.promotion_metric, mlflow.uri()
     )
 
 
@@ -227,19 +207,8 @@ def retrieval_challenger_beats_champion(
 def retrieval_champion(
     context: dg.AssetExecutionContext, retrieval: RetrievalSettings, mlflow: MlflowTracking
 ) -> dg.MaterializeResult:
-    from training import tracking
-
-    record, decision = _decision(context, retrieval)
-    decision = tracking.promote(
-        mlflow.retrieval_model, record["version"], decision, tracking_uri=mlflow.uri()
-    )
-    version = tracking.get_alias_version(mlflow.retrieval_model, tracking.CHAMPION, tracking_uri=mlflow.uri())
-    return dg.MaterializeResult(
-        metadata={
-            "champion_version": version or 0,
-            "reason": decision.reason,
-            "model_uri": f"models:/{mlflow.retrieval_model}@{tracking.CHAMPION}",
-        }
+    return promotion.promote(
+        context, "retrieval_challenger", mlflow.retrieval_model, retrieval.promotion_metric, mlflow.uri()
     )
 
 
