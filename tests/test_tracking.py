@@ -22,7 +22,8 @@ from tests.http_server import Fault, serve
 from training import tracking
 from training.tracking import TrackingUnavailable
 
-SERVER_START_LIMIT_S = 40.0
+# STACK.md: ~22 s on a fresh database; well past that, the server is broken, not slow.
+SERVER_START_LIMIT_S = 120.0
 
 
 @pytest.fixture(scope="module")
@@ -276,8 +277,9 @@ def mlflow_server(store: str, tmp_path: Path) -> Iterator[str]:
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline:
-                pytest.skip(
-                    f"mlflow server did not come up within {SERVER_START_LIMIT_S:.0f} s on this machine"
+                pytest.fail(
+                    f"mlflow server did not answer /health within {SERVER_START_LIMIT_S:.0f} s: "
+                    f"{(tmp_path / 'server.log').read_text()[-2000:]}"
                 )
             time.sleep(0.3)
         yield url
