@@ -272,6 +272,19 @@ def test_model_selection_keeps_the_best_epoch_on_the_selection_split(sheets, tmp
         RetrievalTrainConfig(figures_jsonl="-", out_dir="-", select_splits=["val"])  # val is reported
 
 
+def _run_job(command: str, config: Path) -> subprocess.CompletedProcess[str]:
+    """`python -m training.jobs COMMAND --config CONFIG` as Dagster would launch it, without Pipes."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("DAGSTER_PIPES")}
+    return subprocess.run(
+        [sys.executable, "-m", "training.jobs", command, "--config", str(config)],
+        cwd=PROJECT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
 def test_job_command_end_to_end(sheets, tmp_path):
     config = {
         "figures_jsonl": str(sheets),
@@ -282,15 +295,7 @@ def test_job_command_end_to_end(sheets, tmp_path):
         "num_threads": 1,
     }
     (tmp_path / "job.json").write_text(json.dumps(config), encoding="utf-8")
-    env = {key: value for key, value in os.environ.items() if not key.startswith("DAGSTER_PIPES")}
-    done = subprocess.run(
-        [sys.executable, "-m", "training.jobs", "retrieval_encoder", "--config", str(tmp_path / "job.json")],
-        cwd=PROJECT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = _run_job("retrieval_encoder", tmp_path / "job.json")
     assert done.returncode == 0, done.stderr[-2000:]
     assert "untrained_same_patent_mAP" in done.stderr
     summary = json.loads((tmp_path / "job" / "summary.json").read_text())
@@ -303,21 +308,7 @@ def test_job_command_end_to_end(sheets, tmp_path):
         "query_splits": None,
     }
     (tmp_path / "eval.json").write_text(json.dumps(evaluate), encoding="utf-8")
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "training.jobs",
-            "retrieval_evaluate",
-            "--config",
-            str(tmp_path / "eval.json"),
-        ],
-        cwd=PROJECT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = _run_job("retrieval_evaluate", tmp_path / "eval.json")
     assert done.returncode == 0, done.stderr[-2000:]
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert set(metrics) == {"trained", "pixels"}
