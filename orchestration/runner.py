@@ -159,11 +159,16 @@ def run_all(
     return report
 
 
-def _model_summary(result: dg.ExecuteInProcessResult) -> dict[str, Any]:
-    events = {
+def _materialized(result: dg.ExecuteInProcessResult) -> dict[str, Any]:
+    """Asset key -> the metadata of its materialization in `result`."""
+    return {
         e.asset_key.to_user_string(): e.materialization.metadata
         for e in result.get_asset_materialization_events()
     }
+
+
+def _model_summary(result: dg.ExecuteInProcessResult) -> dict[str, Any]:
+    events = _materialized(result)
     summary: dict[str, Any] = {}
     challenger = events.get("patentlmm_challenger", {})
     if challenger:
@@ -186,10 +191,7 @@ def _model_summary(result: dg.ExecuteInProcessResult) -> dict[str, Any]:
 
 
 def _retrieval_summary(result: dg.ExecuteInProcessResult) -> dict[str, Any]:
-    events = {
-        e.asset_key.to_user_string(): e.materialization.metadata
-        for e in result.get_asset_materialization_events()
-    }
+    events = _materialized(result)
     summary: dict[str, Any] = {}
     encoder = events.get("retrieval_encoder", {})
     for name in ("untrained_same_patent_mAP", "same_patent_mAP", "same_patent_Rank-1", "prior_art_mAP"):
