@@ -173,6 +173,8 @@ def _model_summary(result: dg.ExecuteInProcessResult) -> dict[str, Any]:
     challenger = events.get("patentlmm_challenger", {})
     if challenger:
         summary["model_version"] = challenger["model_version"].value
+        # a blocked challenger leaves the champion where it was: the one it was compared with
+        summary["champion_version"] = challenger["champion_version"].value
         summary["metrics"] = {
             k: v.value
             for k, v in challenger.items()
@@ -199,6 +201,8 @@ def _retrieval_summary(result: dg.ExecuteInProcessResult) -> dict[str, Any]:
             summary.setdefault("metrics", {})[name] = encoder[name].value
     if challenger := events.get("retrieval_challenger", {}):
         summary["model_version"] = challenger["model_version"].value
+        # a blocked challenger leaves the champion where it was: the one it was compared with
+        summary["champion_version"] = challenger["champion_version"].value
     if champion := events.get("retrieval_champion", {}):
         summary["champion_version"] = champion["champion_version"].value
         summary["reason"] = champion["reason"].value
