@@ -253,6 +253,8 @@ def retrieval_index(
         kind=retrieval.index_kind,  # type: ignore[arg-type]
         text_encoder_dir=retrieval.text_encoder_dir or None,
         encoder_source=f"{model_uri} (version {version})",
+        thumbnail_weight=retrieval.index_thumbnail_weight,
+        thumbnail_size=retrieval.index_thumbnail_size,
     )
     version_meta = dvc.track(out, f"retrieval_index {mlflow.retrieval_model} v{version}").metadata()
     # A sample query, so the UI shows what a search returns: the newest figure against its prior art.
@@ -266,6 +268,7 @@ def retrieval_index(
             "path": str(out),
             "encoder_version": version or 0,
             "kind": retrieval.index_kind,
+            "thumbnail_weight": retrieval.index_thumbnail_weight,
             "figures": counts["figures"],
             "patents": counts["patents"],
             "rejected": counts["rejected"],

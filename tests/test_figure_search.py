@@ -99,10 +99,21 @@ def test_cli_index_then_search_json(
     runner = CliRunner()
     out = tmp_path / "cli-index"
     built = runner.invoke(
-        app, ["index", str(collection["figures"]), "--out", str(out), "--encoder", str(collection["encoder"])]
+        app,
+        [
+            "index",
+            str(collection["figures"]),
+            "--out",
+            str(out),
+            "--encoder",
+            str(collection["encoder"]),
+            "--thumbnail-weight",
+            "0.5",
+        ],
     )
     assert built.exit_code == 0, built.output
     assert "2 rejected" in built.output and "same-patent retrieval" in built.output
+    assert "the encoder alone" in built.output and "the thumbnails alone" in built.output
     loaded = figure_search.SearchIndex.load(out)
     query = loaded.figures.figures[-1]
     result = runner.invoke(
@@ -167,3 +178,75 @@ def test_loading_a_damaged_index_names_the_file(collection: dict[str, Path], tmp
     (copy / figure_search.FIGURES / "index.faiss").write_bytes(b"not faiss")
     with pytest.raises(IndexFileError, match=r"index\.faiss"):
         figure_search.SearchIndex.load(copy)
+
+
+def test_thumbnail_fusion_scores_the_weighted_sum_of_both_cosines(collection: dict[str, Path]) -> None:
+    import numpy as np
+
+    from training.retrieval_model import embed_images, fuse_with_thumbnails, ink_thumbnails, load_encoder
+
+    images = [row["image_path"] for row in list(read_jsonl(collection["figures"]))[:2]]
+    embeddings = embed_images(load_encoder(collection["encoder"]), images).retrieval
+    thumbnails, failed = ink_thumbnails(images, 32)
+    assert not failed and thumbnails.shape == (2, 32 * 32)
+    fused = fuse_with_thumbnails(embeddings, thumbnails, 0.3)
+    expected = 0.7 * embeddings[0] @ embeddings[1] + 0.3 * thumbnails[0] @ thumbnails[1]
+    assert fused[0] @ fused[1] == pytest.approx(expected, abs=1e-5)
+    assert np.linalg.norm(fused, axis=1) == pytest.approx([1.0, 1.0], abs=1e-5)
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        fuse_with_thumbnails(embeddings, thumbnails, 1.0)
+
+
+def test_a_fused_index_finds_itself_and_reports_each_part(
+    collection: dict[str, Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "fused"
+    built = figure_search.build_search_index(
+        collection["figures"], collection["encoder"], out, thumbnail_weight=0.5, thumbnail_size=32
+    )
+    assert built.manifest["figure_vectors"] == {
+        "dim": 128 + 32 * 32,
+        "thumbnail_weight": 0.5,
+        "thumbnail_size": 32,
+    }
+    for part in ("same_patent", "same_patent_encoder", "same_patent_thumbnails"):
+        assert built.evaluation[part]["queries"] > 0
+    loaded = figure_search.SearchIndex.load(out)
+    query = loaded.figures.figures[3]
+    hits = loaded.search_image(Path(query.image_path), k=3)
+    assert hits[0].figure_id == query.figure_id and hits[0].score == pytest.approx(1.0, abs=1e-4)
+
+
+def test_an_index_from_before_fusion_still_searches(collection: dict[str, Path], tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "older"
+    shutil.copytree(collection["index"], copy)
+    manifest = json.loads((copy / figure_search.MANIFEST).read_text())
+    del manifest["figure_vectors"]
+    (copy / figure_search.MANIFEST).write_text(json.dumps(manifest))
+    loaded = figure_search.SearchIndex.load(copy)
+    query = loaded.figures.figures[0]
+    assert loaded.search_image(Path(query.image_path), k=1)[0].figure_id == query.figure_id
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--thumbnail-weight", "1.5"], "[0, 1)"),
+        (["--thumbnail-weight", "0.5", "--thumbnail-size", "8"], "at least 32"),
+    ],
+)
+def test_cli_index_bad_fusion_options_are_refused(
+    args: list[str],
+    message: str,
+    collection: dict[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("PATENTFLOW_HOME", str(tmp_path / "home"))
+    result = CliRunner().invoke(
+        app, ["index", str(collection["figures"]), "--out", str(tmp_path / "i"), *args]
+    )
+    assert result.exit_code == 2 and message in result.output
+    assert not (tmp_path / "i").exists()

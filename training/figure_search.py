@@ -4,7 +4,8 @@ One directory holds everything a search needs, so that an index is a single vers
 
     DIR/index.json       manifest: encoder, text encoder, counts, kind, evaluation, checksums
     DIR/encoder/         the image encoder that embedded the figures (queries use the same one)
-    DIR/figures/         FigureIndex of the image embeddings              (--image queries)
+    DIR/figures/         FigureIndex of the image embeddings              (--image queries),
+                         fused with ink thumbnails when built with a thumbnail weight
     DIR/aligned/         FigureIndex of the same images in the text space  (--text queries)
     DIR/patents/         FigureIndex of each patent's title + abstract     (--text --patents)
     DIR/rejected.jsonl   figures left out, each with the reason
@@ -107,13 +108,24 @@ def build_search_index(
     options: IndexOptions | None = None,
     progress: bool = False,
     batch_size: int = 32,
+    thumbnail_weight: float = 0.0,
+    thumbnail_size: int = 32,
 ) -> BuildResult:
     """Embed every figure of `figures_jsonl` with the encoder at `encoder_dir`, index the image
     embeddings, their text-space projections and the patents' texts, evaluate same-patent
-    retrieval over the collection, and write it all to `out_dir` atomically."""
-    from training.retrieval_eval import evaluate_embeddings
-    from training.retrieval_model import embed_images, load_encoder
+    retrieval over the collection, and write it all to `out_dir` atomically.
 
+    `thumbnail_weight` > 0 fuses each image embedding with its ink thumbnail (`thumbnail_size`
+    squared pixels): image search then scores (1 - w) x the encoder's cosine + w x the
+    thumbnails' cosine. The evaluation reports the fused vectors and each part alone.
+    """
+    from training.retrieval_eval import evaluate_embeddings
+    from training.retrieval_model import embed_images, fuse_with_thumbnails, ink_thumbnails, load_encoder
+
+    if not 0.0 <= thumbnail_weight < 1.0:
+        raise ValueError(f"the thumbnail weight must be in [0, 1), got {thumbnail_weight}")
+    if thumbnail_size < 32:
+        raise ValueError(f"the thumbnail size must be at least 32 pixels, got {thumbnail_size}")
     figures_jsonl, encoder_dir, out_dir = Path(figures_jsonl), Path(encoder_dir), Path(out_dir)
     if not figures_jsonl.is_file():
         raise FileNotFoundError(f"{figures_jsonl}: no such figures file (write one with `patentflow ingest`)")
@@ -158,13 +170,23 @@ def build_search_index(
     ]
     patent_metadata, patent_texts = _patent_texts(rows)
     patent_vectors = text_encoder.encode_texts(patent_texts, text_encoder_dir, progress=progress)
-    evaluation = evaluate_embeddings(embedded.retrieval, rows)
+    image_vectors = embedded.retrieval
+    evaluation = {"same_patent": evaluate_embeddings(image_vectors, rows)["same_patent"]}
+    if thumbnail_weight > 0:
+        # The encoder read every one of these images, so their thumbnails can be made too.
+        thumbnails, _ = ink_thumbnails([row["image_path"] for row in rows], thumbnail_size)
+        image_vectors = fuse_with_thumbnails(embedded.retrieval, thumbnails, thumbnail_weight)
+        evaluation = {
+            "same_patent": evaluate_embeddings(image_vectors, rows)["same_patent"],
+            "same_patent_encoder": evaluation["same_patent"],
+            "same_patent_thumbnails": evaluate_embeddings(thumbnails, rows)["same_patent"],
+        }
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
     try:
         shutil.copytree(encoder_dir, staging / ENCODER)
-        FigureIndex.build(embedded.retrieval, metadata, kind=kind, options=options).save(staging / FIGURES)
+        FigureIndex.build(image_vectors, metadata, kind=kind, options=options).save(staging / FIGURES)
         FigureIndex.build(embedded.aligned, metadata, kind=kind, options=options).save(staging / ALIGNED)
         FigureIndex.build(patent_vectors, patent_metadata, kind=kind, options=options).save(staging / PATENTS)
         write_jsonl(staging / REJECTED, rejected)
@@ -183,9 +205,14 @@ def build_search_index(
                 "path": str(text_encoder_dir) if text_encoder_dir else None,
                 "dim": int(patent_vectors.shape[1]),
             },
+            "figure_vectors": {
+                "dim": int(image_vectors.shape[1]),
+                "thumbnail_weight": thumbnail_weight,
+                "thumbnail_size": thumbnail_size if thumbnail_weight > 0 else 0,
+            },
             "counts": {"figures": len(rows), "patents": len(patent_metadata), "rejected": len(rejected)},
             "grant_dates": list(_date_range(metadata)),
-            "evaluation": {"same_patent": evaluation.get("same_patent", {})},
+            "evaluation": evaluation,
         }
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         replace_directory(staging, out_dir)
@@ -251,12 +278,17 @@ class SearchIndex:
         rerank: KReciprocalConfig | None = None,
     ) -> list[Hit]:
         """Figures that look like `image`, granted before `before` when given."""
-        from training.retrieval_model import embed_images
+        from training.retrieval_model import embed_images, fuse_with_thumbnails, ink_thumbnails
 
         embedded = embed_images(self.encoder, [image])
         if embedded.failed:
             raise ValueError(embedded.failed[0])
-        return self.figures.search(embedded.retrieval, k=k, before=before, rerank=rerank)[0]
+        vector = embedded.retrieval
+        fusion = self.manifest.get("figure_vectors", {})  # absent in indexes built before fusion
+        if fusion.get("thumbnail_weight"):
+            thumbnail, _ = ink_thumbnails([image], fusion["thumbnail_size"])
+            vector = fuse_with_thumbnails(vector, thumbnail, fusion["thumbnail_weight"])
+        return self.figures.search(vector, k=k, before=before, rerank=rerank)[0]
 
     def search_text(self, text: str, k: int = 10, before: DateLike | None = None) -> list[Hit]:
         """Figures whose image embedding lies nearest `text` in the aligned text space."""

@@ -159,17 +159,10 @@ def evaluate_encoder(
 
 def pixel_embeddings(images: Sequence[str | Path], size: int = 48) -> tuple[np.ndarray, list[int]]:
     """Plain pixel matching, the baseline a learnt encoder must beat: ink-cropped `size` x `size`
-    thumbnails (the encoder's own preprocessing), flattened. Returns (vectors, positions kept)."""
-    from training.retrieval_model import EncoderConfig, preprocess_image
+    thumbnails (`ink_thumbnails`). Returns (vectors, positions kept); blank and unreadable
+    images are left out."""
+    from training.retrieval_model import ink_thumbnails
 
-    config = EncoderConfig(image_size=size, flip_tta=False)
-    vectors, kept = [], []
-    for position, image in enumerate(images):
-        try:
-            pixels = preprocess_image(image, config).flatten().numpy()
-        except ValueError:
-            continue
-        if pixels.any():  # a blank page has no direction for cosine
-            vectors.append(pixels)
-            kept.append(position)
-    return (np.stack(vectors) if vectors else np.zeros((0, size * size), np.float32)), kept
+    thumbnails, _ = ink_thumbnails(images, size)
+    kept = [position for position in range(len(images)) if thumbnails[position].any()]
+    return thumbnails[kept], kept

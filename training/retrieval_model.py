@@ -402,6 +402,36 @@ class Embeddings:
     failed: dict[int, str]  # input position -> reason
 
 
+def ink_thumbnails(images: Sequence[str | Path], size: int = 32) -> tuple[np.ndarray, dict[int, str]]:
+    """Plain pixel descriptors: ink-cropped `size` x `size` thumbnails (the encoder's own
+    preprocessing), flattened and L2-normalised, one row per image; a blank or unreadable image
+    gets a zero row, and an unreadable one its reason in the returned dict."""
+    config = EncoderConfig(image_size=size, flip_tta=False)
+    vectors = np.zeros((len(images), size * size), np.float32)
+    failed: dict[int, str] = {}
+    for position, image in enumerate(images):
+        try:
+            pixels = preprocess_image(image, config).flatten().numpy()
+        except ValueError as error:
+            failed[position] = str(error)
+            continue
+        norm = float(np.linalg.norm(pixels))
+        if norm > 0:  # a blank page has no direction for cosine
+            vectors[position] = pixels / norm
+    return vectors, failed
+
+
+def fuse_with_thumbnails(embeddings: np.ndarray, thumbnails: np.ndarray, weight: float) -> np.ndarray:
+    """Late fusion of the learnt and the pixel descriptor in one vector: its inner product with
+    another fused vector is (1 - weight) x the encoders' cosine + weight x the thumbnails' cosine,
+    so FAISS (and the prior-art filter, and re-ranking) search it as they search embeddings."""
+    if not 0.0 <= weight < 1.0:
+        raise ValueError(f"the thumbnail weight must be in [0, 1), got {weight}")
+    if len(embeddings) != len(thumbnails):
+        raise ValueError(f"{len(embeddings)} embeddings for {len(thumbnails)} thumbnails")
+    return np.hstack([np.sqrt(1.0 - weight) * embeddings, np.sqrt(weight) * thumbnails]).astype(np.float32)
+
+
 @torch.no_grad()
 def embed_pixels(model: FigureEncoder, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(retrieval, aligned) L2-normalised embeddings of a preprocessed batch, with flip TTA if configured."""
