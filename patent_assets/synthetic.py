@@ -13,8 +13,8 @@ Each patent draws one procedurally built 3-D object (a bracket, a wheel, a lamp,
 several views, so the same object appears on several sheets (retrieval learns "same patent"),
 drawn as a draughtsman would: hidden lines removed (a depth buffer), surface shading strokes on
 the side away from the light, and a design's unclaimed part in broken lines when its
-description says so. The object's class drives the title, classification and description words (captioning
-can learn that the picture matters). Classes have a long-tailed frequency. Everything is a
+description says so. The object's class drives the title, classification and description
+words (captioning can learn that the picture matters). Classes have a long-tailed frequency. Everything is a
 pure function of the seed: the same seed gives the same bytes.
 
 Generation is split in two: `plan_release` decides everything (cheap: texts, figures, which
@@ -1134,15 +1134,10 @@ def _visible_runs(
     shown = sample_depth <= buffer[row, column] + tolerance
     if dash > 0:
         shown &= (at // dash) % 3 != 2  # two parts line, one part gap
-    runs, start = [], None
-    for i, visible in enumerate(np.append(shown, False)):
-        if visible and start is None:
-            start = i
-        elif not visible and start is not None:
-            if i - start >= 2:
-                runs.append(samples[start:i])
-            start = None
-    return runs
+    flips = np.flatnonzero(np.diff(np.concatenate([[0], shown.astype(np.int8), [0]])))
+    return [
+        samples[start:end] for start, end in zip(flips[::2], flips[1::2], strict=True) if end - start >= 2
+    ]
 
 
 def _draw_figure(
