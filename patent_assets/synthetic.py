@@ -11,10 +11,8 @@ The pipeline's default data: releases in the real product's layout so that every
 
 Each patent draws one procedurally built 3-D object (a bracket, a wheel, a lamp, ...) from
 several views, so the same object appears on several sheets (retrieval learns "same patent"),
-drawn as a draughtsman would: hidden lines removed (a depth buffer), surface shading strokes on
-the side away from the light, and a design's unclaimed part in broken lines when its
-description says so. The object's class drives the title, classification and description
-words (captioning can learn that the picture matters). Classes have a long-tailed frequency. Everything is a
+and the object's class drives the title, classification and description words (captioning
+can learn that the picture matters). Classes have a long-tailed frequency. Everything is a
 pure function of the seed: the same seed gives the same bytes.
 
 Generation is split in two: `plan_release` decides everything (cheap: texts, figures, which
@@ -32,14 +30,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from functools import lru_cache
-from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from lxml import etree
 from PIL import Image, ImageDraw, ImageFont
-from scipy import ndimage
 
 from patent_assets.records import atomic_write
 
@@ -101,58 +97,16 @@ class Solid:
             else:
                 tangent = np.roll(lower, -1, axis=0) - np.roll(lower, 1, axis=0)
                 normal = np.cross(tangent, upper - lower)
-                # Where the surface turns away: of each pair of generators whose sides differ, the
-                # one nearer edge-on (the other may lie just behind the silhouette, hidden).
-                facing = normal @ view_dir
-                following = np.roll(facing, -1)
-                turns = np.flatnonzero(np.sign(facing) != np.sign(following))
-                indices = sorted(
-                    {int(i if abs(facing[i]) <= abs(following[i]) else (i + 1) % len(lower)) for i in turns}
-                )
+                side = np.sign(normal @ view_dir)
+                indices = [
+                    i for i in range(len(lower)) if side[i] != side[(i + 1) % len(lower)] and side[i] != 0
+                ]
             lines.extend(np.vstack([lower[i], upper[i]]) for i in indices)
         return lines
 
     @property
     def vertices(self) -> np.ndarray:
         return np.vstack(self.rings)
-
-    def triangles(self) -> np.ndarray:
-        """(n, 3, 3): the side quads split in two, and both end caps fanned from their centres."""
-        pieces = []
-        for lower, upper in zip(self.rings, self.rings[1:], strict=False):
-            next_lower, next_upper = np.roll(lower, -1, axis=0), np.roll(upper, -1, axis=0)
-            pieces += [np.stack([lower, next_lower, next_upper], 1), np.stack([lower, next_upper, upper], 1)]
-        for ring in (self.rings[0], self.rings[-1]):
-            centre = np.broadcast_to(ring.mean(axis=0), ring.shape)
-            pieces.append(np.stack([centre, ring, np.roll(ring, -1, axis=0)], 1))
-        return np.concatenate(pieces)
-
-    def shading(self, view_dir: np.ndarray, light: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
-        """Surface shading strokes on the side turned away from the light, as design drawings have.
-
-        A curved surface gets generators bunched towards its silhouette; a flat face gets a few
-        strokes parallel to one of its edges.
-        """
-        centre = self.vertices.mean(axis=0)
-        strokes: list[np.ndarray] = []
-        for lower, upper in zip(self.rings, self.rings[1:], strict=False):
-            next_lower = np.roll(lower, -1, axis=0)
-            normal = np.cross(next_lower - lower, upper - lower)
-            normal /= np.maximum(np.linalg.norm(normal, axis=1, keepdims=True), 1e-12)
-            outward = np.einsum("ij,ij->i", normal, (lower + upper + next_lower) / 3 - centre)
-            normal *= np.where(outward < 0, -1.0, 1.0)[:, None]
-            facing, lit = -(normal @ view_dir), normal @ light
-            for i in np.flatnonzero((facing > 0.05) & (lit < -0.05)):
-                if self.sharp:
-                    if rng.random() < 0.5:
-                        continue
-                    a, b = lower[i], upper[i]
-                    across = next_lower[i] - lower[i]
-                    strokes += [np.vstack([a + across * t, b + across * t]) for t in (0.08, 0.16, 0.24)]
-                elif rng.random() < 1.0 - facing[i]:  # denser towards the silhouette
-                    mid = (lower[i] + next_lower[i]) / 2, (upper[i] + np.roll(upper, -1, axis=0)[i]) / 2
-                    strokes.append(np.vstack(mid))
-        return strokes
 
 
 def rot_x(angle: float) -> np.ndarray:
@@ -439,64 +393,6 @@ def build_speaker(rng: np.random.Generator) -> list[Part]:
     ]
 
 
-def superellipse(half_width: float, half_depth: float, exponent: float, segments: int = 48) -> np.ndarray:
-    """A rounded rectangle (exponent 4 to 8) or an ellipse (2): the outline of most devices."""
-    angles = np.linspace(0, 2 * np.pi, segments, endpoint=False)
-    c, s = np.cos(angles), np.sin(angles)
-    return np.column_stack(
-        [
-            half_width * np.sign(c) * np.abs(c) ** (2 / exponent),
-            half_depth * np.sign(s) * np.abs(s) ** (2 / exponent),
-        ]
-    )
-
-
-def build_vase(rng: np.random.Generator) -> list[Part]:
-    """A turned vessel: a random profile of frusta, each joint a crease the drawing shows."""
-    joints = int(rng.integers(4, 7))
-    heights = np.concatenate([[0.0], np.cumsum(rng.uniform(0.25, 0.8, joints))])
-    radii = rng.uniform(0.3, 1.0, joints + 1)
-    radii[0] = rng.uniform(0.4, 0.7)  # a foot it can stand on
-    segments = [
-        cylinder(radii[i], (0, 0, heights[i]), (0, 0, heights[i + 1]), end_radius=radii[i + 1])
-        for i in range(joints)
-    ]
-    lip_r = radii[-1] * rng.uniform(1.05, 1.2)
-    lip = cylinder(lip_r, (0, 0, heights[-1]), (0, 0, heights[-1] + 0.08))
-    parts = [Part("foot", (segments[0],)), Part("body", tuple(segments[1:])), Part("lip", (lip,))]
-    if rng.random() < 0.5:  # a handle: a bent bar from the shoulder to the belly
-        top, low = heights[-2], heights[1]
-        reach = max(radii) + rng.uniform(0.3, 0.6)
-        path = [(radii[-2] * 0.9, 0, top), (reach, 0, top), (reach, 0, low), (radii[1] * 0.9, 0, low)]
-        parts.append(Part("handle", tuple(cylinder(0.07, a, b) for a, b in pairwise(path))))
-    return parts
-
-
-def build_tablet(rng: np.random.Generator) -> list[Part]:
-    """A hand-held device: a rounded slab with a screen, a camera and buttons."""
-    w, h, t = rng.uniform(1.2, 2.4), rng.uniform(1.8, 3.0), rng.uniform(0.1, 0.3)
-    exponent = rng.uniform(4.0, 10.0)
-    body = prism(superellipse(w / 2, h / 2, exponent), (0, t / 2, 0), (0, -t / 2, 0))
-    body = Solid(body.rings, sharp=False)
-    bezel = rng.uniform(0.06, 0.2)
-    screen = prism(
-        superellipse(w / 2 - bezel, h / 2 - bezel * 1.5, exponent + 2),
-        (0, -t / 2, 0),
-        (0, -t / 2 - 0.01, 0),
-    )
-    camera = cylinder(0.05, (0, -t / 2, h / 2 - bezel * 0.75), (0, -t / 2 - 0.012, h / 2 - bezel * 0.75))
-    buttons = tuple(
-        box((0.04, t * 0.5, 0.22), (w / 2 + 0.02, 0, z))
-        for z in rng.uniform(0, h / 2 - 0.3, int(rng.integers(1, 4)))
-    )
-    return [
-        Part("housing", (body,)),
-        Part("display", (screen,)),
-        Part("camera", (camera,)),
-        Part("button", buttons),
-    ]
-
-
 @dataclass(frozen=True)
 class ObjectClass:
     name: str  # "bracket": the noun in titles and descriptions
@@ -534,16 +430,6 @@ CLASSES: tuple[ObjectClass, ...] = (
         ("B", "65", "D", "1", "02"),
         "holds a liquid and is closed by a removable cap",
         ("the {a} tapers toward the {b}", "the {a} is threaded onto the {b}", "the {a} joins the {b}"),
-    ),
-    ObjectClass(
-        "tablet",
-        build_tablet,
-        ("Portable electronic device", "Tablet computer with bezel", "Handheld terminal"),
-        ("Tablet computer", "Electronic device"),
-        "1402",
-        ("G", "06", "F", "1", "16"),
-        "shows information to a user on a touch screen",
-        ("the {a} is framed by the {b}", "the {a} is set into the {b}", "the {a} is flush with the {b}"),
     ),
     ObjectClass(
         "lamp",
@@ -588,16 +474,6 @@ CLASSES: tuple[ObjectClass, ...] = (
         ("H", "01", "R", "13", "639"),
         "joins a cable to a mating receptacle",
         ("the {a} projects from the {b}", "the {a} locks the {b} in place", "the {a} is molded with the {b}"),
-    ),
-    ObjectClass(
-        "vase",
-        build_vase,
-        ("Vessel with turned profile", "Flower vase", "Decorative jug"),
-        ("Vase", "Jug"),
-        "1102",
-        ("A", "47", "G", "7", "06"),
-        "holds flowers or a liquid on a table",
-        ("the {a} rises from the {b}", "the {a} flares above the {b}", "the {a} is joined to the {b}"),
     ),
     ObjectClass(
         "stool",
@@ -735,7 +611,6 @@ class PatentPlan:
     part_numerals: dict[str, int]
     label_prefix: str = "FIG."
     inventors: list[tuple[str, str, str]] = field(default_factory=list)  # first, last, city
-    broken_part: str = ""  # a design's part shown in broken lines (unclaimed environment)
 
     @property
     def stem(self) -> str:
@@ -841,7 +716,6 @@ def plan_patent(
     noun = object_class.name
     object_seed = int(rng.integers(0, 2**31))
     parts = [part.name for part in object_class.build(np.random.default_rng(object_seed))]
-    broken_part = ""
     base = int(rng.choice([10, 20, 100]))
     step = 2 if base < 100 or rng.random() < 0.5 else 10
     part_numerals = {name: base + step * (i + 1) for i, name in enumerate(parts)}
@@ -906,7 +780,6 @@ def plan_patent(
             else:
                 brief.append(f"[[FIG. {key}]] is a {view_words[key]} thereof{end}")
         if rng.random() < 0.5:
-            broken_part = parts[-1]
             brief.append(
                 f"The broken lines show portions of the {noun} that form no part of the claimed design."
             )
@@ -1013,7 +886,6 @@ def plan_patent(
         part_numerals=part_numerals,
         label_prefix=label_prefix,
         inventors=inventors,
-        broken_part=broken_part,
     )
 
 
@@ -1051,93 +923,21 @@ def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     return ImageFont.load_default(size=size)
 
 
-LIGHT = np.array([-0.5, -0.7, 0.6]) / np.linalg.norm([-0.5, -0.7, 0.6])  # upper left, in front
-
-
-@dataclass(frozen=True)
-class ViewGeometry:
-    """A view of the object in camera space: x right, y depth (away from the viewer), z up."""
-
-    edges: list[list[np.ndarray]]  # per part: its outline and edge polylines, each (n, 3)
-    strokes: list[list[np.ndarray]]  # per part: its shading strokes, each (n, 3)
-    triangles: np.ndarray  # (n, 3, 3): every surface, for hidden-line removal
-    vertices: list[np.ndarray]  # per part: its vertices projected to 2-D (image y grows downwards)
-
-
-def _view(parts: list[Part], view: str, shading: np.random.Generator) -> ViewGeometry:
+def _project(parts: list[Part], view: str) -> tuple[list[list[np.ndarray]], list[np.ndarray]]:
+    """Per part: its projected 2-D polylines (image y grows downwards) and its vertices."""
     rotation = VIEWS[view][0]
     view_dir = rotation.T @ np.array([0.0, 1.0, 0.0])  # the camera looks along +y after rotating
-    light = rotation.T @ LIGHT
-    edges, strokes, triangles, vertices = [], [], [], []
+    lines, vertices = [], []
     for part in parts:
-        edges.append([line @ rotation.T for solid in part.solids for line in solid.polylines(view_dir)])
-        strokes.append(
-            [line @ rotation.T for solid in part.solids for line in solid.shading(view_dir, light, shading)]
-        )
-        triangles += [solid.triangles() @ rotation.T for solid in part.solids]
+        part_lines = []
+        for solid in part.solids:
+            for line in solid.polylines(view_dir):
+                rotated = line @ rotation.T
+                part_lines.append(np.column_stack([rotated[:, 0], -rotated[:, 2]]))
         rotated = np.vstack([solid.vertices for solid in part.solids]) @ rotation.T
+        lines.append(part_lines)
         vertices.append(np.column_stack([rotated[:, 0], -rotated[:, 2]]))
-    return ViewGeometry(edges, strokes, np.concatenate(triangles), vertices)
-
-
-def _depth_buffer(triangles: np.ndarray, depth: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """The nearest depth under each pixel centre; `triangles` (n, 3, 2) in pixels, `depth` (n, 3)."""
-    height, width = shape
-    buffer = np.full(shape, np.inf)
-    for corners, z in zip(triangles, depth, strict=True):
-        (ax, ay), (bx, by), (cx, cy) = corners
-        area = (bx - ax) * (cy - ay) - (by - ay) * (cx - ax)
-        if abs(area) < 1e-9:  # seen edge-on: its edges cover it
-            continue
-        left, top = np.maximum(np.floor(corners.min(axis=0)).astype(int), 0)
-        right = min(int(np.ceil(corners[:, 0].max())), width - 1)
-        bottom = min(int(np.ceil(corners[:, 1].max())), height - 1)
-        if left > right or top > bottom:
-            continue
-        x = np.arange(left, right + 1)[None, :] + 0.5
-        y = np.arange(top, bottom + 1)[:, None] + 0.5
-        weight_a = ((bx - x) * (cy - y) - (by - y) * (cx - x)) / area
-        weight_b = ((cx - x) * (ay - y) - (cy - y) * (ax - x)) / area
-        weight_c = 1.0 - weight_a - weight_b
-        inside = (weight_a >= -1e-6) & (weight_b >= -1e-6) & (weight_c >= -1e-6)
-        window = buffer[top : bottom + 1, left : right + 1]
-        np.minimum(
-            window, np.where(inside, weight_a * z[0] + weight_b * z[1] + weight_c * z[2], np.inf), out=window
-        )
-    # An edge runs where a surface turns away from the viewer: the pixel centres beside it may
-    # belong to a nearer face of the same surface. The farthest depth around a pixel keeps it.
-    return ndimage.maximum_filter(buffer, size=3, mode="nearest")
-
-
-def _visible_runs(
-    points: np.ndarray,
-    depth: np.ndarray,
-    buffer: np.ndarray,
-    tolerance: float,
-    dash: float = 0.0,
-    buffer_scale: float = 1.0,
-) -> list[np.ndarray]:
-    """The stretches of a polyline (pixels, with depths) that no surface hides, sampled per pixel.
-
-    `buffer` is the depth buffer at `buffer_scale` times the drawing's resolution. With `dash` > 0
-    the stretches are cut into dashes `dash` pixels long: a broken line.
-    """
-    lengths = np.linalg.norm(np.diff(points, axis=0), axis=1)
-    along = np.concatenate([[0.0], np.cumsum(lengths)])
-    if along[-1] < 1.0:
-        return []
-    at = np.append(np.arange(0.0, along[-1], 1.0), along[-1])
-    samples = np.column_stack([np.interp(at, along, points[:, 0]), np.interp(at, along, points[:, 1])])
-    sample_depth = np.interp(at, along, depth)
-    column = np.clip((samples[:, 0] * buffer_scale).astype(int), 0, buffer.shape[1] - 1)
-    row = np.clip((samples[:, 1] * buffer_scale).astype(int), 0, buffer.shape[0] - 1)
-    shown = sample_depth <= buffer[row, column] + tolerance
-    if dash > 0:
-        shown &= (at // dash) % 3 != 2  # two parts line, one part gap
-    flips = np.flatnonzero(np.diff(np.concatenate([[0], shown.astype(np.int8), [0]])))
-    return [
-        samples[start:end] for start, end in zip(flips[::2], flips[1::2], strict=True) if end - start >= 2
-    ]
+    return lines, vertices
 
 
 def _draw_figure(
@@ -1148,18 +948,14 @@ def _draw_figure(
     part_numerals: dict[str, int],
     rng: np.random.Generator,
     unit: int,
-    broken_part: str = "",
-    shading: np.random.Generator | None = None,
 ) -> None:
-    """One figure as a draughtsman draws it: hidden lines removed, the shadow side shaded."""
     x0, y0, x1, y1 = region
     label_font, numeral_font = _font(int(unit * 1.5)), _font(unit)
     line_width = max(2, unit // 10)
     label_space = int(unit * 2.6) if figure.label else 0
     margin = int(unit * 2.8) if figure.numerals else int(unit * 0.8)
     art = (x0 + margin, y0 + margin, x1 - margin, y1 - margin - label_space)
-    geometry = _view(parts, figure.view, shading or np.random.default_rng(0))
-    vertices = geometry.vertices
+    lines, vertices = _project(parts, figure.view)
     every = np.vstack(vertices)
     low, high = every.min(axis=0), every.max(axis=0)
     span = np.maximum(high - low, 1e-6)
@@ -1170,27 +966,9 @@ def _draw_figure(
     def to_pixels(points: np.ndarray) -> np.ndarray:
         return (points - mid) * scale + center
 
-    def camera_to_pixels(points: np.ndarray) -> np.ndarray:
-        return to_pixels(np.column_stack([points[..., 0].ravel(), -points[..., 2].ravel()])).reshape(
-            *points.shape[:-1], 2
-        )
-
-    # The depth buffer at half resolution: a quarter of the work, and lines are 2 px or wider.
-    buffer_scale = 0.5
-    buffer = _depth_buffer(
-        camera_to_pixels(geometry.triangles) * buffer_scale,
-        geometry.triangles[..., 1],
-        (int(y1 * buffer_scale) + 1, int(x1 * buffer_scale) + 1),
-    )
-    depth_span = float(np.ptp(geometry.triangles[..., 1])) or 1.0
-    tolerance = depth_span * 0.01 + 2.0 / (scale * buffer_scale)  # two buffer pixels of a surface's slope
-    for part, part_edges, part_strokes in zip(parts, geometry.edges, geometry.strokes, strict=True):
-        dash = unit * 0.35 if part.name == broken_part else 0.0
-        for lines, width in ((part_edges, line_width), (part_strokes, max(1, line_width - 1))):
-            for line in lines:
-                pixels = camera_to_pixels(line)
-                for run in _visible_runs(pixels, line[:, 1], buffer, tolerance, dash, buffer_scale):
-                    draw.line([tuple(point) for point in run.round(1)], fill=0, width=width, joint="curve")
+    for part_lines in lines:
+        for line in part_lines:
+            draw.line([tuple(p) for p in to_pixels(line).round(1)], fill=0, width=line_width, joint="curve")
 
     # Reference numerals with leader lines, pointing outwards from the object's centre.
     placed: list[np.ndarray] = []
@@ -1249,11 +1027,7 @@ def render_sheet(patent: PatentPlan, sheet: SheetPlan, config: SyntheticConfig) 
                 w - edge,
                 edge + (i + 1) * (h - 2 * edge) // count,
             )
-        # Shading strokes depend on the view only, so a view redrawn looks the same.
-        shading = np.random.default_rng([patent.object_seed, VIEW_ORDER.index(figure.view)])
-        _draw_figure(
-            draw, region, parts, figure, patent.part_numerals, rng, unit, patent.broken_part, shading
-        )
+        _draw_figure(draw, region, parts, figure, patent.part_numerals, rng, unit)
     bilevel = canvas.point(lambda value: 255 if value >= 128 else 0).convert("1", dither=Image.Dither.NONE)
     if sheet.landscape:
         # 37 CFR 1.84(i): a landscape view sits with its top at the right-hand side of the sheet.

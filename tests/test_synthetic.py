@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
 
-import numpy as np
 import pytesseract
 import pytest
 from lxml import etree
@@ -270,72 +269,3 @@ def test_generate_default_and_its_size(tmp_path: Path) -> None:
     sheets = sum(len(p.root.findall("drawings/figure")) for path in paths for p in read_release(path))
     assert 50 <= sheets <= 120  # small enough to OCR in minutes on 2 cores
     assert config.start == date(2024, 1, 2)
-
-
-# --- Drawing style: hidden lines removed, shadow side shaded, unclaimed parts in broken lines ---
-
-
-def test_a_line_behind_a_surface_is_hidden_where_the_surface_covers_it() -> None:
-    # A square facing the viewer at depth 1 covers x, y in [10, 30]; a horizontal line at
-    # depth 2 runs from x = 0 to 40 behind it: only its two ends outside the square show.
-    square = np.array([[[10, 10], [30, 10], [30, 30]], [[10, 10], [30, 30], [10, 30]]], float)
-    buffer = synthetic._depth_buffer(square, np.ones((2, 3)), (40, 40))
-    line = np.array([[0.0, 20.0], [40.0, 20.0]])
-    behind = synthetic._visible_runs(line, np.array([2.0, 2.0]), buffer, tolerance=0.01)
-    # (An edge may show a pixel into a surface: edges are where surfaces turn away.)
-    (start, end), (restart, finish) = [(round(run[0, 0]), round(run[-1, 0])) for run in behind]
-    assert (start, finish) == (0, 40) and 9 <= end <= 11 and 29 <= restart <= 31
-    in_front = synthetic._visible_runs(line, np.array([0.5, 0.5]), buffer, tolerance=0.01)
-    assert len(in_front) == 1 and len(in_front[0]) == 41
-    dashed = synthetic._visible_runs(line, np.array([0.5, 0.5]), buffer, tolerance=0.01, dash=4.0)
-    assert len(dashed) >= 3  # one line cut into dashes
-
-
-def test_a_box_in_perspective_hides_its_back_edges() -> None:
-    from PIL import ImageDraw
-
-    parts = [synthetic.Part("body", (synthetic.box((2.0, 2.0, 2.0), (0, 0, 0)),))]
-    figure = synthetic.FigurePlan("", "", "perspective", [])
-    canvas = Image.new("L", (400, 400), 255)
-    synthetic._draw_figure(
-        ImageDraw.Draw(canvas), (0, 0, 400, 400), parts, figure, {}, np.random.default_rng(0), 20
-    )
-    ink = np.asarray(canvas) < 128
-    # The far bottom corner of the cube lies inside its outline, behind the near faces: with
-    # hidden lines removed no edge meets there. Find where it projects with the same scaling.
-    rotation = synthetic.VIEWS["perspective"][0]
-    corners = np.array([[x, y, z] for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)]) @ rotation.T
-    far = int(np.argmax(corners[:, 1]))
-    flat = np.column_stack([corners[:, 0], -corners[:, 2]])
-    low, high = flat.min(axis=0), flat.max(axis=0)
-    # Ink spans the drawing: map the far corner into the inked bounding box.
-    rows, columns = np.nonzero(ink)
-    box_low = np.array([columns.min(), rows.min()])
-    box_high = np.array([columns.max(), rows.max()])
-    x, y = (box_low + (flat[far] - low) / (high - low) * (box_high - box_low)).round().astype(int)
-    assert not ink[y - 3 : y + 4, x - 3 : x + 4].any()
-    assert ink.sum() > 1000  # the visible edges are drawn
-
-
-def test_shading_strokes_fall_on_the_side_away_from_the_light() -> None:
-    cylinder = synthetic.cylinder(1.0, (0, 0, 0), (0, 0, 2))
-    light = np.array([-1.0, -1.0, 1.0]) / np.sqrt(3)  # from the upper left, in front
-    strokes = cylinder.shading(np.array([0.0, 1.0, 0.0]), light, np.random.default_rng(0))
-    assert strokes
-    assert all(stroke[:, 0].mean() > 0 and stroke[:, 1].mean() < 0 for stroke in strokes)
-
-
-def test_broken_lines_are_drawn_when_the_brief_description_says_so() -> None:
-    config = SyntheticConfig(releases=6, patents_per_release=10, seed=5)
-    designs = [
-        p for i in range(config.releases) for p in synthetic.plan_release(config, i).patents if p.kind == "S1"
-    ]
-    saying = [p for p in designs if any("broken lines" in text for text in p.brief_paragraphs)]
-    assert saying and len(saying) < len(designs)
-    for patent in designs:
-        assert bool(patent.broken_part) == (patent in saying)
-        if patent.broken_part:
-            parts = [
-                part.name for part in patent.object_class.build(np.random.default_rng(patent.object_seed))
-            ]
-            assert patent.broken_part in parts
