@@ -63,21 +63,11 @@ class RunReport:
             + ", ".join(f"{k} {v}" for k, v in self.dataset.items() if k not in ("figures", "all")),
         ]
         if self.model:
-            m = self.model
-            lines.append(
-                f"  model:      PatentLMM version {m.get('model_version', '?')} "
-                f"(champion: version {m.get('champion_version', '?')}; {m.get('reason', '')})"
-            )
-            lines += [f"                {k} {v:.3f}" for k, v in m.get("metrics", {}).items()]
+            lines += _model_lines("model:", "PatentLMM", self.model)
         if self.retrieval:
-            r = self.retrieval
-            lines.append(
-                f"  retrieval:  encoder version {r.get('model_version', '?')} "
-                f"(champion: version {r.get('champion_version', '?')}; {r.get('reason', '')})"
-            )
-            lines += [f"                {k} {v:.3f}" for k, v in r.get("metrics", {}).items()]
-            if "index" in r:
-                lines.append(f"                index: {r['index']}")
+            lines += _model_lines("retrieval:", "encoder", self.retrieval)
+            if "index" in self.retrieval:
+                lines.append(f"                index: {self.retrieval['index']}")
         if self.failed_runs:
             lines.append(f"  FAILED runs: {', '.join(self.failed_runs)}")
         lines += [
@@ -238,3 +228,12 @@ def _collect_release(report: RunReport, home: Home, key: str) -> None:
 
 def _reason_kind(reason: str) -> str:
     return reason.split(":")[0][:70]
+
+
+def _model_lines(label: str, name: str, record: dict[str, Any]) -> list[str]:
+    """A model's summary: its version against the champion's and the reason, then its metrics."""
+    head = (
+        f"  {label:<12}{name} version {record.get('model_version', '?')} "
+        f"(champion: version {record.get('champion_version', '?')}; {record.get('reason', '')})"
+    )
+    return [head, *(f"                {k} {v:.3f}" for k, v in record.get("metrics", {}).items())]

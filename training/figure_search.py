@@ -120,7 +120,7 @@ def build_search_index(
     thumbnails' cosine. The evaluation reports the fused vectors and each part alone.
     """
     from training.retrieval_eval import evaluate_embeddings
-    from training.retrieval_model import embed_images, fuse_with_thumbnails, ink_thumbnails, load_encoder
+    from training.retrieval_model import embed_images, fuse_with_thumbnails, load_encoder
 
     if not 0.0 <= thumbnail_weight < 1.0:
         raise ValueError(f"the thumbnail weight must be in [0, 1), got {thumbnail_weight}")
@@ -149,7 +149,11 @@ def build_search_index(
             rows.append(row)
     model = load_encoder(encoder_dir)
     embedded = embed_images(
-        model, [row["image_path"] for row in rows], batch_size=batch_size, progress=progress
+        model,
+        [row["image_path"] for row in rows],
+        batch_size=batch_size,
+        progress=progress,
+        thumbnail_size=thumbnail_size if thumbnail_weight > 0 else None,
     )
     for position, reason in sorted(embedded.failed.items()):
         rejected.append(Rejection(rows[position]["image_id"], reason, "index", str(figures_jsonl)))
@@ -172,9 +176,7 @@ def build_search_index(
     patent_vectors = text_encoder.encode_texts(patent_texts, text_encoder_dir, progress=progress)
     image_vectors = embedded.retrieval
     evaluation = {"same_patent": evaluate_embeddings(image_vectors, rows)["same_patent"]}
-    if thumbnail_weight > 0:
-        # The encoder read every one of these images, so their thumbnails can be made too.
-        thumbnails, _ = ink_thumbnails([row["image_path"] for row in rows], thumbnail_size)
+    if (thumbnails := embedded.thumbnails) is not None:
         image_vectors = fuse_with_thumbnails(embedded.retrieval, thumbnails, thumbnail_weight)
         evaluation = {
             "same_patent": evaluate_embeddings(image_vectors, rows)["same_patent"],
@@ -278,16 +280,18 @@ class SearchIndex:
         rerank: KReciprocalConfig | None = None,
     ) -> list[Hit]:
         """Figures that look like `image`, granted before `before` when given."""
-        from training.retrieval_model import embed_images, fuse_with_thumbnails, ink_thumbnails
+        from training.retrieval_model import embed_images, fuse_with_thumbnails
 
-        embedded = embed_images(self.encoder, [image])
+        fusion = self.manifest.get("figure_vectors", {})  # absent in indexes built before fusion
+        weight = fusion.get("thumbnail_weight", 0.0)
+        embedded = embed_images(
+            self.encoder, [image], thumbnail_size=fusion["thumbnail_size"] if weight else None
+        )
         if embedded.failed:
             raise ValueError(embedded.failed[0])
         vector = embedded.retrieval
-        fusion = self.manifest.get("figure_vectors", {})  # absent in indexes built before fusion
-        if fusion.get("thumbnail_weight"):
-            thumbnail, _ = ink_thumbnails([image], fusion["thumbnail_size"])
-            vector = fuse_with_thumbnails(vector, thumbnail, fusion["thumbnail_weight"])
+        if embedded.thumbnails is not None:
+            vector = fuse_with_thumbnails(vector, embedded.thumbnails, weight)
         return self.figures.search(vector, k=k, before=before, rerank=rerank)[0]
 
     def search_text(self, text: str, k: int = 10, before: DateLike | None = None) -> list[Hit]:

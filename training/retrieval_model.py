@@ -268,6 +268,18 @@ def build_encoder(config: EncoderConfig, seed: int | None = None) -> FigureEncod
 # ----------------------------------------------------------------------------------- preprocessing
 
 
+def read_gray(image: Image.Image | str | Path) -> Image.Image:
+    """The image in grayscale; a path that cannot be read raises ValueError naming it."""
+    if isinstance(image, Image.Image):
+        return image.convert("L")
+    path = Path(image)
+    try:
+        with Image.open(path) as opened:
+            return opened.convert("L")
+    except (OSError, ValueError) as error:
+        raise ValueError(f"cannot read image {path}: {error}") from error
+
+
 def preprocess_image(image: Image.Image | str | Path, config: EncoderConfig) -> torch.Tensor:
     """(C, image_size, image_size) float tensor, ink 1.0 and paper 0.0, at training and inference alike.
 
@@ -276,14 +288,7 @@ def preprocess_image(image: Image.Image | str | Path, config: EncoderConfig) -> 
     (the aspect ratio is kept); area-resized (thin lines fade rather than vanish). A blank page
     is not cropped.
     """
-    if not isinstance(image, Image.Image):
-        path = Path(image)
-        try:
-            with Image.open(path) as opened:
-                image = opened.convert("L")
-        except (OSError, ValueError) as error:
-            raise ValueError(f"cannot read image {path}: {error}") from error
-    gray = image.convert("L")
+    gray = read_gray(image)
     ink = np.asarray(gray) < INK_THRESHOLD
     rows, cols = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
     if rows.size:
@@ -400,24 +405,27 @@ class Embeddings:
     aligned: np.ndarray  # (n_ok, text_dim), L2-normalised: the text-space projection, for text queries
     kept: list[int]  # input positions embedded, in order
     failed: dict[int, str]  # input position -> reason
+    thumbnails: np.ndarray | None = None  # (n_ok, size * size) ink thumbnails, when asked for
+
+
+def _thumbnail(gray: Image.Image, size: int) -> np.ndarray:
+    """An ink-cropped `size` x `size` thumbnail (the encoder's own preprocessing), flattened and
+    L2-normalised; a blank page's is zero (it has no direction for cosine)."""
+    pixels = preprocess_image(gray, EncoderConfig(image_size=size, flip_tta=False)).flatten().numpy()
+    norm = float(np.linalg.norm(pixels))
+    return pixels / norm if norm > 0 else pixels
 
 
 def ink_thumbnails(images: Sequence[str | Path], size: int = 32) -> tuple[np.ndarray, dict[int, str]]:
-    """Plain pixel descriptors: ink-cropped `size` x `size` thumbnails (the encoder's own
-    preprocessing), flattened and L2-normalised, one row per image; a blank or unreadable image
-    gets a zero row, and an unreadable one its reason in the returned dict."""
-    config = EncoderConfig(image_size=size, flip_tta=False)
+    """Plain pixel descriptors (`_thumbnail`), one row per image; an unreadable image gets a zero
+    row and its reason in the returned dict."""
     vectors = np.zeros((len(images), size * size), np.float32)
     failed: dict[int, str] = {}
     for position, image in enumerate(images):
         try:
-            pixels = preprocess_image(image, config).flatten().numpy()
+            vectors[position] = _thumbnail(read_gray(image), size)
         except ValueError as error:
             failed[position] = str(error)
-            continue
-        norm = float(np.linalg.norm(pixels))
-        if norm > 0:  # a blank page has no direction for cosine
-            vectors[position] = pixels / norm
     return vectors, failed
 
 
@@ -448,8 +456,11 @@ def embed_images(
     images: Sequence[str | Path],
     batch_size: int = 32,
     progress: bool = False,
+    thumbnail_size: int | None = None,
 ) -> Embeddings:
-    """Embed image files; an unreadable one is reported in `failed` and the rest goes on."""
+    """Embed image files; an unreadable one is reported in `failed` and the rest goes on.
+
+    With `thumbnail_size`, each image's ink thumbnail comes too, from the same read."""
     from tqdm.auto import tqdm
 
     was_training = model.training
@@ -457,6 +468,7 @@ def embed_images(
     device = next(model.parameters()).device
     retrieval: list[np.ndarray] = []
     aligned: list[np.ndarray] = []
+    thumbnails: list[np.ndarray] = []
     kept: list[int] = []
     failed: dict[int, str] = {}
     try:
@@ -466,10 +478,13 @@ def embed_images(
             batch: list[torch.Tensor] = []
             for position in range(start, min(start + batch_size, len(images))):
                 try:
-                    batch.append(preprocess_image(images[position], model.config))
+                    gray = read_gray(images[position])
+                    batch.append(preprocess_image(gray, model.config))
                 except ValueError as error:
                     failed[position] = str(error)
                     continue
+                if thumbnail_size:
+                    thumbnails.append(_thumbnail(gray, thumbnail_size))
                 kept.append(position)
             if batch:
                 image_vectors, text_vectors = embed_pixels(model, torch.stack(batch).to(device))
@@ -483,4 +498,7 @@ def embed_images(
         aligned=np.concatenate(aligned) if aligned else np.zeros((0, config.text_dim), np.float32),
         kept=kept,
         failed=failed,
+        thumbnails=(np.stack(thumbnails) if thumbnails else np.zeros((0, thumbnail_size**2), np.float32))
+        if thumbnail_size
+        else None,
     )
