@@ -204,6 +204,12 @@ def test_evaluate_embeddings_same_patent_and_prior_art():
     assert result["prior_art"]["queries"] == 2 and result["prior_art"]["skipped_queries"] == 3
     nothing = evaluate_embeddings(vectors, figures, query_ids=["a1", "c1"])["prior_art"]
     assert nothing == {"queries": 0.0, "skipped_queries": 2.0}
+    # A ranking cut at `depth` keeps every relevant item judged: b1 and b2 have two earlier
+    # figures of their category, one ranked, so AP@1 is 0.5 (1.0 over the whole ranking).
+    assert result["prior_art"]["mAP"] == 1.0
+    cut = evaluate_embeddings(vectors, figures, depth=1)
+    assert cut["prior_art"]["mAP"] == pytest.approx(0.5) and cut["same_patent"]["mAP"] == 1.0
+    assert set(evaluate_embeddings(vectors, figures, depth=1, prior_art=False)) == {"same_patent"}
 
 
 def test_training_beats_the_untrained_encoder_and_writes_its_outputs(sheets, tmp_path):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -65,11 +66,17 @@ def _score(run: dict[str, dict[str, float]], qrels: dict[str, dict[str, int]]) -
 
 
 def evaluate_embeddings(
-    vectors: np.ndarray, figures: Sequence[Any], query_ids: Sequence[str] | None = None
+    vectors: np.ndarray,
+    figures: Sequence[Any],
+    query_ids: Sequence[str] | None = None,
+    depth: int | None = None,
+    prior_art: bool = True,
 ) -> dict[str, dict[str, float]]:
     """{"same_patent": metrics, "prior_art": metrics} of `vectors` (row i = `figures[i]`), cosine.
 
     `query_ids`: the image ids that query (None: every figure). Every figure is in the database.
+    `depth`: rank at most this many figures per query (None: all of them); the relevant sets stay
+    complete, so mAP is then AP@depth, trec_eval's convention. `prior_art=False` skips that task.
     """
     if len(vectors) != len(figures):
         raise ValueError(f"{len(vectors)} vectors for {len(figures)} figures")
@@ -79,7 +86,8 @@ def evaluate_embeddings(
     categories = [figure_class(field_of(f, "classifications") or [])[1] for f in figures]
     queries = list(ids) if query_ids is None else [str(q) for q in query_ids]
     if not queries or not ids:
-        return {"same_patent": _empty(len(queries)), "prior_art": _empty(len(queries))}
+        tasks = ("same_patent", "prior_art") if prior_art else ("same_patent",)
+        return {task: _empty(len(queries)) for task in tasks}
     index = FigureIndex.build(
         vectors,
         [
@@ -93,29 +101,37 @@ def evaluate_embeddings(
         raise ValueError(f"query figures {missing[:5]} are not among the {len(ids)} figures")
     query_vectors = np.asarray(vectors, dtype=np.float32)[[row_of[q] for q in queries]]
 
+    depth = len(ids) if depth is None else min(depth, len(ids))
+
     # Same patent: all of the collection, the query itself removed from its ranking.
     qrels = same_patent_qrels(zip(ids, patents, strict=True), queries)
-    hits = index.search(query_vectors, k=len(ids))
+    hits = index.search(query_vectors, k=min(depth + 1, len(ids)))  # + 1: the query finds itself
     run = {
-        q: {h.figure_id: h.score for h in found if h.figure_id != q}
+        q: dict(islice(((h.figure_id, h.score) for h in found if h.figure_id != q), depth))
         for q, found in zip(queries, hits, strict=True)
     }
-    same_patent = _score(run, qrels)
+    result = {"same_patent": _score(run, qrels)}
+    if not prior_art:
+        return result
 
     # Prior art: only what was granted strictly before the query; relevant = the same category.
     before = [dates[row_of[q]] for q in queries]
-    hits = index.search(query_vectors, k=len(ids), before=before)
-    category_of = dict(zip(ids, categories, strict=True))
+    hits = index.search(query_vectors, k=depth, before=before)
+    # The index holds the figures in grant-date order: what is earlier than D is a prefix of it.
+    ordered_ids = np.array([figure.figure_id for figure in index.figures])
+    ordered_categories = np.array([categories[row_of[figure_id]] for figure_id in ordered_ids])
     prior_qrels: dict[str, dict[str, int]] = {}
     prior_run: dict[str, dict[str, float]] = {}
-    for query, found in zip(queries, hits, strict=True):
-        category = category_of[query]
+    for query, day, found in zip(queries, before, hits, strict=True):
+        category = categories[row_of[query]]
         prior_run[query] = {h.figure_id: h.score for h in found}
-        prior_qrels[query] = {
-            h.figure_id: 1 for h in found if category and category_of[h.figure_id] == category
-        }
-    prior_art = _score(prior_run, prior_qrels)
-    return {"same_patent": same_patent, "prior_art": prior_art}
+        prior_qrels[query] = {}
+        if category:
+            earlier = slice(0, index.cutoff(day))
+            same = ordered_categories[earlier] == category
+            prior_qrels[query] = dict.fromkeys(ordered_ids[earlier][same].tolist(), 1)
+    result["prior_art"] = _score(prior_run, prior_qrels)
+    return result
 
 
 def query_ids_of(figures: Sequence[Any], query_splits: Sequence[str] | None) -> list[str] | None:
