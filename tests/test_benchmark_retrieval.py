@@ -41,7 +41,7 @@ def test_tiny_run_prints_the_table_and_writes_json(tmp_path):
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     table = [line for line in result.stdout.splitlines() if line.startswith("| 3,000 |")]
-    assert len(table) == 4 * 3  # four kinds, each unfiltered and under two prior-art filters
+    assert len(table) == 5 * 3  # five kinds, each unfiltered and under two prior-art filters
     assert "| 3,000 | flat |" in table[0] and "| exact |" in table[0]
     assert "FAISS " in result.stdout and "1 OpenMP threads" in result.stdout
 
@@ -50,7 +50,10 @@ def test_tiny_run_prints_the_table_and_writes_json(tmp_path):
     assert report["notes"]["faiss_threads"] == 1 and report["notes"]["cpu_count"] >= 1
     assert report["notes"]["index_options"]["nlist"] == 16
     rows = {(row["kind"], row["filter"]): row for row in report["rows"]}
-    assert set(rows) == {(k, f) for k in ("flat", "ivf", "hnsw", "ivfpq") for f in ("all", "50%", "10%")}
+    kinds = ("flat", "ivf", "hnsw", "ivfpq", "ivfpq-refine")
+    assert set(rows) == {(k, f) for k in kinds for f in ("all", "50%", "10%")}
+    for name in ("all", "50%", "10%"):  # exact re-scoring only adds what the PQ codes lost
+        assert rows["ivfpq-refine", name]["recall_at_10"] >= rows["ivfpq", name]["recall_at_10"]
     for (_kind, name), row in rows.items():
         assert row["p99_ms"] >= row["p50_ms"] > 0 and row["batch_qps"] > 0 and row["build_s"] > 0
         assert 0.0 <= row["recall_at_10"] <= 1.0

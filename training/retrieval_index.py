@@ -77,6 +77,9 @@ class IndexOptions:
     nprobe: int = 16  # IVF cells visited per query
     m: int = 8  # PQ sub-quantizers (must divide the dimension)
     nbits: int = 8  # bits per PQ code
+    # ivfpq: re-score refine x k PQ candidates with the exact vectors, kept beside the codes
+    # (FAISS IndexRefineFlat: memory of a flat index, recall near IVF's); 0: PQ scores as they are
+    refine: int = 0
     hnsw_m: int = 32  # HNSW graph degree
     ef_construction: int = 80
     ef_search: int = 128
@@ -259,8 +262,11 @@ class FigureIndex:
             raise ValueError(f"ivfpq: m={options.m} sub-quantizers must divide the dimension {dim}")
         if count < 2**options.nbits:
             raise ValueError(f"ivfpq: {count} vectors cannot train 2^{options.nbits} PQ centroids")
+        if options.refine < 0:
+            raise ValueError(f"ivfpq: refine must be 0 (off) or a factor of k, got {options.refine}")
         # "np": no polysemous training; the search never uses it, and it tripled the build time.
-        return faiss.index_factory(dim, f"IVF{nlist},PQ{options.m}x{options.nbits}np", faiss_metric)
+        factory = f"IVF{nlist},PQ{options.m}x{options.nbits}np" + (",RFlat" if options.refine else "")
+        return faiss.index_factory(dim, factory, faiss_metric)
 
     # ---- GPU ------------------------------------------------------------------------------------
 
@@ -306,7 +312,13 @@ class FigureIndex:
             params = faiss.SearchParametersHNSW(efSearch=self.options.ef_search, **selection)
         else:
             params = faiss.SearchParameters(**selection)
-        return params, selector  # the caller keeps `selector` alive while FAISS uses it
+        keep_alive = [selector, params]  # FAISS holds raw pointers to these while it searches
+        if isinstance(self.index, faiss.IndexRefine):
+            # The filter and nprobe go to the PQ index; its refine x k candidates are re-scored.
+            params = faiss.IndexRefineSearchParameters(
+                k_factor=float(self.options.refine), base_index_params=params
+            )
+        return params, keep_alive
 
     def _raw_search(self, queries: np.ndarray, k: int, cutoff: int) -> tuple[np.ndarray, np.ndarray]:
         if self.on_gpu:
@@ -316,12 +328,12 @@ class FigureIndex:
             return faiss.knn_gpu(
                 self._gpu_resources, queries, self._gpu_vectors[:cutoff], min(k, cutoff), metric=faiss_metric
             )
-        params, selector = self._search_params(cutoff)
+        params, keep_alive = self._search_params(cutoff)
         # faiss.contrib.torch_utils (imported by pytorch-metric-learning) replaces `search` with a
         # wrapper that has no `params`; it keeps the original as `search_numpy`.
         search = getattr(self.index, "search_numpy", self.index.search)
         scores, ids = search(queries, k, params=params)
-        del selector
+        del keep_alive
         return scores, ids
 
     def search(
@@ -377,8 +389,8 @@ class FigureIndex:
         return results
 
     def reconstruct(self, ids: np.ndarray) -> np.ndarray:
-        """Stored vectors of `ids` (PQ codes decode to approximations)."""
-        if self.kind in ("ivf", "ivfpq"):
+        """Stored vectors of `ids` (PQ codes decode to approximations, unless refined)."""
+        if self.kind in ("ivf", "ivfpq") and not isinstance(self.index, faiss.IndexRefine):
             ivf = faiss.extract_index_ivf(self.index)
             if ivf.direct_map.type == faiss.DirectMap.NoMap:
                 ivf.make_direct_map()
