@@ -178,8 +178,10 @@ class RetrievalSettings(dg.ConfigurableResource):
     text_encoder_dir: str = ""  # a sentence-transformers directory; empty: the embedded MiniLM
     epochs: int = 0  # 0: the training job's default
     index_kind: str = "flat"  # flat (exact), ivf, hnsw or ivfpq
-    # > 0: image search scores (1 - w) x encoder cosine + w x ink-thumbnail cosine (late fusion)
-    index_thumbnail_weight: float = 0.0
+    index_refine: int = 0  # ivfpq: re-score refine x k PQ candidates exactly; 0: off
+    # Image search scores (1 - w) x encoder cosine + w x ink-thumbnail cosine (late fusion);
+    # 0: the encoder alone
+    index_thumbnail_weight: float = 0.5
     index_thumbnail_size: int = 32
     promotion_metric: str = "same_patent_mAP"  # the challenger must beat the champion on this
 

@@ -226,9 +226,10 @@ def _results_table(hits: list) -> str:
     group_name=RETRIEVAL_GROUP,
     kinds={"faiss"},
     automation_condition=EAGER,
-    description="The search index of every figure, built with the champion encoder: image embeddings, their "
-    "text-space projections and the patents' title + abstract, each a FAISS index in grant-date order "
-    "(prior-art filtering inside the search). DVC-versioned; `patentflow search` reads it.",
+    description="The search index of every figure, built with the champion encoder: image embeddings "
+    "(fused with ink thumbnails by default), their text-space projections and the patents' title + "
+    "abstract, each a FAISS index in grant-date order (prior-art filtering inside the search). "
+    "DVC-versioned; `patentflow search` reads it.",
 )
 def retrieval_index(
     context: dg.AssetExecutionContext,
@@ -238,6 +239,7 @@ def retrieval_index(
     dvc: DataVersioning,
 ) -> dg.MaterializeResult:
     from training import figure_search, tracking
+    from training.retrieval_index import IndexOptions
 
     uri = mlflow.uri()
     version = tracking.get_alias_version(mlflow.retrieval_model, tracking.CHAMPION, tracking_uri=uri)
@@ -251,6 +253,7 @@ def retrieval_index(
         Path(encoder_dir),
         out,
         kind=retrieval.index_kind,  # type: ignore[arg-type]
+        options=IndexOptions(refine=retrieval.index_refine),
         text_encoder_dir=retrieval.text_encoder_dir or None,
         encoder_source=f"{model_uri} (version {version})",
         thumbnail_weight=retrieval.index_thumbnail_weight,

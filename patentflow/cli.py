@@ -193,6 +193,13 @@ def index(
         str, typer.Option(help="models:/NAME@ALIAS, models:/NAME/VERSION or an encoder directory.")
     ] = "models:/patent-figure-encoder@champion",
     kind: Annotated[str, typer.Option(help="flat (exact), ivf, hnsw or ivfpq.")] = "flat",
+    refine: Annotated[
+        int,
+        typer.Option(
+            help="With --kind ivfpq: re-score N x k PQ candidates with the exact vectors (kept "
+            "beside the codes). 0: PQ scores as they are."
+        ),
+    ] = 0,
     text_encoder: Annotated[
         Path | None, typer.Option(help="A sentence-transformers model directory (default: MiniLM).")
     ] = None,
@@ -200,19 +207,24 @@ def index(
         float,
         typer.Option(
             help="Fuse each image embedding with its ink thumbnail: image search scores "
-            "(1 - W) x encoder cosine + W x thumbnail cosine. 0 (default): the encoder alone."
+            "(1 - W) x encoder cosine + W x thumbnail cosine. 0: the encoder alone."
         ),
-    ] = 0.0,
+    ] = 0.5,
     thumbnail_size: Annotated[
-        int, typer.Option(help="Thumbnail side in pixels, with --thumbnail-weight.")
+        int, typer.Option(help="Thumbnail side in pixels, with --thumbnail-weight above 0.")
     ] = 32,
 ) -> None:
     """Embed every figure with the encoder (default: the registry's champion) and write a FAISS
     search index: images, their text-space projections, and the patents' title + abstract."""
     from training import figure_search, tracking
+    from training.retrieval_index import IndexOptions
 
     if kind not in ("flat", "ivf", "hnsw", "ivfpq"):
         raise typer.BadParameter("flat, ivf, hnsw or ivfpq", param_hint="--kind")
+    if refine < 0 or (refine and kind != "ivfpq"):
+        raise typer.BadParameter(
+            f"a factor of k (0: off) with --kind ivfpq, got {refine}", param_hint="--refine"
+        )
     if not 0.0 <= thumbnail_weight < 1.0:
         raise typer.BadParameter(
             f"must be in [0, 1), got {thumbnail_weight}", param_hint="--thumbnail-weight"
@@ -238,6 +250,7 @@ def index(
         Path(encoder_dir),
         out,
         kind=kind,  # type: ignore[arg-type]
+        options=IndexOptions(refine=refine),
         text_encoder_dir=text_encoder,
         encoder_source=encoder,
         progress=True,

@@ -107,8 +107,6 @@ def test_cli_index_then_search_json(
             str(out),
             "--encoder",
             str(collection["encoder"]),
-            "--thumbnail-weight",
-            "0.5",
         ],
     )
     assert built.exit_code == 0, built.output
@@ -197,31 +195,69 @@ def test_thumbnail_fusion_scores_the_weighted_sum_of_both_cosines(collection: di
         fuse_with_thumbnails(embeddings, thumbnails, 1.0)
 
 
-def test_a_fused_index_finds_itself_and_reports_each_part(
+def test_the_default_index_is_fused_and_a_blank_sheet_does_not_stop_it(
     collection: dict[str, Path], tmp_path: Path
 ) -> None:
+    from PIL import Image
+
+    blank = tmp_path / "blank.png"
+    Image.new("L", (400, 500), 255).save(blank)
+    rows = list(read_jsonl(collection["figures"]))[:-2]
+    figures = tmp_path / "figures.jsonl"
+    write_jsonl(figures, [*rows, {**rows[0], "image_id": "USX__blank", "image_path": str(blank)}])
     out = tmp_path / "fused"
-    built = figure_search.build_search_index(
-        collection["figures"], collection["encoder"], out, thumbnail_weight=0.5, thumbnail_size=32
-    )
+    built = figure_search.build_search_index(figures, collection["encoder"], out)
     assert built.manifest["figure_vectors"] == {
         "dim": 128 + 32 * 32,
-        "thumbnail_weight": 0.5,
-        "thumbnail_size": 32,
+        "thumbnail_weight": figure_search.DEFAULT_THUMBNAIL_WEIGHT,
+        "thumbnail_size": figure_search.DEFAULT_THUMBNAIL_SIZE,
     }
-    for part in ("same_patent", "same_patent_encoder", "same_patent_thumbnails"):
-        assert built.evaluation[part]["queries"] > 0
+    assert built.manifest["counts"]["figures"] == len(rows) + 1
+    evaluation = built.evaluation
+    # The blank sheet is in the index and queries the fused vectors, but has no thumbnail to match.
+    assert evaluation["same_patent"]["queries"] == evaluation["same_patent_encoder"]["queries"]
+    assert evaluation["same_patent_thumbnails"]["queries"] == evaluation["same_patent"]["queries"] - 1
     loaded = figure_search.SearchIndex.load(out)
     query = loaded.figures.figures[3]
     hits = loaded.search_image(Path(query.image_path), k=3)
     assert hits[0].figure_id == query.figure_id and hits[0].score == pytest.approx(1.0, abs=1e-4)
 
 
-def test_an_index_from_before_fusion_still_searches(collection: dict[str, Path], tmp_path: Path) -> None:
-    import shutil
+def test_the_cli_and_the_pipeline_default_to_the_library_fusion() -> None:
+    import inspect
 
+    from orchestration.resources import RetrievalSettings
+    from patentflow.cli import index
+
+    options = inspect.signature(index).parameters
+    assert options["thumbnail_weight"].default == figure_search.DEFAULT_THUMBNAIL_WEIGHT
+    assert options["thumbnail_size"].default == figure_search.DEFAULT_THUMBNAIL_SIZE
+    settings = RetrievalSettings()
+    assert settings.index_thumbnail_weight == figure_search.DEFAULT_THUMBNAIL_WEIGHT
+    assert settings.index_thumbnail_size == figure_search.DEFAULT_THUMBNAIL_SIZE
+
+
+def test_the_build_evaluates_a_sample_of_queries_on_large_collections(
+    collection: dict[str, Path], tmp_path: Path
+) -> None:
+    built = figure_search.build_search_index(
+        collection["figures"],
+        collection["encoder"],
+        tmp_path / "sampled",
+        thumbnail_weight=0.0,
+        evaluation_queries=5,
+    )
+    assert built.evaluation["same_patent"]["queries"] == 5
+    assert built.manifest["figure_vectors"] == {"dim": 128, "thumbnail_weight": 0.0, "thumbnail_size": 0}
+    with pytest.raises(ValueError, match="at least 1"):
+        figure_search.build_search_index(
+            collection["figures"], collection["encoder"], tmp_path / "none", evaluation_queries=0
+        )
+
+
+def test_an_index_from_before_fusion_still_searches(collection: dict[str, Path], tmp_path: Path) -> None:
     copy = tmp_path / "older"
-    shutil.copytree(collection["index"], copy)
+    figure_search.build_search_index(collection["figures"], collection["encoder"], copy, thumbnail_weight=0.0)
     manifest = json.loads((copy / figure_search.MANIFEST).read_text())
     del manifest["figure_vectors"]
     (copy / figure_search.MANIFEST).write_text(json.dumps(manifest))
@@ -235,9 +271,10 @@ def test_an_index_from_before_fusion_still_searches(collection: dict[str, Path],
     [
         (["--thumbnail-weight", "1.5"], "[0, 1)"),
         (["--thumbnail-weight", "0.5", "--thumbnail-size", "8"], "at least 32"),
+        (["--refine", "4"], "with --kind ivfpq"),
     ],
 )
-def test_cli_index_bad_fusion_options_are_refused(
+def test_cli_index_bad_options_are_refused(
     args: list[str],
     message: str,
     collection: dict[str, Path],
