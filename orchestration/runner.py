@@ -197,9 +197,14 @@ def _retrieval_summary(result: dg.ExecuteInProcessResult) -> dict[str, Any]:
         summary["champion_version"] = champion["champion_version"].value
         summary["reason"] = champion["reason"].value
     if index := events.get("retrieval_index", {}):
-        summary["index"] = (
-            f"{index['figures'].value} figures, {index['patents'].value} patents ({index['kind'].value})"
+        fusion = (
+            f"; thumbnail weight {index['thumbnail_weight'].value}" if "thumbnail_weight" in index else ""
         )
+        summary["index"] = (
+            f"{index['figures'].value} figures, {index['patents'].value} patents ({index['kind'].value}{fusion})"
+        )
+        if "collection_same_patent_mAP" in index:
+            summary["index"] += f", same-patent mAP {index['collection_same_patent_mAP'].value:.3f} over them"
     for evaluation in result.get_asset_check_evaluations():
         if evaluation.check_name == "retrieval_challenger_beats_champion" and not evaluation.passed:
             summary["blocked_by_check"] = True
