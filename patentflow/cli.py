@@ -221,10 +221,10 @@ def index(
 
     if kind not in ("flat", "ivf", "hnsw", "ivfpq"):
         raise typer.BadParameter("flat, ivf, hnsw or ivfpq", param_hint="--kind")
-    if refine < 0 or (refine and kind != "ivfpq"):
-        raise typer.BadParameter(
-            f"a factor of k (0: off) with --kind ivfpq, got {refine}", param_hint="--refine"
-        )
+    if refine < 0:
+        raise typer.BadParameter(f"must be 0 (off) or a factor of k, got {refine}", param_hint="--refine")
+    if refine and kind != "ivfpq":
+        raise typer.BadParameter(f"only with --kind ivfpq, not {kind}", param_hint="--refine")
     if not 0.0 <= thumbnail_weight < 1.0:
         raise typer.BadParameter(
             f"must be in [0, 1), got {thumbnail_weight}", param_hint="--thumbnail-weight"

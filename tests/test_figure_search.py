@@ -271,7 +271,8 @@ def test_an_index_from_before_fusion_still_searches(collection: dict[str, Path],
     [
         (["--thumbnail-weight", "1.5"], "[0, 1)"),
         (["--thumbnail-weight", "0.5", "--thumbnail-size", "8"], "at least 32"),
-        (["--refine", "4"], "with --kind ivfpq"),
+        (["--refine", "4"], "only with --kind ivfpq"),
+        (["--kind", "ivfpq", "--refine", "-1"], "must be 0 (off)"),
     ],
 )
 def test_cli_index_bad_options_are_refused(

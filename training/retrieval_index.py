@@ -316,7 +316,7 @@ class FigureIndex:
         if isinstance(self.index, faiss.IndexRefine):
             # The filter and nprobe go to the PQ index; its refine x k candidates are re-scored.
             params = faiss.IndexRefineSearchParameters(
-                k_factor=float(self.options.refine), base_index_params=params
+                k_factor=float(max(self.options.refine, 1)), base_index_params=params
             )
         return params, keep_alive
 
