@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -252,9 +252,7 @@ def _evaluation_queries(rows: list[dict[str, Any]], limit: int) -> list[str] | N
     figures whose patent has another figure to find."""
     if len(rows) <= limit:
         return None
-    views: dict[str, int] = defaultdict(int)
-    for row in rows:
-        views[row["patent_id"]] += 1
+    views = Counter(row["patent_id"] for row in rows)
     judged = [row["image_id"] for row in rows if views[row["patent_id"]] > 1]
     if len(judged) <= limit:
         return judged
