@@ -1,4 +1,5 @@
-"""What the parser extracts from one `us-patent-grant` document (any DTD v4.0 to v4.7)."""
+"""What the parser extracts from one `us-patent-grant` (any DTD v4.0 to v4.7) or
+`us-patent-application` document."""
 
 from __future__ import annotations
 
@@ -24,8 +25,8 @@ class DrawingSheet:
 class GrantDocument:
     patent_id: str  # US + doc-number + kind, e.g. USD0907292S1, US11036663B2
     doc_number: str  # D0907292, 11036663
-    kind: str  # S1, B2, B1, E
-    grant_date: str  # ISO yyyy-mm-dd
+    kind: str  # the kind code: S1, B2, B1, E; A1, A2, A9 for applications
+    grant_date: str  # ISO yyyy-mm-dd; for an application its publication date (prior art from then)
     title: str
     dtd_version: str = ""  # "v4.5 2014-04-03"
     application_type: str = ""  # utility, design, plant, reissue
@@ -40,6 +41,7 @@ class GrantDocument:
     number_of_sheets: int | None = None  # <figures><number-of-drawing-sheets>
     number_of_figures: int | None = None  # <figures><number-of-figures>
     source: str = ""  # where it came from: file, zip member, offset in a concatenated file
+    document_kind: str = "grant"  # "grant" or "application" (a published application)
 
 
 @dataclass

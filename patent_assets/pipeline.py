@@ -63,7 +63,7 @@ def read_step_summary(out_dir: Path) -> dict[str, Any]:
 
 
 # Bump when a step's output would change for the same input, so the cache below is not reused.
-STEP_VERSION = "1"
+STEP_VERSION = "2"
 
 
 def inputs_hash(*paths: Path) -> str:
@@ -96,7 +96,8 @@ def _cached(out_dir: Path, input_hash: str, outputs: tuple[str, ...]) -> StepRes
 
 
 def parse_sources(paths: list[Path], out_dir: Path) -> StepResult:
-    """Parse every grant of the given release files (any real USPTO shape) into documents.jsonl.
+    """Parse every grant and published application of the given release files (any real USPTO
+    shape) into documents.jsonl; other document types are skipped and counted by type.
 
     Drawing sheets are extracted under `out_dir/sheets/` (directory sources are read in place).
     """
@@ -134,8 +135,10 @@ def parse_sources(paths: list[Path], out_dir: Path) -> StepResult:
             )
         skipped.update(summary.skipped)
     write_jsonl(out_dir / DOCUMENTS, rows)
+    kinds = Counter(r["document"].get("document_kind", "grant") for r in rows)
     counts = {
-        "grants": len(rows),
+        "grants": kinds["grant"],
+        "applications": kinds["application"],
         "rejected": len(rejected),
         "skipped_non_grants": sum(skipped.values()),
         "sheets": sum(len(r["document"]["sheets"]) for r in rows),
@@ -358,6 +361,7 @@ def _figure_records(
                 release=release,
                 image_sha256=row["sha256"],
                 abstract=doc.abstract,
+                document_kind=doc.document_kind,
             )
         )
     return records

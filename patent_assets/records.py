@@ -37,13 +37,16 @@ class FigureRecord:
     figure_labels: list[str]  # ["FIG. 3A", "FIG. 3B"]
     brief_description: str
     detailed_description: str
-    grant_date: str  # ISO yyyy-mm-dd
+    # ISO yyyy-mm-dd: the date the figure is prior art from, which the prior-art filter uses; for a
+    # published application (document_kind "application") it is the publication date.
+    grant_date: str
     classifications: list[str]
     title: str
     ocr: OcrWords
     release: str = ""
     image_sha256: str = ""
     abstract: str = ""  # the patent's abstract: with the title, its text for patent-level search
+    document_kind: str = "grant"  # "grant" or "application"; records written before it are grants
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FigureRecord:

@@ -1,8 +1,12 @@
-"""Parse USPTO `us-patent-grant` XML (DTD v4.0 to v4.7) into `GrantDocument`s, safely.
+"""Parse USPTO `us-patent-grant` (DTD v4.0 to v4.7) and `us-patent-application` XML into
+`GrantDocument`s, safely.
 
 USPTO ships grants one per file (inside per-patent ZIPs) or many per file (the weekly
 `ipgYYMMDD` text product), where each document starts with its own `<?xml ...?>` line and
-other document types (sequence listings) are interleaved. The parser never fetches the DTD
+other document types (sequence listings) are interleaved. Published applications (the weekly
+application product, same v4.x schema with a `us-bibliographic-data-application`) are prior
+art from their publication date, so they are parsed too, with `document_kind` "application";
+every other document type is skipped and counted. The parser never fetches the DTD
 a DOCTYPE names, never resolves entities, and rejects documents that declare entities at
 all (billion laughs, external entities): real grants declare none.
 """
@@ -21,6 +25,12 @@ from patent_assets.documents import DrawingSheet, GrantDocument
 from patent_assets.records import Rejection
 
 GRANT_ROOT = "us-patent-grant"
+APPLICATION_ROOT = "us-patent-application"
+# Root element -> (document_kind, the bibliographic-data element it holds).
+DOCUMENT_ROOTS = {
+    GRANT_ROOT: ("grant", "us-bibliographic-data-grant"),
+    APPLICATION_ROOT: ("application", "us-bibliographic-data-application"),
+}
 
 # Each document of a concatenated file begins with an XML declaration.
 _XML_DECLARATION = re.compile(rb"<\?xml\s")
@@ -38,6 +48,9 @@ _ENTITY_REASON = (
 )
 _SAFE_ID_PART = re.compile(r"^[A-Za-z0-9]+$")
 _OLD_IPC = re.compile(r"^([A-H]\d\d[A-Z])\s*0*(\d+)\s*/\s*(\d+)")
+# The detailed description's processing-instruction name: DETDESC in the grants of v4.0-v4.5,
+# "detailed-description" in the 2025 applications (DTD v4.6).
+_DETAILED_PIS = frozenset({"DETDESC", "detailed-description"})
 # The prolog is short; sniffing the document type needs only its first bytes.
 _SNIFF_BYTES = 4096
 
@@ -47,10 +60,10 @@ class DocumentError(ValueError):
 
 
 class NotAGrant(DocumentError):
-    """Another document type (sequence listing, application): skipped and counted, not an error."""
+    """Neither a grant nor a published application (sequence listing, ...): skipped and counted."""
 
     def __init__(self, doc_type: str) -> None:
-        super().__init__(f"not a {GRANT_ROOT} document: {doc_type}")
+        super().__init__(f"not a {GRANT_ROOT} or {APPLICATION_ROOT} document: {doc_type}")
         self.doc_type = doc_type
 
 
@@ -273,8 +286,8 @@ def _brief_and_detailed(root: etree._Element) -> tuple[list[str], list[str]]:
         brief = [p.text for p in paragraphs if brief_pi in p.sections]
     is_brief = [p.in_drawings_element or brief_pi in p.sections for p in paragraphs]
 
-    if any("DETDESC" in p.sections for p in paragraphs):
-        detailed = [p.text for p in paragraphs if "DETDESC" in p.sections]
+    if any(p.sections & _DETAILED_PIS for p in paragraphs):
+        detailed = [p.text for p in paragraphs if p.sections & _DETAILED_PIS]
     elif brief:  # no DETDESC marks: what follows the drawings' description, outside other sections
         detailed = [
             p.text
@@ -300,9 +313,13 @@ def _reject_entity_declarations(tree: etree._ElementTree, doc_number: str) -> No
 
 
 def parse_grant(xml: bytes, source: str = "") -> GrantDocument:
-    """Parse one `us-patent-grant` document. Raises `NotAGrant` or `InvalidDocument`."""
+    """Parse one `us-patent-grant` or `us-patent-application` document.
+
+    An application's `grant_date` is its publication date, the date it becomes prior art.
+    Raises `NotAGrant` for any other document type, `InvalidDocument` for a broken one.
+    """
     doc_type = sniff_document_type(xml)
-    if doc_type and doc_type != GRANT_ROOT:
+    if doc_type and doc_type not in DOCUMENT_ROOTS:
         raise NotAGrant(doc_type)
     sniffed_number = sniff_doc_number(xml)
     # Refuse entity declarations before libxml2 sees them (it would stop a billion-laughs
@@ -317,12 +334,13 @@ def parse_grant(xml: bytes, source: str = "") -> GrantDocument:
     if root is None:
         raise InvalidDocument("empty XML document", sniffed_number)
     _reject_entity_declarations(root.getroottree(), sniffed_number)
-    if root.tag != GRANT_ROOT:
+    if root.tag not in DOCUMENT_ROOTS:
         raise NotAGrant(str(root.tag))
 
-    bib = root.find("us-bibliographic-data-grant")
+    document_kind, bib_tag = DOCUMENT_ROOTS[root.tag]
+    bib = root.find(bib_tag)
     if bib is None:
-        raise InvalidDocument("no <us-bibliographic-data-grant>", sniffed_number)
+        raise InvalidDocument(f"no <{bib_tag}>", sniffed_number)
     publication = bib.find("publication-reference/document-id")
     doc_number = _child_text(publication, "doc-number")
     kind = _child_text(publication, "kind")
@@ -360,12 +378,14 @@ def parse_grant(xml: bytes, source: str = "") -> GrantDocument:
         number_of_sheets=_int_or_none(_child_text(figures, "number-of-drawing-sheets")),
         number_of_figures=_int_or_none(_child_text(figures, "number-of-figures")),
         source=source,
+        document_kind=document_kind,
     )
 
 
 @dataclass
 class ParseReport:
-    """What a concatenated file held: grants kept, non-grants skipped by type, rejections."""
+    """What a concatenated file held: grants and applications kept (in `grants`), other document
+    types skipped by type, rejections."""
 
     source: str
     documents: int = 0

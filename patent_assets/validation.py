@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 EARLIEST_GRANT_DATE = "1976-01-01"  # the USPTO full-text era
+DOCUMENT_KINDS = ("grant", "application")  # FigureRecord.document_kind
 ISO_DATE_REGEX = r"^\d{4}-\d{2}-\d{2}$"
 
 # Column -> GX type name. "str" accepts pandas' string dtype and, for object columns, checks each value.
@@ -143,13 +144,14 @@ def figures_frame(
                 "brief_tokens": len(str(record.brief_description or "").split()),
                 "detailed_tokens": len(str(record.detailed_description or "").split()),
                 "grant_date": record.grant_date,
+                "document_kind": record.document_kind,
                 "n_figure_labels": len(record.figure_labels),
                 "n_ocr_words": n_words,
                 "has_ocr": n_words > 0,
                 "image_readable": is_readable,
             }
         )
-    columns = [*REQUIRED_COLUMNS, "release", "title", "brief_tokens", "detailed_tokens"]
+    columns = [*REQUIRED_COLUMNS, "release", "title", "brief_tokens", "detailed_tokens", "document_kind"]
     frame = pd.DataFrame(rows, columns=list(dict.fromkeys(columns)))
     for column, dtype in REQUIRED_COLUMNS.items():
         if dtype in ("int64", "bool"):
@@ -185,7 +187,11 @@ def figure_expectations(
     min_alignment_rate: float = 0.9,
     today: dt.date | None = None,
 ) -> list[tuple[str, Any]]:
-    """The suite, as (name, expectation) pairs: schema, identity, content, images, OCR, alignment, dates."""
+    """The suite, as (name, expectation) pairs: schema, identity, content, images, OCR, alignment, dates.
+
+    `grant_date` is the date a figure is prior art from: for a published application, its
+    publication date; both kinds are held to the same date range.
+    """
     import pandas as pd
 
     _, gxe, _, _ = _gx()
@@ -205,6 +211,10 @@ def figure_expectations(
         ),
         ("readable_images", gxe.ExpectColumnValuesToBeInSet(column="image_readable", value_set=[True])),
         ("ocr_coverage", gxe.ExpectColumnMeanToBeBetween(column="has_ocr", min_value=min_ocr_coverage)),
+        (
+            "document_kinds_known",
+            gxe.ExpectColumnValuesToBeInSet(column="document_kind", value_set=list(DOCUMENT_KINDS)),
+        ),
         ("grant_dates_iso", gxe.ExpectColumnValuesToMatchRegex(column="grant_date", regex=ISO_DATE_REGEX)),
         ("grant_dates_valid", gxe.ExpectColumnValuesToNotBeNull(column="grant_date_parsed")),
         (
@@ -303,7 +313,8 @@ def validate_figures(
 ) -> ValidationReport:
     """Validate figure records: schema, unique ids, non-empty brief descriptions, readable images,
     OCR coverage (share of figures with >= 1 OCR word), alignment rate (aligned / expected figures,
-    skipped when None) and grant dates (ISO, 1976-01-01 .. today). `duration_s` includes building the
+    skipped when None), document kinds (grant or application) and grant dates (ISO, 1976-01-01 ..
+    today; an application's is its publication date). `duration_s` includes building the
     frame (opening every image); the first call in a process also pays the GX import."""
     started = time.perf_counter()
     frame = figures_frame(records, alignment_rate=alignment_rate, check_images=check_images)

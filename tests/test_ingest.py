@@ -16,8 +16,8 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from patent_assets import synthetic
-from patent_assets.records import read_figures, read_rejections
+from patent_assets import pipeline, synthetic
+from patent_assets.records import FigureRecord, read_figures, read_rejections
 from patentflow.cli import app
 from tests.http_server import Fault, serve
 
@@ -62,6 +62,82 @@ def test_real_design_grants_land_on_the_right_sheets(realdata: Path, tmp_path: P
         and record.grant_date.startswith("2021")
     )
     assert all(0 <= v <= 1000 for r in records for box in r.ocr.boxes for v in box)
+
+
+APPLICATIONS = "applications_with_drawings_2025"
+
+
+@pytest.fixture(scope="module")
+def applications(
+    realdata: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, pipeline.IngestSummary]:
+    """The two real published applications (24 sheets), ingested once for the module."""
+    out = tmp_path_factory.mktemp("applications") / "out"
+    summary = pipeline.ingest([realdata / APPLICATIONS], out, cache_dir=out.parent / "ocr-cache", workers=2)
+    return out, summary
+
+
+def test_published_applications_are_ingested_with_their_publication_date(
+    applications: tuple[Path, pipeline.IngestSummary],
+) -> None:
+    out, summary = applications
+    documents = summary.steps["documents"].counts
+    assert (documents["applications"], documents["grants"], documents["skipped_non_grants"]) == (2, 0, 0)
+    assert summary.rejected == []
+    records = read_figures(out / "figures.jsonl")
+    published = {"US20250204297A1": "2025-06-26", "US20250250937A1": "2025-08-07"}
+    assert {r.patent_id for r in records} == set(published)
+    assert all(r.document_kind == "application" for r in records)
+    # The date the prior-art filter reads is the publication date.
+    assert all(r.grant_date == published[r.patent_id] for r in records)
+    # The detailed description (marked <?detailed-description?> in these files) is read: 19 of the
+    # 22 sheets have paragraphs that refer to their figures.
+    assert sum(1 for r in records if r.detailed_description) >= 0.8 * len(records)
+
+
+def test_applications_labels_land_on_their_sheets_and_none_is_invented(
+    realdata: Path, applications: tuple[Path, pipeline.IngestSummary]
+) -> None:
+    out, _ = applications
+    labels = realdata / APPLICATIONS / "sheet_figure_labels.json"
+    truth = {
+        (p["publication"], s["sheet"]): set(s["figures_on_sheet"])
+        for p in json.loads(labels.read_text())["patents"]
+        for s in p["sheets"]
+    }
+    found = {
+        (r.patent_id, r.sheet): {lab.removeprefix("FIG. ") for lab in r.figure_labels}
+        for r in read_figures(out / "figures.jsonl")
+    }
+    total = sum(len(v) for v in truth.values())
+    hit = sum(len(v & found.get(k, set())) for k, v in truth.items())
+    invented = sum(len(v - truth.get(k, set())) for k, v in found.items())
+    assert total == 27 and hit / total >= 0.97 and invented == 0, (hit, total, invented)
+    scored = subprocess.run(
+        [sys.executable, str(SCORER), str(labels), str(out / "figures.jsonl"), "0.97"],
+        capture_output=True,
+        text=True,
+    )
+    assert scored.returncode == 0 and "extra=0" in scored.stdout, scored.stdout
+
+
+def test_records_without_document_kind_still_read(tmp_path: Path) -> None:
+    row = {
+        "image_id": "USD0907292S1__1",
+        "patent_id": "USD0907292S1",
+        "sheet": "D00001",
+        "image_path": "x.png",
+        "figure_labels": ["FIG. 1"],
+        "brief_description": "FIG. 1 is a view.",
+        "detailed_description": "",
+        "grant_date": "2021-01-05",
+        "classifications": [],
+        "title": "Thing",
+        "ocr": {},
+    }
+    (tmp_path / "figures.jsonl").write_text(json.dumps(row) + "\n")
+    [record] = read_figures(tmp_path / "figures.jsonl")
+    assert isinstance(record, FigureRecord) and record.document_kind == "grant"
 
 
 def _zip_bytes(members: dict[str, bytes]) -> bytes:

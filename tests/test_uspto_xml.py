@@ -1,4 +1,5 @@
-"""The grant parser on the real USPTO files (DTD v4.0 to v4.5) and on hostile documents."""
+"""The grant parser on the real USPTO files (grants DTD v4.0 to v4.5, applications v4.6) and on
+hostile documents."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from patent_assets.uspto_xml import (
 )
 
 DESIGN_DIR = "design_patents_with_drawings_2021"
+APPLICATIONS_DIR = "applications_with_drawings_2025"
 
 
 def _single(realdata: Path, name: str) -> bytes:
@@ -226,6 +228,7 @@ def test_minimal_grant_parses() -> None:
     grant = parse_grant(_minimal_grant())
     assert isinstance(grant, GrantDocument)
     assert (grant.patent_id, grant.grant_date, grant.title) == ("USD0900001S1", "2021-01-05", "Thing")
+    assert grant.document_kind == "grant"
 
 
 def test_sequence_listing_is_not_a_grant(realdata: Path) -> None:
@@ -235,8 +238,51 @@ def test_sequence_listing_is_not_a_grant(realdata: Path) -> None:
         parse_grant(sequence)
     assert caught.value.doc_type == "sequence-cwu"
     assert isinstance(caught.value, DocumentError) and isinstance(caught.value, ValueError)
-    with pytest.raises(NotAGrant, match="us-patent-application"):
+    # An application is parsed now: one without its bibliographic data is invalid, not skipped.
+    with pytest.raises(InvalidDocument, match="no <us-bibliographic-data-application>"):
         parse_grant(b'<?xml version="1.0"?>\n<us-patent-application><x/></us-patent-application>')
+
+
+def _application_xml(realdata: Path, stem: str) -> bytes:
+    return (realdata / APPLICATIONS_DIR / stem / f"{stem}.XML").read_bytes()
+
+
+def test_published_applications_parse_with_their_publication_date(realdata: Path) -> None:
+    labels = json.loads((realdata / APPLICATIONS_DIR / "sheet_figure_labels.json").read_text())
+    for patent in labels["patents"]:
+        xml = _application_xml(realdata, patent["patent_dir"])
+        document = parse_grant(xml, source=patent["patent_dir"])
+        assert document.document_kind == "application"
+        assert document.patent_id == patent["publication"] and document.kind == "A1"
+        # The publication date (the prior-art date) is the folder name's date.
+        published = patent["patent_dir"].rsplit("-", 1)[1]
+        assert document.grant_date == f"{published[:4]}-{published[4:6]}-{published[6:]}"
+        assert document.dtd_version == patent["dtd_version"] and document.application_type == "utility"
+        assert document.title == patent["title"]
+        # No <number-of-drawing-sheets> / <number-of-figures> in application XML.
+        assert document.number_of_sheets is None and document.number_of_figures is None
+        assert [s.sheet_id for s in document.sheets] == [s["sheet"] for s in patent["sheets"]]
+        assert {s.sheet_id for s in document.sheets if s.orientation == "landscape"} == {
+            s["sheet"] for s in patent["sheets"] if s["orientation"] == "landscape"
+        }
+        assert document.brief_paragraphs == [" ".join(p.split()) for p in patent["description_of_drawings"]]
+        assert document.claims and document.abstract
+        # The detailed description is marked <?detailed-description?> here, not <?DETDESC?>.
+        assert len(document.detailed_paragraphs) > 20
+        assert not set(document.detailed_paragraphs) & set(document.brief_paragraphs)
+        assert any(c.startswith("CPC:") for c in document.classifications)
+
+
+def test_applications_and_grants_in_one_file_other_types_skipped(realdata: Path) -> None:
+    application = _application_xml(realdata, "US20250250937A1-20250807")
+    weekly = (realdata / "uspto_xml" / "concatenated_weekly_ipg" / "ipg060103.small.xml").read_bytes()
+    sequence = next(doc for _, doc in split_documents(weekly) if b"<!DOCTYPE sequence-cwu" in doc)
+    report = parse_concatenated(_minimal_grant() + application + sequence, "mixed.xml")
+    assert [(d.patent_id, d.document_kind) for d in report.grants] == [
+        ("USD0900001S1", "grant"),
+        ("US20250250937A1", "application"),
+    ]
+    assert report.skipped == {"sequence-cwu": 1} and report.rejections == []
 
 
 BILLION_LAUGHS = (

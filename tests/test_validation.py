@@ -85,6 +85,7 @@ def test_good_set_passes(image_dir: Path, gx_ready: float) -> None:
         "grant_dates_in_range",
         "grant_dates_iso",
         "schema:type:grant_date",
+        "document_kinds_known",
     } <= names
     summary = report.summary()
     assert summary["success"] is True and summary["failed"] == 0 and summary["failing"] == ""
@@ -111,6 +112,8 @@ def _bad(image_dir: Path, case: str) -> tuple[list[FigureRecord], float | None]:
     elif case == "low_ocr_coverage":
         for n in range(3):
             records[n] = dataclasses.replace(records[n], ocr=OcrWords())
+    elif case == "unknown_kind":
+        records[9] = dataclasses.replace(records[9], document_kind="reissue")
     elif case == "wrong_type":
         records[8] = dataclasses.replace(records[8], sheet=1)  # type: ignore[arg-type]
     return records, (0.5 if case == "low_alignment" else 0.95)
@@ -128,6 +131,7 @@ def _bad(image_dir: Path, case: str) -> tuple[list[FigureRecord], float | None]:
         ("low_ocr_coverage", {"ocr_coverage"}),
         ("low_alignment", {"alignment_rate"}),
         ("wrong_type", {"schema:type:sheet"}),
+        ("unknown_kind", {"document_kinds_known"}),
     ],
 )
 def test_each_bad_case_fails_its_expectation(
@@ -138,6 +142,31 @@ def test_each_bad_case_fails_its_expectation(
     assert not report.success
     assert set(report.failing) == failing
     assert report.summary()["failing"] == ", ".join(report.failing)
+
+
+def test_published_applications_pass_with_their_publication_date(image_dir: Path, gx_ready: float) -> None:
+    records = [
+        *_good(image_dir, 3),
+        _record(
+            image_dir,
+            7,
+            patent_id="US20250204297A1",
+            image_id="US20250204297A1__1",
+            document_kind="application",
+            grant_date="2025-06-26",  # its publication date
+        ),
+    ]
+    report = validate_figures(records, alignment_rate=1.0, today=dt.date(2026, 1, 1))
+    assert report.success, report.failing
+    assert figures_frame(records, check_images=False)["document_kind"].tolist() == ["grant"] * 3 + [
+        "application"
+    ]
+
+
+def test_records_written_before_document_kind_read_as_grants(image_dir: Path) -> None:
+    old = dataclasses.asdict(_record(image_dir, 1))
+    del old["document_kind"]
+    assert FigureRecord.from_dict(old).document_kind == "grant"
 
 
 def test_failures_name_the_offending_values(image_dir: Path, gx_ready: float) -> None:
