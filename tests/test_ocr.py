@@ -4,9 +4,11 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
 from PIL import Image, ImageDraw, ImageFont
 
-from patent_assets.ocr import ocr_image, ocr_images
+from patent_assets.images import ImageRejected
+from patent_assets.ocr import cache_path, ocr_cached, ocr_image, ocr_images, ocr_region
 
 
 def _text_sheet(path: Path, text: str, *, size: int = 60, angle: int = 0) -> Path:
@@ -69,3 +71,22 @@ def test_parallel_run_caches_by_content(tmp_path: Path) -> None:
     again = ocr_images([first, copy, second], cache, workers=2)
     assert (again.computed, again.cached, again.failed) == (0, 3, {})
     assert again.results[second] == run.results[second]
+
+
+def test_label_region_is_read_again_from_the_pixels(tmp_path: Path) -> None:
+    sheet = _text_sheet(tmp_path / "r.png", "FIG. 7", size=40)
+    words = ocr_image(sheet)
+    fig = words.boxes[words.words.index("FIG.")]
+    again = ocr_region(sheet, tuple(fig))
+    assert again.words[:2] == ["FIG.", "7"]
+    with pytest.raises(ImageRejected, match=r"missing\.png: file not found"):
+        ocr_region(tmp_path / "missing.png", (0, 0, 10, 10))
+
+
+def test_fine_pass_is_cached_apart_from_the_first(tmp_path: Path) -> None:
+    sheet = _text_sheet(tmp_path / "f.png", "FIG. 4")
+    cache = tmp_path / "cache"
+    first, fine = ocr_cached(sheet, cache), ocr_cached(sheet, cache, fine=True)
+    assert "4" in first.words and "4" in fine.words
+    assert cache_path(cache, "ab", fine=True) != cache_path(cache, "ab")
+    assert len(list(cache.rglob("*.json"))) == 2
