@@ -5,14 +5,23 @@ sheet images by the labels printed on the sheets. OCR alone misses labels (strok
 touching the drawing, rotated labels) and pure order fails wherever a sheet holds several FIGs.
 Both together: FIG numbers run in order through the sheets, so each sheet takes a contiguous run
 of the ordered labels, and a dynamic programme picks the runs that agree best with what OCR read.
+
+Where the two disagree, or the order alone cannot pin a label that OCR did not read, the label
+is left out rather than guessed: a wrong label on a sheet is worse than a missing one. Before
+giving up, the sheets in doubt get a second chance (every quarter turn, a finer text layer), and
+every FIG word whose number was not read is read again from the pixels around it.
 """
 
 from __future__ import annotations
 
+import functools
 import re
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
+
+import numpy as np
 
 from patent_assets.documents import GrantDocument
 from patent_assets.figrefs import (
@@ -22,10 +31,11 @@ from patent_assets.figrefs import (
     normalize_label,
     parse_brief_description,
 )
-from patent_assets.ocr import ocr_cached
+from patent_assets.ocr import ocr_cached, ocr_region
 from patent_assets.records import OcrWords
 
 Evidence = Literal["ocr", "order"]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -35,6 +45,7 @@ class LabelHit:
     confidence: float  # 0-1: tesseract's confidence, lowered when OCR confusions had to be undone
     box: tuple[int, int, int, int]  # 0-1000 of the image the words were read from
     rotation: int = 0  # degrees counter-clockwise the image was turned to read it
+    bare: bool = False  # a Hague number read alone, with no FIG word beside it
 
 
 @dataclass
@@ -43,10 +54,7 @@ class SheetScan:
 
     hits: list[LabelHit] = field(default_factory=list)
     unnumbered: int = 0
-
-    @property
-    def label_count(self) -> int:
-        return len({hit.key for hit in self.hits}) + self.unnumbered
+    unread: list[tuple[int, int, int, int]] = field(default_factory=list)  # their boxes, 0-1000
 
 
 @dataclass
@@ -57,6 +65,10 @@ class Alignment:
     unaligned: list[tuple[str, str]] = field(default_factory=list)  # (label, reason)
     rate_ocr: float = 0.0  # share of the placed labels that OCR saw on their sheet
     detected: dict[int, list[str]] = field(default_factory=dict)  # sheet num -> labels OCR read there
+    rescanned: list[int] = field(default_factory=list)  # sheets that got the second-chance OCR passes
+    # Printed part label -> the label the text names: "FIG. 2(a)" -> "FIG. 2" where the text says
+    # "FIG. 2 is ... with (a) being a section and (b) a plan view" and the sheets print 2(a), 2(b).
+    parts: dict[str, str] = field(default_factory=dict)
 
 
 # "FIG", "FIG.", "Fig,", "FIGS", "FIGURE", and tesseract's usual misreads of them ("F1G", "FlG", "IG,").
@@ -85,9 +97,14 @@ _HAGUE_RE = re.compile(r"^(?P<major>[1-9])(?P<dot>[.,:]?)(?P<minor>\d{1,2})$")
 _CONFUSED_PENALTY = 0.6  # a label read only after undoing a confusion counts for less
 
 ROTATIONS = (270, 90)  # labels printed across the sheet, read when the upright pass finds none
+# The second chance reads upside down too: a sheet whose orientation the XML gets wrong.
+DEEP_ROTATIONS = (270, 90, 180)
 # A sheet whose upright pass gives more words than this is a screen shot or a text-heavy drawing:
 # its turned passes cost ~10 s each and find no label there, so the order constraint decides it.
 BUSY_SHEET_WORDS = 250
+# Label regions read again per pass, at most (~0.1 s each): a text-heavy sheet can hold many FIG-like
+# words, a drawing sheet a few labels.
+MAX_REREADS = 8
 
 
 def _strip(word: str) -> str:
@@ -151,12 +168,21 @@ def scan_words(
     tokens = [_strip(w) for w in words.words]
     confidences = words.confidences or [50.0] * len(tokens)
 
-    def add(label_text: str, confidence: float, box: list[int]) -> bool:
+    def add(label_text: str, confidence: float, box: list[int], bare: bool = False) -> bool:
         label = normalize_label(label_text)
         if label is None:
             return False
-        scan.hits.append(LabelHit(label, label_key(label), round(confidence, 3), tuple(box), rotation))
+        scan.hits.append(LabelHit(label, label_key(label), round(confidence, 3), tuple(box), rotation, bare))
         return True
+
+    def next_word(i: int, parse: Callable[[str], T | None]) -> tuple[int, T] | None:
+        """The first of the next few words that sits just after word i and parses."""
+        for j in range(i + 1, min(i + 4, len(tokens))):
+            if j not in used and tokens[j] and _near_right(words.boxes, i, j):
+                parsed = parse(tokens[j])
+                if parsed is not None:
+                    return j, parsed
+        return None
 
     for i, token in enumerate(tokens):
         if i in used:
@@ -166,21 +192,23 @@ def scan_words(
             conf = confidences[i] / 100.0
             rest = match["rest"]
             number = _parse_number(rest) if rest else None
-            if number is None and not rest:
-                for j in range(i + 1, min(i + 4, len(tokens))):
-                    if j not in used and tokens[j] and _near_right(words.boxes, i, j):
-                        number = _parse_number(tokens[j])
-                        if number is not None:
-                            used.add(j)
-                            conf = min(conf, confidences[j] / 100.0)
-                            break
+            last = i
+            if number is None and not rest and (found := next_word(i, _parse_number)):
+                last, number = found
+                used.add(last)
+                conf = min(conf, confidences[last] / 100.0)
             if number is not None:
                 text, confused = number
+                # "Fig. 3 (a)": a parenthesised letter read as a word of its own is the suffix.
+                if _LABEL_RE.match(text)["suffix"] is None and (paren := next_word(last, _paren_suffix)):
+                    used.add(paren[0])
+                    text += paren[1]
                 add(f"FIG. {text}", conf * (_CONFUSED_PENALTY if confused else 1.0), words.boxes[i])
             elif sole_figure and token.upper().rstrip(".,") == "FIGURE":
                 add(SOLE_FIGURE, conf, words.boxes[i])
             else:
                 scan.unnumbered += 1
+                scan.unread.append(tuple(words.boxes[i]))
             continue
         if bare_numbers:
             hague = _hague_number(token)
@@ -190,8 +218,62 @@ def scan_words(
                     f"FIG. {text}",
                     confidences[i] / 100.0 * (_CONFUSED_PENALTY if confused else 1.0),
                     words.boxes[i],
+                    bare=True,
                 )
     return scan
+
+
+def _paren_suffix(token: str) -> str | None:
+    match = re.fullmatch(r"\(([A-Za-z])\)", token)
+    return f"({match[1]})" if match else None
+
+
+@dataclass(frozen=True)
+class ScanOptions:
+    """How to read one patent's sheets: which label forms to accept, and which labels its text names."""
+
+    bare_numbers: bool = False  # Hague reproductions print "1.2" with no "FIG."
+    sole_figure: bool = False  # a bare "FIGURE" is the sole figure's label
+    expected: frozenset[str] = frozenset()  # label keys of the brief description (empty: unknown)
+
+
+def _read_pass(png: Path, words: OcrWords, rotation: int, options: ScanOptions) -> SheetScan:
+    """Labels in one OCR pass, with the doubtful ones read again from the pixels around them.
+
+    A FIG word whose number was not read, and a label the text does not name ("FIG. 14" on a
+    patent of 7 figures, "FIG. 3S"), get a second look at the label's region (`ocr.ocr_region`).
+    """
+    scan = scan_words(
+        words, bare_numbers=options.bare_numbers, sole_figure=options.sole_figure, rotation=rotation
+    )
+    doubtful = [box for box in scan.unread]
+    if options.expected:
+        named = options.expected
+        doubtful += [hit.box for hit in scan.hits if hit.key not in named]
+    for box in doubtful[:MAX_REREADS]:
+        again = scan_words(
+            ocr_region(png, box, rotation=rotation),
+            bare_numbers=options.bare_numbers,
+            sole_figure=options.sole_figure,
+            rotation=rotation,
+        )
+        if not again.hits or (options.expected and not _named(again.hits[0].key, options.expected)):
+            continue
+        hit = replace(again.hits[0], box=box)
+        if box in scan.unread:
+            scan.unread.remove(box)
+            scan.unnumbered -= 1
+        scan.hits = [h for h in scan.hits if h.box != box] + [hit]
+    return scan
+
+
+def _base_key(key: str) -> str:
+    return key.rstrip("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+def _named(key: str, expected: Collection[str]) -> bool:
+    """Whether the text names this label, or its number with a stray mark read as a suffix."""
+    return key in expected or _base_key(key) in expected
 
 
 def scan_sheet(
@@ -202,29 +284,55 @@ def scan_sheet(
     sole_figure: bool = False,
     rotations: tuple[int, ...] = ROTATIONS,
     cache_dir: Path | None = None,
+    expected: Collection[str] = (),
+    deep: bool = False,
 ) -> SheetScan:
     """Labels on one sheet image: the upright OCR first, then turned passes only if it found none.
 
     The turned passes double or triple the OCR cost of a sheet, so they run only where needed.
+    `deep` is the second chance for a sheet whose labels the alignment could not settle: every
+    quarter turn and a finer text layer are read too, whatever the upright pass found, and merged
+    (~2.5 s a sheet; not on busy sheets, where it would cost ~40 s).
     """
+    options = ScanOptions(bare_numbers, sole_figure, frozenset(expected))
     upright = ocr if ocr is not None else ocr_cached(png, cache_dir)
-    scan = scan_words(upright, bare_numbers=bare_numbers, sole_figure=sole_figure)
+    scan = _read_pass(png, upright, 0, options)
+    if deep and len(upright.words) <= BUSY_SHEET_WORDS:
+        passes = [(rotation, False) for rotation in DEEP_ROTATIONS] + [(0, True)]
+        for rotation, fine in passes:
+            words = ocr_cached(png, cache_dir, rotation=rotation, fine=fine)
+            _merge(scan, _read_pass(png, words, rotation, options))
+        return scan
     if scan.hits or len(upright.words) > BUSY_SHEET_WORDS or not rotations:
         return scan
     # Most turned labels are on landscape sheets stored as portrait and read bottom-to-top, so the
     # quarter turn clockwise (270 counter-clockwise) goes first and the other only if it finds nothing.
     for rotation in rotations:
-        turned = scan_words(
-            ocr_cached(png, cache_dir, rotation=rotation),
-            bare_numbers=bare_numbers,
-            sole_figure=sole_figure,
-            rotation=rotation,
-        )
-        scan.unnumbered = max(scan.unnumbered, turned.unnumbered)
+        turned = _read_pass(png, ocr_cached(png, cache_dir, rotation=rotation), rotation, options)
+        _merge(scan, turned)
         if turned.hits:
-            scan.hits.extend(turned.hits)
             break
     return scan
+
+
+def _merge(scan: SheetScan, other: SheetScan) -> None:
+    """Add another pass's labels to a sheet's scan; FIG words without a number count once per pass.
+
+    A printed label is read once: where a later pass reads the same spot again, the earlier reading
+    stands (on the real sheets the finer pass misread three labels the first pass had right).
+    """
+    scan.hits.extend(hit for hit in other.hits if not any(_same_spot(hit, seen) for seen in scan.hits))
+    if other.unnumbered > scan.unnumbered:
+        scan.unnumbered, scan.unread = other.unnumbered, list(other.unread)
+
+
+def _same_spot(a: LabelHit, b: LabelHit) -> bool:
+    """Whether two hits are one printed label: read at the same turn, their boxes overlapping."""
+    if a.rotation % 360 != b.rotation % 360:
+        return False
+    width = min(a.box[2], b.box[2]) - max(a.box[0], b.box[0])
+    height = min(a.box[3], b.box[3]) - max(a.box[1], b.box[1])
+    return width > 0 and height > 0
 
 
 def detect_labels(
@@ -247,6 +355,9 @@ _HIT_GAIN = 1.0
 _EMPTY_SHEET_COST = 1.0
 _COUNT_COST = 0.4
 _BALANCE_COST = 0.01
+# An order-only placement is kept when the best split that moves the label elsewhere is this much
+# worse: more than the run-length (count) and balance terms can add, less than an empty sheet costs.
+_ORDER_MARGIN = 0.5
 
 
 def align_figures(
@@ -261,15 +372,13 @@ def align_figures(
 
     `sheet_pngs` maps sheet nums to upright images; `sheet_ocr` gives their upright OCR where it is
     already known (else it is computed, cached under `cache_dir`); `scans` gives finished scans.
-    The front page (sheet 0) only repeats a figure and takes no label.
+    The front page (sheet 0) only repeats a figure and takes no label. A label that OCR did not
+    read on its sheet and that the order alone cannot pin to one sheet is left out (`unaligned`)
+    rather than guessed.
     """
     sentences = parse_brief_description(document.brief_paragraphs)
     labels = expected_labels(sentences)
-    keys = [label_key(label) for label in labels]
-    sheet_nums = sorted(
-        {s.num for s in document.sheets if s.num > 0 and s.img_content in ("drawing", "")}
-        or {num for num in sheet_pngs if num > 0}
-    )
+    sheet_nums = _drawing_sheets(document, sheet_pngs)
     result = Alignment()
     if not labels:
         return result
@@ -277,51 +386,25 @@ def align_figures(
         result.unaligned = [(label, "the grant has no drawing sheets") for label in labels]
         return result
 
-    key_set = set(keys)
-    bare_numbers = any("." in key for key in keys)  # Hague reproductions print "1.2" with no "FIG."
+    read = _sheet_reader(labels, cache_dir)
     scans = dict(scans or {})
     for num in sheet_nums:
-        if num in scans or num not in sheet_pngs:
-            continue
-        scans[num] = scan_sheet(
-            sheet_pngs[num],
-            (sheet_ocr or {}).get(num),
-            bare_numbers=bare_numbers,
-            sole_figure=keys == [SOLE_FIGURE],
-            cache_dir=cache_dir,
-        )
+        if num not in scans and num in sheet_pngs:
+            scans[num] = read(sheet_pngs[num], (sheet_ocr or {}).get(num))
+    result, doubtful = _align_once(labels, [scans.get(num) for num in sheet_nums], sheet_nums)
+    # Sheets where a label could not be settled get every other OCR pass, then the split is redone.
+    deepened = [sheet_nums[s] for s in sorted(doubtful) if sheet_nums[s] in sheet_pngs]
+    if deepened:
+        for num in deepened:
+            scans[num] = read(sheet_pngs[num], (sheet_ocr or {}).get(num), deep=True)
+        result, _ = _align_once(labels, [scans.get(num) for num in sheet_nums], sheet_nums)
+        result.rescanned = deepened
     result.detected = {num: [hit.label for hit in scans[num].hits] for num in sheet_nums if num in scans}
-
-    evidence = [[0.0] * len(keys) for _ in sheet_nums]
-    counts = [0] * len(sheet_nums)
-    for s, num in enumerate(sheet_nums):
-        scan = scans.get(num)
-        if scan is None:
-            continue
-        counts[s] = scan.label_count
-        best: dict[str, float] = {}
-        for hit in scan.hits:
-            best[hit.key] = max(best.get(hit.key, 0.0), hit.confidence)
-            # "FIG. 4A" read where the text has only FIG. 4: a stray mark taken for a suffix.
-            base = hit.key.rstrip("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
-            if base != hit.key and hit.key not in key_set and base in key_set:
-                best[base] = max(best.get(base, 0.0), hit.confidence * _CONFUSED_PENALTY)
-        for index, key in enumerate(keys):
-            if key in best:
-                evidence[s][index] = _HIT_GAIN + best[key]
-
-    runs = _best_runs(evidence, counts, len(keys))
-    for s, (start, end) in enumerate(runs):
-        num = sheet_nums[s]
-        placed = labels[start:end]
-        if placed:
-            result.by_sheet[num] = placed
-        for index in range(start, end):
-            result.evidence[labels[index]] = "ocr" if evidence[s][index] > 0 else "order"
     for sentence in sentences:
         sentence_keys = {label_key(label) for label in sentence.labels}
         for num, placed in result.by_sheet.items():
-            if sentence_keys & {label_key(label) for label in placed}:
+            placed_keys = {label_key(result.parts.get(label, label)) for label in placed}
+            if sentence_keys & placed_keys:
                 result.sentences_by_sheet.setdefault(num, []).append(sentence.text)
     placed_count = len(result.evidence)
     result.rate_ocr = (
@@ -330,35 +413,194 @@ def align_figures(
     return result
 
 
-def _best_runs(evidence: list[list[float]], counts: list[int], n_labels: int) -> list[tuple[int, int]]:
-    """Split labels 0..n-1 into one contiguous (possibly empty) run per sheet, in order, best score."""
+def scan_sheets(
+    document: GrantDocument,
+    sheet_pngs: dict[int, Path],
+    sheet_ocr: dict[int, OcrWords] | None = None,
+    *,
+    cache_dir: Path | None = None,
+) -> dict[int, SheetScan]:
+    """The labels OCR reads on each drawing sheet (first passes), as `align_figures` reads them."""
+    read = _sheet_reader(expected_labels(parse_brief_description(document.brief_paragraphs)), cache_dir)
+    return {
+        num: read(sheet_pngs[num], (sheet_ocr or {}).get(num))
+        for num in _drawing_sheets(document, sheet_pngs)
+        if num in sheet_pngs
+    }
+
+
+def _drawing_sheets(document: GrantDocument, sheet_pngs: dict[int, Path]) -> list[int]:
+    """The sheet nums that can hold labels: drawings, not the front page (sheet 0)."""
+    return sorted(
+        {s.num for s in document.sheets if s.num > 0 and s.img_content in ("drawing", "")}
+        or {num for num in sheet_pngs if num > 0}
+    )
+
+
+def _sheet_reader(labels: list[str], cache_dir: Path | None) -> Callable[..., SheetScan]:
+    """`scan_sheet` with the options the patent's labels call for."""
+    keys = [label_key(label) for label in labels]
+    return functools.partial(
+        scan_sheet,
+        bare_numbers=any("." in key for key in keys),  # Hague reproductions print "1.2" bare
+        sole_figure=keys == [SOLE_FIGURE],
+        cache_dir=cache_dir,
+        expected=keys,
+    )
+
+
+def _align_once(
+    labels: list[str], scans: list[SheetScan | None], sheet_nums: list[int]
+) -> tuple[Alignment, set[int]]:
+    """One placement of the labels (with the parts OCR read in place of their parent)."""
+    result = Alignment()
+    labels, result.parts = _with_printed_parts(labels, scans)
+    doubtful = _place(result, labels, scans, sheet_nums)
+    return result, doubtful
+
+
+def _with_printed_parts(labels: list[str], scans: list[SheetScan | None]) -> tuple[list[str], dict[str, str]]:
+    """The labels, each unsuffixed one that the sheets print only as lettered parts replaced by them.
+
+    "FIG. 2" becomes "FIG. 2(a)", "FIG. 2(b)" when OCR read at least two parts of it (one could be
+    a stray mark) and never "FIG. 2" itself; the letters between the first and the last read count.
+    """
+    keys = {label_key(label) for label in labels}
+    read = {hit.key: hit.label for scan in scans if scan is not None for hit in scan.hits}
+    out: list[str] = []
+    parts: dict[str, str] = {}
+    for label in labels:
+        key = label_key(label)
+        letters = sorted(k[len(key) :] for k in read if k not in keys and _base_key(k) == key)
+        letters = [letter for letter in letters if len(letter) == 1]
+        lettered = any(_base_key(k) == key != k for k in keys)  # the text names its parts itself
+        if key == SOLE_FIGURE or not key[-1].isdigit() or key in read or lettered or len(letters) < 2:
+            out.append(label)
+            continue
+        parenthesised = "(" in read[key + letters[0]]
+        for code in range(ord(letters[0]), ord(letters[-1]) + 1):
+            letter = chr(code)
+            part = f"{label}({letter.lower()})" if parenthesised else f"{label}{letter}"
+            out.append(part)
+            parts[part] = label
+    return out, parts
+
+
+def _evidence(scan: SheetScan | None, keys: list[str]) -> list[float]:
+    """What OCR on one sheet says for each expected label: 0, or 1 + its confidence."""
+    if scan is None:
+        return [0.0] * len(keys)
+    key_set = set(keys)
+    best: dict[str, float] = {}
+    for hit in scan.hits:
+        best[hit.key] = max(best.get(hit.key, 0.0), hit.confidence)
+        # "FIG. 4A" read where the text has only FIG. 4: a stray mark taken for a suffix.
+        base = _base_key(hit.key)
+        if base != hit.key and hit.key not in key_set and base in key_set:
+            best[base] = max(best.get(base, 0.0), hit.confidence * _CONFUSED_PENALTY)
+    return [_HIT_GAIN + best[key] if key in best else 0.0 for key in keys]
+
+
+def _place(
+    result: Alignment, labels: list[str], scans: list[SheetScan | None], sheet_nums: list[int]
+) -> set[int]:
+    """Fill `by_sheet`, `evidence` and `unaligned` from the best order-constrained split.
+
+    A label is kept only when every split that puts it on another sheet scores at least
+    `_ORDER_MARGIN` worse. Read by OCR on its sheet, it nearly always is; not read, it is when the
+    order pins it (the sheets around it are full), not when only the run-length and balance terms
+    prefer it there; read weakly where the order puts another sheet, it is left out too: OCR and
+    the order disagree. Returns the indices of the sheets that a label left out could be on.
+    """
+    keys = [label_key(label) for label in labels]
+    evidence = [_evidence(scan, keys) for scan in scans]
+    counts = [_labels_seen(scan, set(keys)) for scan in scans]
+    runs, on_sheet = _solve_runs(evidence, counts, len(keys))
+    best = float(on_sheet.max(axis=0)[0])
+    doubtful: set[int] = set()
+    for s, (start, end) in enumerate(runs):
+        for index in range(start, end):
+            label = labels[index]
+            rivals = [
+                t for t in range(len(sheet_nums)) if t != s and on_sheet[t, index] > best - _ORDER_MARGIN
+            ]
+            if rivals:
+                result.unaligned.append((label, _doubt(sheet_nums, s, rivals, read=evidence[s][index] > 0)))
+                doubtful.update([s, *rivals])
+                continue
+            result.evidence[label] = "ocr" if evidence[s][index] > 0 else "order"
+            result.by_sheet.setdefault(sheet_nums[s], []).append(label)
+    return doubtful
+
+
+def _labels_seen(scan: SheetScan | None, keys: set[str]) -> int:
+    """How many labels OCR saw on a sheet: FIG words with a number the text names, or none read.
+
+    Bare Hague numbers and numbers the text does not name are left out: on a drawing they are
+    mostly misread marks, and counting them would pull labels onto the sheet.
+    """
+    if scan is None:
+        return 0
+    named = {hit.key for hit in scan.hits if not hit.bare and _named(hit.key, keys)}
+    return len(named) + scan.unnumbered
+
+
+def _doubt(sheet_nums: list[int], s: int, rivals: list[int], *, read: bool) -> str:
+    """Why a label was left out: the sheets the order allows, and what OCR said."""
+    allowed = " or ".join(str(sheet_nums[t]) for t in sorted([s, *rivals]))
+    if read:
+        return f"read by OCR on sheet {sheet_nums[s]} only weakly, and the order allows sheet {allowed}"
+    return f"not read by OCR, and the order allows sheet {allowed}"
+
+
+def _run_values(evidence: np.ndarray, count: int, n_labels: int, mean: float) -> np.ndarray:
+    """Score of giving one sheet the run of labels start..end-1, as a (start, end) matrix (-inf if end < start)."""
+    prefix = np.concatenate([[0.0], np.cumsum(evidence)])
+    start, end = np.meshgrid(np.arange(n_labels + 1), np.arange(n_labels + 1), indexing="ij")
+    size = end - start
+    values = prefix[end] - prefix[start]
+    values -= np.where(size == 0, _EMPTY_SHEET_COST, 0.0)
+    if count:
+        values -= _COUNT_COST * np.abs(size - count)
+    values -= _BALANCE_COST * (size - mean) ** 2
+    return np.where(size >= 0, values, -np.inf)
+
+
+def _solve_runs(
+    evidence: list[list[float]], counts: list[int], n_labels: int
+) -> tuple[list[tuple[int, int]], np.ndarray]:
+    """Split labels 0..n-1 into one contiguous (possibly empty) run per sheet, in order, best score.
+
+    Also returns, for every (sheet, label), the best total score of a split that puts the label on
+    that sheet: how much worse the runner-up sheet is tells how sure the order is of a placement.
+    """
     n_sheets = len(evidence)
     mean = n_labels / n_sheets
-    prefix = [[0.0] * (n_labels + 1) for _ in range(n_sheets)]
+    values = [
+        _run_values(np.asarray(row, dtype=float), counts[s], n_labels, mean) for s, row in enumerate(evidence)
+    ]
+    forward = np.full((n_sheets + 1, n_labels + 1), -np.inf)  # sheets before s cover labels before j
+    backward = np.full((n_sheets + 1, n_labels + 1), -np.inf)  # sheets from s on cover labels from j on
+    back = np.zeros((n_sheets + 1, n_labels + 1), dtype=int)
+    forward[0, 0] = 0.0
+    backward[n_sheets, n_labels] = 0.0
     for s in range(n_sheets):
-        for index in range(n_labels):
-            prefix[s][index + 1] = prefix[s][index] + evidence[s][index]
-    neg = float("-inf")
-    score = [[neg] * (n_labels + 1) for _ in range(n_sheets + 1)]
-    back = [[0] * (n_labels + 1) for _ in range(n_sheets + 1)]
-    score[0][0] = 0.0
-    for s in range(1, n_sheets + 1):
-        for end in range(n_labels + 1):
-            for start in range(end + 1):
-                if score[s - 1][start] == neg:
-                    continue
-                size = end - start
-                run = prefix[s - 1][end] - prefix[s - 1][start]
-                run -= _EMPTY_SHEET_COST if size == 0 else 0.0
-                run -= _COUNT_COST * abs(size - counts[s - 1]) if counts[s - 1] else 0.0
-                run -= _BALANCE_COST * (size - mean) ** 2
-                total = score[s - 1][start] + run
-                if total > score[s][end]:
-                    score[s][end], back[s][end] = total, start
+        totals = forward[s][:, None] + values[s]
+        back[s + 1] = np.argmax(totals, axis=0)  # the first best start, as the loop it replaces
+        forward[s + 1] = totals[back[s + 1], np.arange(n_labels + 1)]
+    for s in range(n_sheets - 1, -1, -1):
+        backward[s] = np.max(values[s] + backward[s + 1][None, :], axis=1)
     runs: list[tuple[int, int]] = []
     end = n_labels
     for s in range(n_sheets, 0, -1):
-        start = back[s][end]
+        start = int(back[s][end])
         runs.append((start, end))
         end = start
-    return runs[::-1]
+    on_sheet = np.full((n_sheets, n_labels), -np.inf)
+    start_before = np.triu(np.ones((n_labels, n_labels), dtype=bool))  # [start, i]: start <= i
+    for s in range(n_sheets):
+        totals = forward[s][:, None] + values[s] + backward[s + 1][None, :]
+        best_to = np.maximum.accumulate(totals[:, ::-1], axis=1)[:, ::-1]  # [start, e]: best end >= e
+        # label i is in the run [start, end) when start <= i and end >= i + 1
+        on_sheet[s] = np.where(start_before, best_to[:-1, 1:], -np.inf).max(axis=0)
+    return runs[::-1], on_sheet

@@ -63,7 +63,7 @@ def read_step_summary(out_dir: Path) -> dict[str, Any]:
 
 
 # Bump when a step's output would change for the same input, so the cache below is not reused.
-STEP_VERSION = "2"
+STEP_VERSION = "3"
 
 
 def inputs_hash(*paths: Path) -> str:
@@ -270,9 +270,17 @@ def ocr_sheets(sheets_dir: Path, out_dir: Path, cache_dir: Path, workers: int | 
 
 
 def build_figures(
-    documents_dir: Path, sheets_dir: Path, ocr_dir: Path, out_dir: Path, release: str = ""
+    documents_dir: Path,
+    sheets_dir: Path,
+    ocr_dir: Path,
+    out_dir: Path,
+    release: str = "",
+    cache_dir: Path | None = None,
 ) -> StepResult:
-    """Align each "FIG. n ..." sentence to the sheet that prints that label; one record per sheet."""
+    """Align each "FIG. n ..." sentence to the sheet that prints that label; one record per sheet.
+
+    `cache_dir` caches the extra OCR passes the alignment runs (turned sheets, second chances).
+    """
     key = inputs_hash(documents_dir / DOCUMENTS, sheets_dir / SHEETS, ocr_dir / OCR) + release
     if cached := _cached(out_dir, key, (FIGURES,)):
         return cached
@@ -284,7 +292,7 @@ def build_figures(
 
     records: list[FigureRecord] = []
     rejected: list[Rejection] = []
-    expected = aligned = by_ocr = 0
+    expected = aligned = by_ocr = rescanned = 0
     for bundle in read_bundles(documents_dir):
         doc = bundle.document
         sheets = sheets_by_patent.get(doc.patent_id, {})
@@ -302,7 +310,8 @@ def build_figures(
             continue
         pngs = {num: Path(row["png"]) for num, row in sheets.items()}
         sheet_ocr = {num: ocr_by_png[str(p)] for num, p in pngs.items() if str(p) in ocr_by_png}
-        result = alignment.align_figures(doc, pngs, sheet_ocr)
+        result = alignment.align_figures(doc, pngs, sheet_ocr, cache_dir=cache_dir)
+        rescanned += len(result.rescanned)
         n_labels = sum(len(v) for v in result.by_sheet.values())
         expected += n_labels + len(result.unaligned)
         aligned += n_labels
@@ -321,6 +330,7 @@ def build_figures(
         "labels_expected": expected,
         "labels_aligned": aligned,
         "labels_by_ocr": by_ocr,
+        "sheets_rescanned": rescanned,
         "rejected": len(rejected),
     }
     return _finish(
@@ -353,7 +363,11 @@ def _figure_records(
                 image_path=row["png"],
                 figure_labels=labels,
                 brief_description=" ".join(result.sentences_by_sheet.get(num, [])),
-                detailed_description=figrefs.detailed_description_for(labels, doc.detailed_paragraphs),
+                # A printed part ("FIG. 2(a)") is described where the text names its figure (FIG. 2).
+                detailed_description=figrefs.detailed_description_for(
+                    [*labels, *(result.parts[label] for label in labels if label in result.parts)],
+                    doc.detailed_paragraphs,
+                ),
                 grant_date=doc.grant_date,
                 classifications=doc.classifications,
                 title=doc.title,
@@ -471,7 +485,9 @@ def ingest(
         steps["documents"] = parse_sources(releases, work / "documents")
         steps["sheets"] = convert_sheets(work / "documents", work / "sheets")
         steps["ocr"] = ocr_sheets(work / "sheets", work / "ocr", cache_dir, workers)
-        steps["figures"] = build_figures(work / "documents", work / "sheets", work / "ocr", work / "figures")
+        steps["figures"] = build_figures(
+            work / "documents", work / "sheets", work / "ocr", work / "figures", cache_dir=cache_dir
+        )
     if descs:
         steps["patentdesc"] = patentdesc_figures(descs, work / "patentdesc", cache_dir, workers)
     # one figures.jsonl: an image id met twice (two sources) is kept once, the rest rejected
