@@ -154,6 +154,18 @@ def test_design_grants_labels_match_the_sheets(realdata: Path, scorer_norm: Call
                 }
 
 
+def test_applications_labels_match_the_sheets(realdata: Path, scorer_norm: Callable[[str], str]) -> None:
+    """The 2025 applications: "FIG. 1: is a ..." (a colon after the label) and an opening paragraph
+    that names "the following figures" without a number still give exactly the printed labels."""
+    truth = json.loads(
+        (realdata / "applications_with_drawings_2025" / "sheet_figure_labels.json").read_text()
+    )
+    for patent in truth["patents"]:
+        labels = expected_labels(parse_brief_description(patent["description_of_drawings"]))
+        printed = [scorer_norm(label) for sheet in patent["sheets"] for label in sheet["figures_on_sheet"]]
+        assert [scorer_norm(label) for label in labels] == printed, patent["publication"]
+
+
 def _grant_documents(path: Path) -> list[etree._Element]:
     """The `us-patent-grant` documents of a single or concatenated file (DOCTYPEs dropped, no DTD fetch)."""
     parser = etree.XMLParser(recover=True, resolve_entities=False, no_network=True, load_dtd=False)
