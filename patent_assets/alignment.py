@@ -303,16 +303,22 @@ def scan_sheet(
             words = ocr_cached(png, cache_dir, rotation=rotation, fine=fine)
             _merge(scan, _read_pass(png, words, rotation, options))
         return scan
-    if scan.hits or len(upright.words) > BUSY_SHEET_WORDS or not rotations:
+    # A reading the text does not name ("FIG. 12" on a patent of 9 figures) is no reason to stop.
+    if _names_a_label(scan, options) or len(upright.words) > BUSY_SHEET_WORDS or not rotations:
         return scan
     # Most turned labels are on landscape sheets stored as portrait and read bottom-to-top, so the
     # quarter turn clockwise (270 counter-clockwise) goes first and the other only if it finds nothing.
     for rotation in rotations:
         turned = _read_pass(png, ocr_cached(png, cache_dir, rotation=rotation), rotation, options)
         _merge(scan, turned)
-        if turned.hits:
+        if _names_a_label(turned, options):
             break
     return scan
+
+
+def _names_a_label(scan: SheetScan, options: ScanOptions) -> bool:
+    """Whether a pass read a label the text names (any label, when the text is not known)."""
+    return any(not options.expected or _named(hit.key, options.expected) for hit in scan.hits)
 
 
 def _merge(scan: SheetScan, other: SheetScan) -> None:

@@ -411,6 +411,15 @@ def test_sheet_in_doubt_gets_a_second_chance(tmp_path: Path) -> None:
     assert 2 in alignment.rescanned and alignment.evidence["FIG. 2"] == "ocr"
 
 
+def test_a_reading_the_text_does_not_name_does_not_stop_the_turned_passes(tmp_path: Path) -> None:
+    # Upright, OCR reads "FIG. 12" (a patent of 3 figures: a misread or a cross-reference); the
+    # sheet's own label is printed sideways and is read on the turned pass all the same.
+    sheet = _sheet(tmp_path / "s.png", [("FIG. 12", (300, 700), 0), ("FIG. 3", (1200, 900), 90)])
+    scan = scan_sheet(sheet, expected=["1", "2", "3"])
+    assert ("3", 270) in {(hit.key, hit.rotation) for hit in scan.hits}
+    assert [hit.key for hit in scan_sheet(sheet).hits] == ["12"]  # the text unknown: any label stops
+
+
 def _words(*tokens: str) -> OcrWords:
     boxes = [[100 * i, 500, 100 * i + 80, 540] for i in range(len(tokens))]
     return OcrWords(list(tokens), boxes, 1000, 1000, [90.0] * len(tokens))
