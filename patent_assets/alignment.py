@@ -99,6 +99,7 @@ _CONFUSED_PENALTY = 0.6  # a label read only after undoing a confusion counts fo
 ROTATIONS = (270, 90)  # labels printed across the sheet, read when the upright pass finds none
 # The second chance reads upside down too: a sheet whose orientation the XML gets wrong.
 DEEP_ROTATIONS = (270, 90, 180)
+MAX_RESCANNED = 10  # sheets of one patent that get the second chance (~2.5 s each)
 # A sheet whose upright pass gives more words than this is a screen shot or a text-heavy drawing:
 # its turned passes cost ~10 s each and find no label there, so the order constraint decides it.
 BUSY_SHEET_WORDS = 250
@@ -399,7 +400,8 @@ def align_figures(
             scans[num] = read(sheet_pngs[num], (sheet_ocr or {}).get(num))
     result, doubtful = _align_once(labels, [scans.get(num) for num in sheet_nums], sheet_nums)
     # Sheets where a label could not be settled get every other OCR pass, then the split is redone.
-    deepened = [sheet_nums[s] for s in sorted(doubtful) if sheet_nums[s] in sheet_pngs]
+    # At most MAX_RESCANNED a patent: where OCR fails on every sheet, more passes rarely help.
+    deepened = [sheet_nums[s] for s in sorted(doubtful) if sheet_nums[s] in sheet_pngs][:MAX_RESCANNED]
     if deepened:
         for num in deepened:
             scans[num] = read(sheet_pngs[num], (sheet_ocr or {}).get(num), deep=True)
