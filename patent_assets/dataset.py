@@ -79,7 +79,7 @@ def build_dataset(releases_dir: Path, out_dir: Path) -> BuiltDataset:
             seen.add(record.image_id)
             records.append(record)
     out_dir.mkdir(parents=True, exist_ok=True)
-    split_of = {r.image_id: splits.assign_split(r.patent_id) for r in records}
+    split_of = splits.split_of_images(records)
     write_jsonl(out_dir / FIGURES, ({**asdict(r), "split": split_of[r.image_id]} for r in records))
     write_jsonl(out_dir / REJECTED, rejected)
     counts = splits.write_splits(records, out_dir)

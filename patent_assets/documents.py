@@ -42,6 +42,7 @@ class GrantDocument:
     number_of_figures: int | None = None  # <figures><number-of-figures>
     source: str = ""  # where it came from: file, zip member, offset in a concatenated file
     document_kind: str = "grant"  # "grant" or "application" (a published application)
+    synthetic: bool = False  # drawn by patentflow's own generator (`<?patentflow synthetic?>`), not USPTO's
 
 
 @dataclass

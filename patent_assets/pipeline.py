@@ -376,6 +376,7 @@ def _figure_records(
                 image_sha256=row["sha256"],
                 abstract=doc.abstract,
                 document_kind=doc.document_kind,
+                synthetic=doc.synthetic,
             )
         )
     return records

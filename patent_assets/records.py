@@ -47,6 +47,9 @@ class FigureRecord:
     image_sha256: str = ""
     abstract: str = ""  # the patent's abstract: with the title, its text for patent-level search
     document_kind: str = "grant"  # "grant" or "application"; records written before it are grants
+    # From patentflow's synthetic releases rather than the USPTO: kept apart when models are
+    # judged on real drawings. Records written before the field are read as real.
+    synthetic: bool = False
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FigureRecord:

@@ -1136,6 +1136,9 @@ def build_xml(patent: PatentPlan, sheet_sizes: dict[int, tuple[int, int]]) -> by
             "date-publ": f"{grant:%Y%m%d}",
         },
     )
+    # Marks the document as ours, so that models can be judged on real drawings apart from these.
+    root.append(etree.ProcessingInstruction("patentflow", 'synthetic="yes"'))
+    root[-1].tail = "\n"
     root.text = "\n"
     biblio = _sub(root, "us-bibliographic-data-grant")
     _document_id(_sub(biblio, "publication-reference"), patent.doc_number, patent.kind, grant)

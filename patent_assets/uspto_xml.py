@@ -379,7 +379,15 @@ def parse_grant(xml: bytes, source: str = "") -> GrantDocument:
         number_of_figures=_int_or_none(_child_text(figures, "number-of-figures")),
         source=source,
         document_kind=document_kind,
+        synthetic=is_synthetic(root),
     )
+
+
+def is_synthetic(root: etree._Element) -> bool:
+    """Whether patentflow's generator wrote the document: it marks its XML with a processing
+    instruction `<?patentflow synthetic="yes"?>`, which no USPTO file carries."""
+    marks = root.xpath("processing-instruction('patentflow')")
+    return any('synthetic="yes"' in (mark.text or "") for mark in marks)
 
 
 @dataclass
