@@ -147,29 +147,77 @@ def image_path_of(figure: Any, base: Path | None = None) -> Path:
     return path if path.is_absolute() or base is None else base / path
 
 
+def embed_figures(
+    model: Any,
+    images: Sequence[Path],
+    batch_size: int = 32,
+    feature_cache: Path | str | None = None,
+    trainable_blocks: int = 0,
+) -> tuple[np.ndarray, list[int], dict[int, str]]:
+    """(retrieval embeddings, positions kept, {position: reason}) of image files. With
+    `feature_cache`, what the backbone computes up to `trainable_blocks` from its end (0: the
+    pooled vector) comes from, and goes to, that content-addressed cache (`retrieval_features`):
+    an image runs through a frozen backbone once."""
+    if feature_cache is not None:
+        from training.retrieval_features import compute_prefix_features, embed_prefix_features
+
+        features = compute_prefix_features(model, images, trainable_blocks, feature_cache, batch_size)
+        vectors, _ = embed_prefix_features(model, features, trainable_blocks)
+        return vectors, features.kept, features.failed
+    from training.retrieval_model import embed_images
+
+    embedded = embed_images(model, images, batch_size=batch_size)
+    return embedded.retrieval, embedded.kept, embedded.failed
+
+
 def evaluate_encoder(
     model: Any,
     figures: Sequence[Any],
     query_splits: Sequence[str] | None = ("val", "test"),
     batch_size: int = 32,
     base: Path | None = None,
+    feature_cache: Path | str | None = None,
+    trainable_blocks: int = 0,
 ) -> dict[str, dict[str, float]]:
     """Embed every figure's image with `model` (a FigureEncoder) and run `evaluate_embeddings`.
 
     Queries: the figures of `query_splits` (every figure when None or when no figure has a split).
     Figures whose image cannot be read are left out (counted in `unreadable`). `base`: the folder
-    relative image paths are relative to (a figures.jsonl's folder).
+    relative image paths are relative to (a figures.jsonl's folder). `feature_cache` and
+    `trainable_blocks`: see `embed_figures`.
     """
-    from training.retrieval_model import embed_images
-
-    embedded = embed_images(model, [image_path_of(f, base) for f in figures], batch_size=batch_size)
-    kept = [figures[i] for i in embedded.kept]
+    images = [image_path_of(f, base) for f in figures]
+    vectors, kept_positions, failed = embed_figures(
+        model, images, batch_size, feature_cache, trainable_blocks
+    )
+    kept = [figures[i] for i in kept_positions]
     wanted = query_ids_of(figures, query_splits)
     readable = {str(field_of(f, "image_id")) for f in kept}
     queries = None if wanted is None else [q for q in wanted if q in readable]
-    result = evaluate_embeddings(embedded.retrieval, kept, queries)
+    result = evaluate_embeddings(vectors, kept, queries)
     for metrics in result.values():
-        metrics["unreadable"] = float(len(embedded.failed))
+        metrics["unreadable"] = float(len(failed))
+    return result
+
+
+ORIGINS = {"real": False, "synthetic": True}  # task prefix -> FigureRecord.synthetic
+
+
+def evaluate_by_origin(
+    vectors: np.ndarray, figures: Sequence[Any], query_splits: Sequence[str] | None
+) -> dict[str, dict[str, float]]:
+    """`evaluate_embeddings` on the whole collection ("same_patent", "prior_art"), then on its
+    real USPTO figures and on its synthetic ones apart ("real_same_patent", "synthetic_prior_art",
+    ...), each its own database: a model is judged on real drawings without synthetic distractors
+    and the other way round. An origin with no figures is left out."""
+    result = evaluate_embeddings(vectors, figures, query_ids_of(figures, query_splits))
+    for origin, synthetic in ORIGINS.items():
+        rows = [i for i, f in enumerate(figures) if bool(field_of(f, "synthetic", False)) == synthetic]
+        if not rows:
+            continue
+        subset = [figures[i] for i in rows]
+        scores = evaluate_embeddings(np.asarray(vectors)[rows], subset, query_ids_of(subset, query_splits))
+        result |= {f"{origin}_{task}": metrics for task, metrics in scores.items()}
     return result
 
 

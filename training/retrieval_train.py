@@ -42,7 +42,8 @@ from torch import nn
 
 from patent_assets.records import FigureRecord, atomic_write, read_jsonl, write_jsonl
 from training.retrieval_eval import evaluate_encoder, figure_class, image_path_of
-from training.retrieval_model import build_encoder, preprocess_image, preset, save_encoder
+from training.retrieval_features import PrefixFeatures, compute_prefix_features
+from training.retrieval_model import FigureEncoder, build_encoder, preprocess_image, preset, save_encoder
 
 __all__ = ["RetrievalTrainConfig", "figure_class", "train_retrieval_encoder"]
 
@@ -82,6 +83,20 @@ class RetrievalTrainConfig:
     mlflow_run_id: str | None = None
     tracking_uri: str | None = None
     num_threads: int | None = None  # torch CPU threads; None: torch's default
+    # Fine-tuning a pretrained backbone. None: the whole encoder trains from pixels (training from
+    # scratch, the `tiny` preset). 0: the backbone stays frozen, its pooled features are computed
+    # once per image (cached by content in `feature_cache`) and the head trains on them; k > 0:
+    # the last k blocks of an EfficientNet-Lite train too, at `backbone_lr_scale` x lr, on cached
+    # block inputs, with BatchNorm statistics frozen (batches of 16 cannot re-estimate them).
+    trainable_blocks: int | None = None
+    feature_cache: str | None = None  # None: out_dir/feature_cache
+    backbone_lr_scale: float = 0.1
+    # A "whitening" head starts as the learned whitening of the training patents' figures
+    # (closed form, `learn_whitening`) and ArcFace's class centres as their whitened means, so
+    # training starts from what pretraining gives rather than from a random projection.
+    whitening_shrinkage: float = 0.5
+    head_lr_scale: float = 0.1  # the whitening-initialised head trains at this x lr
+    feature_erase_probability: float = 0.5  # trainable_blocks > 0: erase a rectangle of the block input
     device: str = "auto"  # "auto": the GPU when there is one, else the CPU; or "cpu", "cuda", "cuda:1"
 
     def __post_init__(self) -> None:
@@ -100,6 +115,10 @@ class RetrievalTrainConfig:
             )
         if self.select_every < 1:
             raise ValueError(f"select_every must be >= 1, got {self.select_every}")
+        if self.trainable_blocks is not None and self.trainable_blocks < 0:
+            raise ValueError(f"trainable_blocks must be None or >= 0, got {self.trainable_blocks}")
+        if not 0.0 <= self.whitening_shrinkage <= 1.0:
+            raise ValueError(f"whitening_shrinkage must be in [0, 1], got {self.whitening_shrinkage}")
         if self.epochs < 0 or self.lr <= 0:
             raise ValueError(f"need epochs >= 0 and lr > 0, got {self.epochs}, {self.lr}")
 
@@ -175,7 +194,67 @@ def augment(pixels: torch.Tensor, cfg: RetrievalTrainConfig, generator: torch.Ge
     return pixels
 
 
+def learn_whitening(
+    vectors: np.ndarray, labels: Sequence[int], dim: int, shrinkage: float = 0.5
+) -> tuple[np.ndarray, np.ndarray]:
+    """Learned whitening (Radenović, Tolias & Chum, TPAMI 2018) from labelled descriptors: the
+    figures of one patent are matching pairs. Returns (weight (dim, D), bias (dim,)) such that
+    `weight @ x + bias = P (x - m)` for an L2-normalised descriptor x.
+
+    P1 = Cs^-1/2 whitens the differences of matching pairs (Cs their covariance, shrunk towards
+    its mean variance by `shrinkage`: a few dozen patents cannot estimate 1280 x 1280); P then
+    rotates the whitened descriptors to their top-`dim` principal directions.
+    """
+    x = np.asarray(vectors, np.float64)
+    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    labels = np.asarray(labels)
+    depth = x.shape[1]
+    if not 1 <= dim <= depth:
+        raise ValueError(f"whitening to {dim} dimensions from {depth}-d descriptors")
+    scatter = np.zeros((depth, depth))
+    pairs = 0
+    for label in np.unique(labels):
+        members = x[labels == label]
+        n = len(members)
+        if n < 2:
+            continue
+        total = members.sum(axis=0)
+        # sum over pairs i < j of (xi - xj)(xi - xj)^T, without forming the pairs
+        scatter += n * members.T @ members - np.outer(total, total)
+        pairs += n * (n - 1) // 2
+    if pairs == 0:
+        raise ValueError("learned whitening needs a patent with at least two figures")
+    covariance = scatter / pairs
+    covariance = (1 - shrinkage) * covariance + shrinkage * np.trace(covariance) / depth * np.eye(depth)
+    values, vectors_ = np.linalg.eigh(covariance)
+    p1 = vectors_ @ np.diag(np.maximum(values, 1e-12) ** -0.5) @ vectors_.T
+    mean = x.mean(axis=0)
+    whitened = (x - mean) @ p1.T
+    values, directions = np.linalg.eigh(np.cov(whitened, rowvar=False))
+    top = directions[:, np.argsort(values)[::-1][:dim]]
+    weight = top.T @ p1
+    return weight.astype(np.float32), (-weight @ mean).astype(np.float32)
+
+
 # --------------------------------------------------------------------------------------------- losses
+
+
+def _arcface_class() -> type:
+    from pytorch_metric_learning.losses import ArcFaceLoss
+
+    class StableArcFaceLoss(ArcFaceLoss):
+        """pytorch-metric-learning's ArcFace with acos kept off +-1: its gradient is infinite
+        there, and an embedding on its class centre (a whitening-initialised centre of a
+        one-figure patent) would turn every weight NaN."""
+
+        def get_angles(self, cosine_of_target_classes: torch.Tensor) -> torch.Tensor:
+            return torch.acos(torch.clamp(cosine_of_target_classes, -1 + 1e-6, 1 - 1e-6))
+
+    return StableArcFaceLoss
+
+
+def _stable_arcface(**options: Any) -> nn.Module:
+    return _arcface_class()(**options)
 
 
 class RetrievalLosses(nn.Module):
@@ -191,8 +270,6 @@ class RetrievalLosses(nn.Module):
         arcface_scale: float = 20.0,
         arcface_margin: float = 0.5,
     ) -> None:
-        from pytorch_metric_learning.losses import ArcFaceLoss
-
         super().__init__()
         self.active = [name for name in LOSSES if name in losses]
         if ("cls" in self.active and class_prototypes is None) or (
@@ -200,7 +277,7 @@ class RetrievalLosses(nn.Module):
         ):
             raise ValueError("the cls / cat losses need class / category prototypes")
         self.arcface = (
-            ArcFaceLoss(
+            _stable_arcface(
                 num_classes=num_patents,
                 embedding_size=embedding_dim,
                 margin=arcface_margin_degrees(arcface_margin),
@@ -307,12 +384,135 @@ def patent_batches(
     return batches
 
 
+@torch.no_grad()
+def _pooled_training_features(
+    model: FigureEncoder,
+    cfg: RetrievalTrainConfig,
+    prefix: PrefixFeatures | None,
+    cached: torch.Tensor | None,
+    images: torch.Tensor | None,
+) -> torch.Tensor:
+    """(N, D) pooled backbone features of the training figures (as they are, not mirrored)."""
+    model.eval()
+    if cached is not None:
+        return cached[:, 0]
+    if prefix is not None:
+        rows = range(len(prefix.kept))
+        return torch.cat(
+            [
+                model.suffix_pooled(prefix.load(rows[i : i + 32])[:, 0], cfg.trainable_blocks)
+                for i in range(0, len(rows), 32)
+            ]
+        )
+    assert images is not None
+    return torch.cat([model.pooled(model.feature_map(images[i : i + 32])) for i in range(0, len(images), 32)])
+
+
+@torch.no_grad()
+def _init_whitening_head(
+    model: FigureEncoder,
+    losses: RetrievalLosses,
+    pooled: torch.Tensor,
+    patent_labels: torch.Tensor,
+    shrinkage: float,
+) -> None:
+    """The head as the learned whitening; ArcFace's centres as the patents' whitened mean directions."""
+    weight, bias = learn_whitening(
+        pooled.numpy(), patent_labels.numpy(), model.config.embedding_dim, shrinkage
+    )
+    model.fc.weight.copy_(torch.from_numpy(weight))
+    model.fc.bias.copy_(torch.from_numpy(bias))
+    if losses.arcface is not None:
+        embedded = F.normalize(model.head(pooled), dim=-1)
+        centres = torch.zeros_like(losses.arcface.W)  # (embedding_dim, patents)
+        centres.index_add_(1, patent_labels, embedded.T)
+        losses.arcface.W.copy_(F.normalize(centres, dim=0))
+
+
+def _parameter_groups(
+    model: FigureEncoder, losses: RetrievalLosses, cfg: RetrievalTrainConfig
+) -> list[dict[str, Any]]:
+    """AdamW groups: weight decay on matrices only; a frozen backbone's parameters left out, a
+    fine-tuned one at `backbone_lr_scale` x lr, a whitening-initialised head at `head_lr_scale` x lr."""
+    backbone_scale, head_scale = 1.0, 1.0
+    if cfg.trainable_blocks is not None:
+        backbone_scale = cfg.backbone_lr_scale
+        trainable = _trainable_backbone_names(model, cfg.trainable_blocks)
+        for name, parameter in model.named_parameters():
+            if name.startswith(("backbone.", "pool.")):
+                parameter.requires_grad_(name in trainable)
+    if model.config.head == "whitening":
+        head_scale = cfg.head_lr_scale
+    groups: dict[tuple[float, float], list[nn.Parameter]] = {}
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        scale = backbone_scale if name.startswith(("backbone.", "pool.")) else 1.0
+        scale = head_scale if name.startswith("fc.") else scale
+        decay = cfg.weight_decay if parameter.ndim >= 2 else 0.0
+        groups.setdefault((scale, decay), []).append(parameter)
+    groups.setdefault((1.0, 0.0), []).extend(
+        [*losses.logit_scales.parameters(), *losses.log_variances.parameters()]
+    )
+    if losses.arcface is not None:
+        groups.setdefault((1.0, cfg.weight_decay), []).extend(losses.arcface.parameters())
+    return [
+        {"params": params, "lr": cfg.lr * scale, "weight_decay": decay}
+        for (scale, decay), params in groups.items()
+    ]
+
+
+def _trainable_backbone_names(model: FigureEncoder, trainable_blocks: int) -> set[str]:
+    """Backbone parameters that train: the last k Lite blocks, the head convolution and GeM's p."""
+    if trainable_blocks == 0:
+        return set()
+    first = model.num_blocks - trainable_blocks
+
+    def trains(parts: list[str]) -> bool:
+        if parts[0] == "pool":
+            return True
+        if parts[0] != "backbone":
+            return False
+        return parts[1] in ("_conv_head", "_bn1") or (parts[1] == "_blocks" and int(parts[2]) >= first)
+
+    names = {name for name, _ in model.named_parameters() if trains(name.split("."))}
+    return names
+
+
+def _feature_batch(
+    prefix: PrefixFeatures | None,
+    cached: torch.Tensor | None,
+    rows: list[int],
+    cfg: RetrievalTrainConfig,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """Cached prefix features of a batch, each as is or mirrored at random (the horizontal flip);
+    block inputs also get a random rectangle erased (random erasing, on the feature map)."""
+    both = cached[rows] if cached is not None else prefix.load(rows)  # type: ignore[union-attr]
+    mirrored = torch.rand(len(rows), generator=generator) < 0.5
+    features = both[torch.arange(len(rows)), mirrored.long()]
+    if features.ndim == 4:
+        height, width = features.shape[-2:]
+        for row in range(len(rows)):
+            if float(torch.rand((), generator=generator)) < cfg.feature_erase_probability:
+                h = int(torch.randint(1, max(2, height // 2), (), generator=generator))
+                w = int(torch.randint(1, max(2, width // 2), (), generator=generator))
+                top = int(torch.randint(0, height - h + 1, (), generator=generator))
+                left = int(torch.randint(0, width - w + 1, (), generator=generator))
+                features[row, :, top : top + h, left : left + w] = 0.0
+    return features
+
+
 def _selection_score(model: nn.Module, figures: Sequence[dict[str, Any]], cfg: RetrievalTrainConfig) -> float:
     """Same-patent mAP of the selection splits' figures among themselves and the training figures."""
     searched = set(cfg.select_splits) | set(cfg.train_splits)
     pool = [f for f in figures if f["split"] in searched]
-    result = evaluate_encoder(model, pool, cfg.select_splits)["same_patent"]
-    return float(result.get("mAP", 0.0))
+    cache = None
+    if cfg.trainable_blocks is not None:
+        cache = Path(cfg.feature_cache) if cfg.feature_cache else Path(cfg.out_dir) / "feature_cache"
+    blocks = cfg.trainable_blocks or 0
+    result = evaluate_encoder(model, pool, cfg.select_splits, feature_cache=cache, trainable_blocks=blocks)
+    return float(result["same_patent"].get("mAP", 0.0))
 
 
 def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
@@ -375,22 +575,41 @@ def train_retrieval_encoder(cfg: RetrievalTrainConfig, report: Any = None) -> di
     encoder_config = preset(cfg.preset, **overrides)
 
     train_splits = set(cfg.train_splits)
+    device = torch.device(
+        ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
+    )
+    model = build_encoder(encoder_config, seed=cfg.seed)
+    frozen = cfg.trainable_blocks is not None
+    candidates = [f for f in figures if f["split"] in train_splits]
     train: list[dict[str, Any]] = []
-    pixels: list[torch.Tensor] = []
-    for figure in figures:
-        if figure["split"] not in train_splits:
-            continue
-        try:
-            pixels.append(preprocess_image(figure["image_path"], encoder_config))
-        except ValueError as error:
-            log(f"retrieval_encoder: left out {figure['image_id']}: {error}")
-            continue
-        train.append(figure)
+    prefix: PrefixFeatures | None = None
+    cached: torch.Tensor | None = None
+    cache_root: Path | None = None
+    if frozen:  # the frozen part runs once per image; the cache keeps it for the next run too
+        model.check_trainable_blocks(cfg.trainable_blocks)
+        cache_root = Path(cfg.feature_cache) if cfg.feature_cache else out_dir / "feature_cache"
+        prefix = compute_prefix_features(
+            model, [f["image_path"] for f in candidates], cfg.trainable_blocks, cache_root
+        )
+        for position, reason in prefix.failed.items():
+            log(f"retrieval_encoder: left out {candidates[position]['image_id']}: {reason}")
+        train = [candidates[i] for i in prefix.kept]
+        # the whole cache's pooled vectors (trainable_blocks 0) fit in memory: a few KB a figure
+        cached = prefix.load(range(len(train))) if cfg.trainable_blocks == 0 and train else None
+    else:
+        pixels: list[torch.Tensor] = []
+        for figure in candidates:
+            try:
+                pixels.append(preprocess_image(figure["image_path"], encoder_config))
+            except ValueError as error:
+                log(f"retrieval_encoder: left out {figure['image_id']}: {error}")
+                continue
+            train.append(figure)
     if not train:
         raise ValueError(f"{figures_jsonl}: no readable figure in the training splits {sorted(train_splits)}")
     if cfg.select_splits and not any(f["split"] in set(cfg.select_splits) for f in figures):
         raise ValueError(f"{figures_jsonl}: no figure in the selection splits {list(cfg.select_splits)}")
-    images = torch.stack(pixels)
+    images = None if frozen else torch.stack(pixels)
     patents = sorted({f["patent_id"] for f in train})
     patent_labels = torch.tensor([patents.index(f["patent_id"]) for f in train])
     classes_of = [figure_class(f["classifications"]) for f in train]
@@ -417,10 +636,6 @@ def train_retrieval_encoder(cfg: RetrievalTrainConfig, report: Any = None) -> di
         log(f"retrieval_encoder: {len(flat)} texts embedded ({len(generated)} generated descriptions given)")
 
     # ---- model and losses
-    device = torch.device(
-        ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
-    )
-    model = build_encoder(encoder_config, seed=cfg.seed)
     losses = RetrievalLosses(
         cfg.losses,
         num_patents=len(patents),
@@ -436,18 +651,15 @@ def train_retrieval_encoder(cfg: RetrievalTrainConfig, report: Any = None) -> di
     )
     if not class_names:  # nothing is classified: cls / cat have nothing to learn from
         losses.active = [name for name in losses.active if name not in ("cls", "cat")]
+    if encoder_config.head == "whitening":
+        pooled = _pooled_training_features(model, cfg, prefix, cached, images)
+        _init_whitening_head(model, losses, pooled, patent_labels, cfg.whitening_shrinkage)
+        log(f"retrieval_encoder: head initialised as the learned whitening of {len(patents)} patents")
     # Augmentation and sampling stay on the CPU (seeded generator); the batches move to `device`.
     model.to(device)
     losses.to(device)
     log(f"retrieval_encoder: training on {device}")
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2] + list(losses.logit_scales.parameters())
-    no_decay += list(losses.log_variances.parameters())
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-    decay += list(losses.arcface.parameters()) if losses.arcface is not None else []
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr,
-    )
+    optimizer = torch.optim.AdamW(_parameter_groups(model, losses, cfg), lr=cfg.lr)
     from transformers import get_cosine_schedule_with_warmup
 
     views = cfg.views_per_patent
@@ -457,6 +669,9 @@ def train_retrieval_encoder(cfg: RetrievalTrainConfig, report: Any = None) -> di
     scheduler = get_cosine_schedule_with_warmup(
         optimizer, max(1, int(cfg.warmup_fraction * total_steps)), max(1, total_steps)
     )
+
+    # Evaluations read the frozen part's features of every figure from the cache too
+    eval_cache, eval_blocks = (cache_root, cfg.trainable_blocks) if frozen else (None, 0)
 
     # ---- resume, or evaluate the untrained encoder (same seed, same init)
     checkpoint_path = out_dir / "checkpoint" / CHECKPOINT_FILE
@@ -487,7 +702,9 @@ def train_retrieval_encoder(cfg: RetrievalTrainConfig, report: Any = None) -> di
         )
         log(f"retrieval_encoder: resumed from {checkpoint_path} at epoch {start_epoch}, step {step}")
     else:
-        untrained = evaluate_encoder(model, figures, cfg.eval_splits)
+        untrained = evaluate_encoder(
+            model, figures, cfg.eval_splits, feature_cache=eval_cache, trainable_blocks=eval_blocks
+        )
         log(
             f"retrieval_encoder: untrained same-patent mAP {untrained['same_patent'].get('mAP', float('nan')):.3f}"
         )
@@ -500,10 +717,16 @@ def train_retrieval_encoder(cfg: RetrievalTrainConfig, report: Any = None) -> di
     figure_index = torch.arange(len(train))
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
+        if frozen:
+            model.backbone.eval()  # frozen BatchNorm statistics (and no dropout) in the backbone
         for batch in patent_batches(patent_labels, patents_per_batch, views, generator):
-            pixels_batch = torch.stack([augment(images[i], cfg, generator) for i in batch.tolist()])
             texts, has_text = _sample_texts(batch.tolist(), text_vectors, encoder_config.text_dim, generator)
-            embedding = model(pixels_batch.to(device))
+            if frozen:
+                inputs = _feature_batch(prefix, cached, batch.tolist(), cfg, generator)
+                embedding = model.suffix(inputs.to(device), cfg.trainable_blocks)
+            else:
+                pixels_batch = torch.stack([augment(images[i], cfg, generator) for i in batch.tolist()])
+                embedding = model(pixels_batch.to(device))
             parts = losses(
                 embedding,
                 model.project_to_text(embedding),
@@ -567,7 +790,9 @@ def train_retrieval_encoder(cfg: RetrievalTrainConfig, report: Any = None) -> di
         model.load_state_dict(best["model"])
         log(f"retrieval_encoder: kept epoch {best['epoch']} (selection mAP {best['score']:.3f})")
     model.eval()
-    trained = evaluate_encoder(model, figures, cfg.eval_splits)
+    trained = evaluate_encoder(
+        model, figures, cfg.eval_splits, feature_cache=eval_cache, trainable_blocks=eval_blocks
+    )
     log(f"retrieval_encoder: trained same-patent mAP {trained['same_patent'].get('mAP', float('nan')):.3f}")
     encoder_dir = save_encoder(model, out_dir / "encoder")
     write_jsonl(out_dir / "metrics.jsonl", history)
