@@ -71,7 +71,8 @@ def _link_or_copy(src: Path, dst: Path) -> None:
     deps=[uspto_release],
     group_name=RELEASE_GROUP,
     kinds={"xml"},
-    description="Every us-patent-grant of the release parsed (DTD v4.0-v4.7); non-grants skipped, bad documents rejected.",
+    description="Every grant (us-patent-grant, DTD v4.0-v4.7) and published application (us-patent-application) "
+    "of the release parsed; other document types skipped and counted, bad documents rejected.",
 )
 def release_documents(
     context: dg.AssetExecutionContext, home: PatentflowHome, dvc: DataVersioning
@@ -132,6 +133,7 @@ def release_figures(
         home.release_dir(key, "ocr"),
         home.release_dir(key, "figures"),
         release=key,
+        cache_dir=home.ocr_cache,  # the extra OCR passes (turned sheets, second chances), as sheet_ocr's
     )
     records = read_figures(result.out_dir / pipeline.FIGURES)
     metadata = step_metadata(result) | {"sample": sample_figure_markdown(records)}

@@ -1,9 +1,10 @@
 """`patentflow run`: the main job, on the persistent Dagster instance under $PATENTFLOW_HOME.
 
 It does what the sensor and the automation do in a running deployment, once, in order:
-put synthetic releases in the landing directory if it is empty, add a partition for each
-new release, run `ingest_release` for every release, then `build_dataset`. The runs are
-ordinary Dagster runs: `patentflow ui` shows them afterwards.
+if the landing directory is empty, put in it the synthetic releases and the shipped sample of
+real USPTO design grants (`patent_assets.real_sample`, one directory release), add a partition
+for each new release, run `ingest_release` for every release, then `build_dataset`. The runs
+are ordinary Dagster runs: `patentflow ui` shows them afterwards.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -19,7 +21,7 @@ from orchestration.assets import releases
 from orchestration.definitions import build_definitions
 from orchestration.resources import LandingDirectory, PatentflowHome
 from orchestration.sensors import new_release_keys
-from patent_assets import pipeline
+from patent_assets import pipeline, real_sample
 from patent_assets.dataset import release_passed
 from patent_assets.records import read_jsonl
 from patentflow.settings import Home
@@ -37,6 +39,7 @@ class RunReport:
     checks: dict[str, bool] = field(default_factory=dict)
     failed_runs: list[str] = field(default_factory=list)
     dataset: dict[str, int] = field(default_factory=dict)
+    dataset_real: dict[str, int] = field(default_factory=dict)  # the same counts, real USPTO figures only
     model: dict[str, Any] = field(default_factory=dict)
     retrieval: dict[str, Any] = field(default_factory=dict)
 
@@ -50,17 +53,23 @@ class RunReport:
             "",
             "PatentFlow run summary",
             f"  releases:   {len(self.releases)} ({', '.join(self.releases)})",
-            f"  ingested:   {c['grants']} grants, {c['sheets']} sheets, {c['ocr_words']} OCR words, "
-            f"{c['figures']} figures ({c['labels_aligned']}/{c['labels_expected']} FIG labels aligned)",
-            f"  skipped:    {c['skipped_non_grants']} non-grant documents",
+            f"  ingested:   {c['grants']} grants, {c['applications']} applications, {c['sheets']} sheets, "
+            f"{c['ocr_words']} OCR words, {c['figures']} figures ({c['real_figures']} real USPTO, "
+            f"{c['synthetic_figures']} synthetic; {c['labels_aligned']}/{c['labels_expected']} FIG labels aligned)",
+            f"  skipped:    {c['skipped_non_grants']} documents neither grant nor application",
             f"  rejected:   {sum(self.rejected_by_reason.values())} items"
             + "".join(
                 f"\n                {n} x {reason}" for reason, n in self.rejected_by_reason.most_common(8)
             ),
             "  validated:  "
             + (", ".join(f"{k} {'passed' if ok else 'FAILED'}" for k, ok in self.checks.items()) or "-"),
-            f"  dataset:    {self.dataset.get('figures', 0)} figures; splits "
-            + ", ".join(f"{k} {v}" for k, v in self.dataset.items() if k not in ("figures", "all")),
+            f"  dataset:    {self.dataset.get('figures', 0)} figures ({self.dataset_real.get('figures', 0)} real); "
+            + "splits "
+            + ", ".join(
+                f"{k} {v} ({self.dataset_real.get(k, 0)} real)"
+                for k, v in self.dataset.items()
+                if k not in ("figures", "all")
+            ),
         ]
         if self.model:
             lines += _model_lines("model:", "PatentLMM", self.model)
@@ -90,20 +99,17 @@ def run_all(
     seed: int = 0,
     echo: Callable[[str], None] = print,
     train: bool = True,
+    real_release: bool = True,
 ) -> RunReport:
-    from patent_assets import synthetic
-
-    home.landing.mkdir(parents=True, exist_ok=True)
     landing = LandingDirectory(path=str(home.landing))
-    if not landing.list_releases():
-        echo(
-            f"landing directory empty: writing {synthetic_releases} synthetic weekly releases to {home.landing}"
-        )
-        config = synthetic.SyntheticConfig(
-            releases=synthetic_releases, patents_per_release=patents_per_release, seed=seed
-        )
-        synthetic.generate(config, home.landing)
-
+    fill_empty_landing(
+        home.landing,
+        synthetic_releases=synthetic_releases,
+        patents_per_release=patents_per_release,
+        seed=seed,
+        real_release=real_release,
+        echo=echo,
+    )
     defs = build_definitions(release_source=landing, home=PatentflowHome(root=str(home.root)))
     report = RunReport(home)
     with dg.DagsterInstance.get() as instance:
@@ -146,7 +152,47 @@ def run_all(
                 report.failed_runs.append(f"retrain_retrieval ({result.run_id})")
     summary = pipeline.read_step_summary(home.data / "dataset" / "figures")
     report.dataset = {"figures": summary.get("figures", 0), **summary.get("splits", {})}
+    report.dataset_real = _real_figures_by_split(home.data / "dataset" / "figures" / pipeline.FIGURES)
     return report
+
+
+def fill_empty_landing(
+    landing_dir: Path,
+    *,
+    synthetic_releases: int = 3,
+    patents_per_release: int = 8,
+    seed: int = 0,
+    real_release: bool = True,
+    echo: Callable[[str], None] = print,
+) -> list[Path]:
+    """The embedded default's releases, put in the landing directory only when it holds none:
+    the synthetic weekly releases and the shipped sample of real USPTO design grants (a
+    directory release), whose drawings the models train on and are judged by. Returns what it wrote."""
+    from patent_assets import synthetic
+
+    landing_dir.mkdir(parents=True, exist_ok=True)
+    if LandingDirectory(path=str(landing_dir)).list_releases():
+        return []
+    echo(f"landing directory empty: writing {synthetic_releases} synthetic weekly releases to {landing_dir}")
+    config = synthetic.SyntheticConfig(
+        releases=synthetic_releases, patents_per_release=patents_per_release, seed=seed
+    )
+    written = synthetic.generate(config, landing_dir)
+    if real_release:
+        written.append(real_sample.land(landing_dir))
+        echo(f"and the sample of real USPTO design grants as release {written[-1].name}")
+    return written
+
+
+def _real_figures_by_split(figures_jsonl: Path) -> dict[str, int]:
+    """Real (USPTO, not synthetic) figures of the dataset: in all, and per split."""
+    counts: Counter[str] = Counter()
+    if figures_jsonl.exists():
+        for row in read_jsonl(figures_jsonl):
+            if not row.get("synthetic", False):
+                counts["figures"] += 1
+                counts[row.get("split", "")] += 1
+    return dict(counts)
 
 
 def _materialized(result: dg.ExecuteInProcessResult) -> dict[str, Any]:
@@ -191,6 +237,11 @@ def _retrieval_summary(result: dg.ExecuteInProcessResult) -> dict[str, Any]:
             summary.setdefault("metrics", {})[name] = encoder[name].value
     if challenger := events.get("retrieval_challenger", {}):
         summary["model_version"] = challenger["model_version"].value
+        # on the real held-out drawings: the challenger against the bars it must clear
+        for name in ("", "champion_", "untouched_", "pixels_"):
+            if f"{name}real_same_patent_mAP" in challenger:
+                key = f"real_same_patent_mAP ({name.rstrip('_') or 'challenger'})"
+                summary.setdefault("metrics", {})[key] = challenger[f"{name}real_same_patent_mAP"].value
         # a blocked challenger leaves the champion where it was: the one it was compared with
         summary["champion_version"] = challenger["champion_version"].value
     if champion := events.get("retrieval_champion", {}):
@@ -215,7 +266,7 @@ def _retrieval_summary(result: dg.ExecuteInProcessResult) -> dict[str, Any]:
 def _collect_release(report: RunReport, home: Home, key: str) -> None:
     base = home.data / "releases" / key
     steps = {
-        "documents": ("grants", "sheets", "skipped_non_grants"),
+        "documents": ("grants", "applications", "sheets", "skipped_non_grants"),
         "sheet_images": (),
         "ocr": ("words",),
         "figures": ("figures", "labels_aligned", "labels_expected"),
@@ -224,6 +275,11 @@ def _collect_release(report: RunReport, home: Home, key: str) -> None:
         summary = pipeline.read_step_summary(base / step)
         for name in fields:
             report.counts["ocr_words" if name == "words" else name] += int(summary.get(name, 0))
+        if step == "figures" and (base / step / pipeline.FIGURES).exists():
+            report.counts.update(
+                "synthetic_figures" if row.get("synthetic") else "real_figures"
+                for row in read_jsonl(base / step / pipeline.FIGURES)
+            )
         rejected = base / step / pipeline.REJECTED
         if rejected.exists():
             for row in read_jsonl(rejected):

@@ -81,6 +81,13 @@ def run(
     patents: Annotated[int, typer.Option(help="Patents per synthetic release.")] = 8,
     seed: int = 0,
     train: Annotated[bool, typer.Option(help="Also train, evaluate and promote PatentLMM.")] = True,
+    real_sample: Annotated[
+        bool,
+        typer.Option(
+            help="With the synthetic releases, also land the shipped sample of real USPTO design "
+            "grants (16 grants, 102 sheets) as a release."
+        ),
+    ] = True,
 ) -> None:
     """The main job: materialize the whole asset graph on the embedded default."""
     from orchestration import runner
@@ -93,6 +100,7 @@ def run(
         seed=seed,
         echo=typer.echo,
         train=train,
+        real_release=real_sample,
     )
     typer.echo(report.render())
     if not report.success:

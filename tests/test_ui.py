@@ -46,8 +46,10 @@ def dagster_ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     root = tmp_path_factory.mktemp("ui-home")
     env = os.environ | {"PATENTFLOW_HOME": str(root), "DAGSTER_HOME": str(root / "dagster")}
     # one small release, materialized by the main job into this home's persistent instance
+    # (without the real sample: a second release would only add a minute of OCR here)
+    run = ["run", "--releases", "1", "--patents", "3", "--no-train", "--no-real-sample"]
     subprocess.run(
-        [sys.executable, "-m", "patentflow.cli", "run", "--releases", "1", "--patents", "3", "--no-train"],
+        [sys.executable, "-m", "patentflow.cli", *run],
         env=env,
         check=True,
         timeout=600,

@@ -1,0 +1,116 @@
+"""The real USPTO sample shipped with the code: the same bytes as ../shared/realdata, every file
+in its provenance, and landed by `patentflow run` as a release that ingests as real grants."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from orchestration.runner import RunReport, fill_empty_landing
+from patent_assets import pipeline, real_sample
+from patent_assets.records import read_figures, read_jsonl
+from patent_assets.release_source import LandingDirectoryReleases
+from patentflow.settings import Home
+
+SHARED = "design_patents_with_drawings_2021"
+NOT_USPTO = {"sheet_figure_labels.json", "sample_data.csv"}  # written by others: not shipped
+SMALL_GRANTS = ("USD0910059-20210209", "USD0930094-20210907")  # 2 and 3 sheets: OCR in seconds
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _table_rows(markdown: str, first_cell: str) -> dict[str, list[str]]:
+    rows = [line.strip("|").split("|") for line in markdown.splitlines() if line.startswith("| ")]
+    return {
+        cells[0].strip(): [c.strip() for c in cells[1:]]
+        for cells in rows
+        if cells[0].strip().startswith(first_cell)
+    }
+
+
+def test_sample_is_the_shared_uspto_files_byte_for_byte(realdata: Path) -> None:
+    shipped = real_sample.files()
+    shared = [f for f in real_sample.files(realdata / SHARED) if f.name not in NOT_USPTO]
+    assert shipped == shared
+    assert len({f.parent for f in shipped}) == 16
+    assert sum(f.suffix == ".TIF" for f in shipped) == 102 and sum(f.suffix == ".XML" for f in shipped) == 16
+    for relative in shipped:
+        assert _sha256(real_sample.DESIGN_GRANTS_2021 / relative) == _sha256(realdata / SHARED / relative), (
+            relative
+        )
+
+
+def test_sha256sums_and_provenance_list_every_file(realdata: Path) -> None:
+    expected = {
+        f"design_grants_2021/{relative.as_posix()}": real_sample.DESIGN_GRANTS_2021 / relative
+        for relative in real_sample.files()
+    }
+    sums = dict(reversed(line.split("  ", 1)) for line in real_sample.SHA256SUMS.read_text().splitlines())
+    assert sums.keys() == expected.keys()
+    assert all(sums[name] == _sha256(path) for name, path in expected.items())
+    rows = _table_rows(real_sample.PROVENANCE.read_text(), "design_grants_2021/")
+    assert rows.keys() == expected.keys()
+    for name, (size, sha_prefix, source_key, _source_path) in rows.items():
+        assert int(size) == expected[name].stat().st_size and sums[name].startswith(sha_prefix), name
+        assert source_key == "impact", name
+    # the rows are the shared provenance's own rows for these files, with the path as it is here
+    shared = {
+        name.replace(f"{SHARED}/", "design_grants_2021/", 1): cells
+        for name, cells in _table_rows((realdata / "PROVENANCE.md").read_text(), f"{SHARED}/").items()
+    }
+    assert rows == {name: shared[name] for name in rows}
+    assert "public domain" in real_sample.PROVENANCE.read_text()
+    assert (
+        "| impact | https://github.com/hhshomee/designpatent_dataset |" in real_sample.PROVENANCE.read_text()
+    )
+
+
+def test_run_lands_the_sample_beside_the_synthetic_releases_once(tmp_path: Path) -> None:
+    landing = tmp_path / "landing"
+    written = fill_empty_landing(landing, synthetic_releases=1, patents_per_release=1, echo=lambda _: None)
+    releases = LandingDirectoryReleases(landing).list_releases()
+    assert [r.key for r in releases] == ["2024-01-02", real_sample.RELEASE_NAME]
+    assert [Path(r.location).name for r in releases] == [p.name for p in written]
+    landed = Path(releases[1].location)
+    assert real_sample.files(landed) == real_sample.files()
+    assert all(
+        (landed / f).read_bytes() == (real_sample.DESIGN_GRANTS_2021 / f).read_bytes()
+        for f in real_sample.files()
+    )
+    assert not [p for p in landing.iterdir() if p.name.startswith(".")]  # no temporary copy left
+    # a landing directory that already holds releases is left as it is
+    assert fill_empty_landing(landing, synthetic_releases=1, patents_per_release=1, echo=lambda _: None) == []
+
+
+def test_landed_sample_ingests_as_real_grants(tmp_path: Path) -> None:
+    release = real_sample.land(tmp_path / "landing")
+    assert LandingDirectoryReleases(tmp_path / "landing").list_releases()[0].key == real_sample.RELEASE_NAME
+    # the release as `release_documents` parses it: every grant, none marked synthetic
+    parsed = pipeline.parse_sources([release], tmp_path / "documents")
+    documents = [row["document"] for row in read_jsonl(parsed.out_dir / pipeline.DOCUMENTS)]
+    assert parsed.counts["grants"] == 16 and parsed.counts["sheets"] == 102 and not parsed.rejected
+    assert {(d["document_kind"], d["synthetic"]) for d in documents} == {("grant", False)}
+    # and two of its grants all the way to figure records (OCR of the whole sample takes a minute)
+    summary = pipeline.ingest([release / name for name in SMALL_GRANTS], tmp_path / "out", workers=2)
+    records = read_figures(tmp_path / "out" / pipeline.FIGURES)
+    assert summary.figures == len(records) == 3  # every sheet but the front pages (D00000)
+    assert {(r.patent_id, r.sheet) for r in records} == {
+        ("USD0910059S1", "D00001"),
+        ("USD0930094S1", "D00001"),
+        ("USD0930094S1", "D00002"),
+    }
+    assert all(not r.synthetic and r.document_kind == "grant" for r in records)
+    assert all(r.figure_labels and r.ocr.words and r.grant_date.startswith("2021") for r in records)
+
+
+def test_summary_counts_applications_and_real_figures(tmp_path: Path) -> None:
+    report = RunReport(Home(tmp_path))
+    report.counts.update(grants=40, applications=2, figures=168, real_figures=86, synthetic_figures=82)
+    report.dataset = {"figures": 168, "all": 168, "train": 120, "val": 20, "test": 28}
+    report.dataset_real = {"figures": 86, "train": 60, "val": 12, "test": 14}
+    text = report.render()
+    assert "40 grants, 2 applications" in text
+    assert "168 figures (86 real USPTO, 82 synthetic;" in text
+    assert "168 figures (86 real); splits train 120 (60 real), val 20 (12 real), test 28 (14 real)" in text
