@@ -9,7 +9,14 @@ from pathlib import Path
 import pytest
 
 from patent_assets.records import FigureRecord, OcrWords
-from patent_assets.splits import assign_split, read_split, split_of_images, write_splits
+from patent_assets.splits import (
+    assign_split,
+    design_class,
+    read_split,
+    split_key,
+    split_of_images,
+    write_splits,
+)
 
 # Pinned: these must never change, or every published split moves.
 PINNED = {
@@ -115,3 +122,102 @@ def test_write_splits_from_mapping(tmp_path: Path) -> None:
 def test_image_claimed_by_two_patents_is_an_error() -> None:
     with pytest.raises(ValueError, match="image X__1 belongs to both"):
         split_of_images({"US1B2": ["X__1"], "US2B2": ["X__1"]})
+
+
+# ----------------------------------------------------------------- design siblings share a split
+
+
+def _figure(patent: str, grant_date: str, classifications: list[str], sheet: int = 1) -> FigureRecord:
+    return FigureRecord(
+        image_id=f"{patent}__{sheet}",
+        patent_id=patent,
+        sheet=f"D{sheet:05d}",
+        image_path=f"/images/{patent}__{sheet}.png",
+        figure_labels=[],
+        brief_description="",
+        detailed_description="",
+        grant_date=grant_date,
+        classifications=classifications,
+        title="t",
+        ocr=OcrWords(),
+    )
+
+
+def test_design_class_reads_the_first_uspc_design_entry() -> None:
+    assert design_class(["LOCARNO:1216", "USPC:D12209"]) == "D12"
+    assert design_class(["USPC:D12 209"]) == "D12"
+    assert design_class(["USPC:D 2973", "USPC:D2969"]) == "D2"  # padded to three characters
+    assert design_class(["LOCARNO:0204", "USPC:D 5 32"]) == "D5"
+    assert design_class(["uspc: d14341"]) == "D14"
+    assert design_class(["LOCARNO:1216"]) == ""
+    assert design_class(["USPC:248176.1"]) == ""  # a utility class
+    assert design_class([]) == ""
+
+
+def test_sibling_designs_share_a_split_whatever_their_ids() -> None:
+    """Two designs of one USPC class granted the same day share a split key, and so a split; over
+    200 such pairs with unrelated numbers, splitting by patent would part many of them. Classes
+    are written as the USPTO does ("D 2973", "D12209") and with a space ("D12 209")."""
+    records, pairs = [], []
+    for n in range(200):
+        date = f"20{10 + n % 12}-{1 + n % 12:02d}-{1 + n % 28:02d}"
+        cls = f"D{1 + n % 34}"
+        first, second = f"USD0{700_000 + 997 * n:06d}S1", f"USD0{950_000 - 613 * n:06d}S"
+        records += [
+            _figure(first, date, ["LOCARNO:1216", f"USPC:{cls:<3}{100 + n}"], sheet) for sheet in (1, 2)
+        ]
+        records.append(_figure(second, date, [f"USPC:{cls} {200 + n}"]))
+        pairs.append((first, second))
+        assert split_key(records[-1]) == split_key(records[-2]) == f"design-siblings:{date}:{cls}"
+    splits = split_of_images(records)
+    for first, second in pairs:
+        assert splits[f"{first}__1"] == splits[f"{first}__2"] == splits[f"{second}__1"]
+    assert sum(assign_split(first) != assign_split(second) for first, second in pairs) > 40
+    assert {splits[f"{first}__1"] for first, _ in pairs} == {"train", "val", "test"}
+
+
+def test_designs_of_another_day_or_class_and_utility_patents_are_keyed_apart() -> None:
+    base = _figure("USD0929296S1", "2021-08-31", ["LOCARNO:1216", "USPC:D12209"])
+    keys = {
+        split_key(record)
+        for record in (
+            base,
+            _figure("USD0929297S1", "2021-09-07", ["USPC:D12209"]),  # a week later
+            _figure("USD0929298S1", "2021-08-31", ["USPC:D13209"]),  # another class
+            _figure("USD0929299S1", "2021-08-31", ["LOCARNO:1216"]),  # no USPC class: its own
+        )
+    }
+    assert keys == {
+        "design-siblings:2021-08-31:D12",
+        "design-siblings:2021-09-07:D12",
+        "design-siblings:2021-08-31:D13",
+        "USD0929299S1",
+    }
+    # Utility patents (and applications) are keyed by their patent whatever their classes and dates
+    for patent in ("US11036660B2", "US11036661B2", "US20250204297A1"):
+        record = _figure(patent, "2021-08-31", ["USPC:D12209", "CPC:F16M 13/02"])
+        assert split_key(record) == patent
+        assert split_of_images([record]) == {f"{patent}__1": assign_split(patent)}
+    assert split_of_images([base]) == {"USD0929296S1__1": assign_split("design-siblings:2021-08-31:D12")}
+
+
+def test_real_sibling_designs_share_a_split(realdata) -> None:
+    """Grants parsed from the real USPTO XML: the two wheels (D12, 2021-08-31), the tablet
+    computers (D14, 2021-08-17: the dental abutment granted that day is D24) and the shoes (D2,
+    2021-05-04: the string light of that day is D26)."""
+    from patent_assets.uspto_xml import parse_grant
+
+    keys = {}
+    for xml in sorted(realdata.glob("design_patents_with_drawings_2021*/USD*/*.XML")):
+        document = parse_grant(xml.read_bytes())
+        keys[document.patent_id] = split_key(
+            _figure(document.patent_id, document.grant_date, document.classifications)
+        )
+    assert len(keys) >= 30
+    assert keys["USD0929296S1"] == keys["USD0929297S1"] == "design-siblings:2021-08-31:D12"
+    assert keys["USD0928144S1"] == keys["USD0928145S1"] != keys["USD0928323S1"]
+    assert keys["USD0917866S1"] == keys["USD0917867S1"] != keys["USD0918440S1"]
+    assert keys["USD0913174S1"] == keys["USD0913175S1"]  # consecutive numbers, one class and day
+    assert keys["USD0930094S1"] == keys["USD0930095S1"]  # D21 725 and D21 743, one day
+    assert keys["USD0907292S1"] == keys["USD0907293S1"] != keys["USD0909824S1"]
+    assert keys["USD0909824S1"] != keys["USD0910059S1"]  # one day, D7 and D14

@@ -316,18 +316,20 @@ class FigureEncoder(nn.Module):
 
     def backbone_input(self, pixels: torch.Tensor) -> torch.Tensor:
         """Ink-on-paper pixels as the backbone was trained to see them (`EncoderConfig.pixel_norm`)."""
-        if self.config.pixel_norm == "ink":
-            return pixels
+        if self.config.pixel_norm == "ink":  # an RGB backbone reads grey ink as three equal channels
+            return pixels.expand(-1, 3, -1, -1) if self.is_lite and pixels.shape[1] == 1 else pixels
         paper = 1.0 - pixels  # black ink on white paper, as in a photograph of the sheet
         if paper.shape[1] == 1:
             paper = paper.expand(-1, 3, -1, -1)
         return (paper - self.pixel_mean) / self.pixel_std
 
-    def _lite(self, x: torch.Tensor, first_block: int = 0, last_block: int | None = None) -> torch.Tensor:
-        """Run an EfficientNet-Lite from block `first_block` (0: the stem first) up to `last_block`
-        (None: all blocks, then the head convolution); no drop-connect."""
+    def _lite(
+        self, x: torch.Tensor, first_block: int = 0, last_block: int | None = None, stem: bool = True
+    ) -> torch.Tensor:
+        """Run an EfficientNet-Lite: the stem (when `stem`), blocks `first_block` up to `last_block`
+        (None: all of them, then the head convolution); no drop-connect."""
         net = self.backbone
-        if first_block == 0:
+        if stem:
             x = net._swish(net._bn0(net._conv_stem(x)))
         for block in net._blocks[first_block:last_block]:
             x = block(x)
@@ -394,7 +396,7 @@ class FigureEncoder(nn.Module):
         """The pooled vector from `prefix`'s output."""
         if trainable_blocks == 0:
             return features
-        return self.pooled(self._lite(features, self.num_blocks - trainable_blocks))
+        return self.pooled(self._lite(features, self.num_blocks - trainable_blocks, stem=False))
 
     def suffix(self, features: torch.Tensor, trainable_blocks: int) -> torch.Tensor:
         """The embedding from `prefix`'s output: `forward(x) == suffix(prefix(x, k), k)`."""
