@@ -58,3 +58,44 @@ def promote(
             "model_uri": f"models:/{model}@{tracking.CHAMPION}",
         }
     )
+
+
+def beats_baseline(
+    context: dg.AssetCheckExecutionContext,
+    challenger_asset: str,
+    baseline: str,
+    model: str,
+    metric: str,
+    uri: str,
+) -> dg.AssetCheckResult:
+    """A warning check: does the challenger beat a model-free baseline of its record (e.g. the
+    untouched pretrained backbone, `"<baseline>_metrics"`) on `metric`? The answer goes on the
+    version's tags (`beats_<baseline>`) either way, so a loss is never shipped silently."""
+    from training import tracking
+
+    record = json.loads(Path(latest(context, challenger_asset)).read_text())
+    baseline_metrics = record.get(f"{baseline}_metrics") or {}
+    ours, theirs = record["metrics"].get(metric), baseline_metrics.get(metric)
+    metadata: dict[str, Any] = {"metric": metric, "challenger_version": record["version"]}
+    if ours is None or theirs is None:
+        return dg.AssetCheckResult(
+            passed=False,
+            severity=dg.AssetCheckSeverity.WARN,
+            metadata={**metadata, "reason": f"no {metric} for the challenger or the {baseline} baseline"},
+        )
+    passed = float(ours) > float(theirs)
+    verb = "beats" if passed else "does NOT beat"
+    reason = f"challenger {metric} {float(ours):.4f} {verb} the {baseline} baseline {float(theirs):.4f}"
+    tracking.tag_version(
+        model,
+        record["version"],
+        {f"beats_{baseline}": str(passed), f"{baseline}_{metric}": f"{float(theirs):.4f}"},
+        tracking_uri=uri,
+    )
+    if not passed:
+        context.log.warning(reason)
+    return dg.AssetCheckResult(
+        passed=passed,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={**metadata, "reason": reason, "challenger": float(ours), baseline: float(theirs)},
+    )

@@ -169,21 +169,27 @@ class PatentLMMSettings(dg.ConfigurableResource):
 
 
 class RetrievalSettings(dg.ConfigurableResource):
-    """Which figure encoder to train and how to index: the tiny embedded default, or production
-    (a pretrained backbone and a text encoder from local paths, an approximate index)."""
+    """Which figure encoder to train and how to index. The default: ImageNet EfficientNet-Lite0
+    from its PyPI wheel, frozen, with a learned-whitening head fine-tuned on the training patents
+    (`tiny`: a small encoder trained from scratch; any backbone by local path)."""
 
-    preset_name: str = "tiny"  # a name in training.retrieval_model.PRESETS
-    backbone: str = ""  # e.g. "efficientnet", "timm:efficientnet_b0", "hf"; empty keeps the preset's
+    preset_name: str = "pretrained"  # a name in training.retrieval_model.PRESETS
+    backbone: str = ""  # e.g. "efficientnet-lite2", "timm:efficientnet_b0", "hf"; empty keeps the preset's
     backbone_dir: str = ""  # local pretrained weights; nothing is downloaded
     text_encoder_dir: str = ""  # a sentence-transformers directory; empty: the embedded MiniLM
     epochs: int = 0  # 0: the training job's default
+    # None: the whole encoder trains from pixels (the from-scratch `tiny` preset); 0: the backbone
+    # stays frozen (its features cached once per image); k: its last k blocks train too
+    trainable_blocks: int | None = 0
     index_kind: str = "flat"  # flat (exact), ivf, hnsw or ivfpq
     index_refine: int = 0  # ivfpq: re-score refine x k PQ candidates exactly; 0: off
     # Image search scores (1 - w) x encoder cosine + w x ink-thumbnail cosine (late fusion);
-    # 0: the encoder alone
-    index_thumbnail_weight: float = 0.5
+    # 0: the encoder alone (measured on the real design grants: benchmarks/retrieval_real.py)
+    index_thumbnail_weight: float = 0.0
     index_thumbnail_size: int = 32
-    promotion_metric: str = "same_patent_mAP"  # the challenger must beat the champion on this
+    # The challenger must beat the champion on this: same-patent mAP of the real (USPTO)
+    # held-out figures among the real ones; "same_patent_mAP" judges on every figure
+    promotion_metric: str = "real_same_patent_mAP"
 
     def encoder_overrides(self) -> dict[str, str]:
         return {k: v for k, v in {"backbone": self.backbone, "backbone_dir": self.backbone_dir}.items() if v}

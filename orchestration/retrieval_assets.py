@@ -1,10 +1,14 @@
 """The retrieval half: the figure encoder trained, gated, promoted; the search index built from it.
 
     figure_dataset, generated_descriptions -> retrieval_encoder -> retrieval_challenger
-        -> (check: retrieval_challenger_beats_champion) -> retrieval_champion -> retrieval_index
+        -> (checks: retrieval_challenger_beats_champion, blocking;
+            retrieval_challenger_beats_pretrained, a warning)
+        -> retrieval_champion -> retrieval_index
 
-The encoder trains in a subprocess launched through Pipes (ArcFace on patent identity plus the
-LLM-informed alignment with the champion PatentLMM's descriptions); MLflow holds its run and
+The encoder trains in a subprocess launched through Pipes (an ImageNet-pretrained backbone, its
+head fine-tuned with ArcFace on patent identity plus the LLM-informed alignment with the champion
+PatentLMM's descriptions); the gate judges on the real (USPTO) held-out drawings, against the
+champion, the untouched pretrained backbone and pixel matching; MLflow holds its run and
 registry versions; the index (figures, text-space projections, patents' title + abstract, the
 encoder itself) is one DVC-versioned directory that `patentflow search` reads.
 """
@@ -40,14 +44,18 @@ def _flat(metrics: dict) -> dict[str, float]:
     }
 
 
+def _feature_cache(home: PatentflowHome) -> Path:
+    """Frozen-backbone features, content-addressed: shared by every run, evaluation and model."""
+    return home.home.store / "features"
+
+
 def _headline(flat: dict[str, float]) -> dict[str, dg.MetadataValue]:
-    keys = (
-        "same_patent_mAP",
-        "same_patent_Rank-1",
-        "same_patent_Rank-5",
-        "prior_art_mAP",
-        "prior_art_Recall@10",
-    )
+    keys = [
+        f"{origin}{key}"
+        for origin in ("real_", "synthetic_", "")
+        for key in ("same_patent_mAP", "same_patent_Rank-1", "prior_art_mAP")
+    ]
+    keys += ["same_patent_Rank-5", "prior_art_Recall@10"]
     return {key: dg.MetadataValue.float(round(flat[key], 4)) for key in keys if key in flat}
 
 
@@ -56,9 +64,10 @@ def _headline(flat: dict[str, float]) -> dict[str, dg.MetadataValue]:
     group_name=RETRIEVAL_GROUP,
     kinds={"pytorch"},
     automation_condition=EAGER,
-    description="The figure encoder: a backbone with GeM pooling and a BN neck, trained with ArcFace on "
-    "patent identity and aligned (L_clip, L_cls, L_cat, uncertainty-weighted) with a frozen text encoder's "
-    "embeddings of each figure's brief and generated descriptions. Untrained and trained scores are logged.",
+    description="The figure encoder: an ImageNet-pretrained backbone with GeM pooling and a learned-whitening "
+    "head, fine-tuned with ArcFace on patent identity and aligned (L_clip, L_cls, L_cat, uncertainty-weighted) "
+    "with a frozen text encoder's embeddings of each figure's brief and generated descriptions, on real and "
+    "synthetic training patents. Untrained and trained scores are logged.",
 )
 def retrieval_encoder(
     context: dg.AssetExecutionContext,
@@ -79,6 +88,8 @@ def retrieval_encoder(
         "generated_descriptions": latest(context, "generated_descriptions"),
         "text_encoder_dir": retrieval.text_encoder_dir or None,
         "eval_splits": QUERY_SPLITS,
+        "trainable_blocks": retrieval.trainable_blocks,
+        "feature_cache": str(_feature_cache(home)),
         **({"epochs": retrieval.epochs} if retrieval.epochs else {}),
     }
     run_id = tracking.start_training_run(
@@ -113,6 +124,7 @@ def _evaluate(
     context: dg.AssetExecutionContext,
     pipes: dg.PipesSubprocessClient,
     home: PatentflowHome,
+    retrieval: RetrievalSettings,
     encoders: dict[str, str],
     out: Path,
 ) -> dict[str, dict[str, float]]:
@@ -121,6 +133,10 @@ def _evaluate(
         "figures_jsonl": str(_figures_jsonl(home)),
         "out_dir": str(out),
         "query_splits": QUERY_SPLITS,
+        # the backbone as pretrained, no training: what fine-tuning must improve on
+        "untouched_preset": retrieval.preset_name,
+        "encoder": retrieval.encoder_overrides(),
+        "feature_cache": str(_feature_cache(home)),
     }
     run_job(pipes, context, "retrieval_evaluate", config, out / "job.json")
     return {name: _flat(metrics) for name, metrics in json.loads((out / "metrics.json").read_text()).items()}
@@ -131,12 +147,14 @@ def _evaluate(
     group_name=RETRIEVAL_GROUP,
     kinds={"mlflow"},
     automation_condition=EAGER,
-    description="The new encoder registered with alias `challenger`; it and the champion are evaluated on "
-    "the same held-out patents (same-patent mAP / Rank-N; prior-art mAP, Recall@10, MRR@10).",
+    description="The new encoder registered with alias `challenger`; it, the champion, the untouched pretrained "
+    "backbone and pixel matching are evaluated on the same held-out patents, real (USPTO) and synthetic apart "
+    "(same-patent mAP / Rank-N; prior-art mAP, Recall@10, MRR@10).",
 )
 def retrieval_challenger(
     context: dg.AssetExecutionContext,
     home: PatentflowHome,
+    retrieval: RetrievalSettings,
     mlflow: MlflowTracking,
     pipes: dg.PipesSubprocessClient,
 ) -> dg.MaterializeResult:
@@ -156,7 +174,18 @@ def retrieval_challenger(
                 tracking_uri=uri,
             )
         )
-    metrics = _evaluate(context, pipes, home, encoders, out / "evaluation")
+    metrics = _evaluate(context, pipes, home, retrieval, encoders, out / "evaluation")
+    if retrieval.promotion_metric not in metrics["challenger"]:
+        context.log.warning(
+            f"no {retrieval.promotion_metric} (no real held-out figures?): the gate cannot judge; "
+            "set RetrievalSettings.promotion_metric to same_patent_mAP for a synthetic-only collection"
+        )
+    # the run shows all four side by side: challenger, champion, untouched backbone, pixels
+    tracking.log_metrics(
+        run_id,
+        {f"eval_{name}_{key}": value for name, values in metrics.items() for key, value in values.items()},
+        tracking_uri=uri,
+    )
     version = tracking.register_model(
         run_id,
         Path(encoder_dir),
@@ -169,6 +198,8 @@ def retrieval_challenger(
         "metrics": metrics["challenger"],
         "champion_version": champion,
         "champion_metrics": metrics.get("champion") if champion != version else None,
+        "untouched_metrics": metrics.get("untouched"),
+        "pixels_metrics": metrics.get("pixels"),
     }
     (out / "challenger.json").write_text(json.dumps(record, indent=2))
     return dg.MaterializeResult(
@@ -177,8 +208,13 @@ def retrieval_challenger(
             "model_version": version,
             "champion_version": champion or 0,
             **_headline(metrics["challenger"]),
-            # the bar any learned encoder must clear: plain pixel matching of the same figures
-            **{f"pixels_{k}": v for k, v in _headline(metrics.get("pixels", {})).items()},
+            # the bars any learned encoder must clear: the champion, the backbone as pretrained,
+            # plain pixel matching of the same figures
+            **{
+                f"{name}_{k}": v
+                for name in ("champion", "untouched", "pixels")
+                for k, v in _headline(metrics.get(name, {})).items()
+            },
         }
     )
 
@@ -194,6 +230,25 @@ def retrieval_challenger_beats_champion(
 ) -> dg.AssetCheckResult:
     return promotion.gate(
         context, "retrieval_challenger", mlflow.retrieval_model, retrieval.promotion_metric, mlflow.uri()
+    )
+
+
+@dg.asset_check(
+    asset=retrieval_challenger,
+    description="Warns when the challenger does worse than the untouched pretrained backbone on the promotion "
+    "metric: fine-tuning lost what pretraining gave. Not blocking (the champion gate decides); the version is "
+    "tagged so that the loss is never shipped silently.",
+)
+def retrieval_challenger_beats_pretrained(
+    context: dg.AssetCheckExecutionContext, retrieval: RetrievalSettings, mlflow: MlflowTracking
+) -> dg.AssetCheckResult:
+    return promotion.beats_baseline(
+        context,
+        "retrieval_challenger",
+        "untouched",
+        mlflow.retrieval_model,
+        retrieval.promotion_metric,
+        mlflow.uri(),
     )
 
 

@@ -6,6 +6,7 @@ on them, gated the same way, and the search index that `patentflow search` reads
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import dagster as dg
@@ -14,10 +15,13 @@ import pytest
 from orchestration.assets import releases
 from orchestration.definitions import build_definitions
 from orchestration.resources import LandingDirectory, PatentflowHome, PatentLMMSettings, RetrievalSettings
-from patent_assets import synthetic
+from patent_assets import real_sample, synthetic
 from training import tracking
 
 pytestmark = pytest.mark.slow
+# Four of the shipped real grants: the split holds out USD0909824 (val) and USD0928323 (test), so
+# the retrieval gate has real drawings to judge by.
+REAL_GRANTS = ("USD0907292-20210105", "USD0909824-20210209", "USD0915935-20210413", "USD0928323-20210817")
 
 
 @pytest.fixture(scope="module")
@@ -26,6 +30,10 @@ def trained(tmp_path_factory: pytest.TempPathFactory):
     landing = root / "landing"
     # seed 0: the hash splits give this release a non-empty test split
     synthetic.generate(synthetic.SyntheticConfig(releases=1, patents_per_release=6, seed=0), landing)
+    subset = root / "real-grants"
+    for grant in REAL_GRANTS:
+        shutil.copytree(real_sample.DESIGN_GRANTS_2021 / grant, subset / grant)
+    real_sample.land(landing, source=subset)
     settings = PatentLMMSettings(max_steps=12, pretrain_steps=10)
     defs = build_definitions(
         release_source=LandingDirectory(path=str(landing)),
@@ -34,13 +42,15 @@ def trained(tmp_path_factory: pytest.TempPathFactory):
         retrieval=RetrievalSettings(epochs=3),
     )
     instance = dg.DagsterInstance.ephemeral()
-    [key] = [r.key for r in LandingDirectory(path=str(landing)).list_releases()]
-    instance.add_dynamic_partitions(releases.name, [key])
-    assert (
-        defs.resolve_job_def("ingest_release")
-        .execute_in_process(instance=instance, partition_key=key)
-        .success
-    )
+    keys = [r.key for r in LandingDirectory(path=str(landing)).list_releases()]
+    assert len(keys) == 2
+    instance.add_dynamic_partitions(releases.name, keys)
+    for key in keys:
+        assert (
+            defs.resolve_job_def("ingest_release")
+            .execute_in_process(instance=instance, partition_key=key)
+            .success
+        )
     assert defs.resolve_job_def("build_dataset").execute_in_process(instance=instance).success
     first = defs.resolve_job_def("retrain_patentlmm").execute_in_process(
         instance=instance, raise_on_error=False
@@ -146,6 +156,23 @@ def test_retrieval_encoder_is_trained_registered_promoted_and_indexed(trained, r
     uri = f"sqlite:///{root}/mlflow/mlflow.db"
     encoder = _metadata(first, "retrieval_encoder")
     assert {"same_patent_mAP", "untrained_same_patent_mAP"} <= set(encoder)
+    # the gate's evaluation: the challenger and its bars, on the real held-out drawings
+    challenger = _metadata(first, "retrieval_challenger")
+    for name in ("", "untouched_", "pixels_"):
+        assert 0.0 < challenger[f"{name}real_same_patent_mAP"].value <= 1.0
+        assert f"{name}synthetic_same_patent_mAP" in challenger
+    [warning] = [
+        c
+        for c in first.get_asset_check_evaluations()
+        if c.check_name == "retrieval_challenger_beats_pretrained"
+    ]
+    assert (
+        warning.severity == dg.AssetCheckSeverity.WARN
+        and "untouched baseline" in warning.metadata["reason"].value
+    )
+    assert tracking.version_tags("patent-figure-encoder", 1, tracking_uri=uri)["beats_untouched"] == str(
+        warning.passed
+    )
     run = tracking._client(uri).get_run(encoder["mlflow_run_id"].value)
     assert run.data.tags["data.figure_dataset_md5"].endswith(".dir")
     assert run.data.tags["data.generated_descriptions_md5"]

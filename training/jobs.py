@@ -244,6 +244,11 @@ class RetrievalEncoderJob(JobConfig):
     losses: list[str] = field(default_factory=lambda: ["arcface", "clip", "cls", "cat"])
     arcface_scale: float = 20.0
     arcface_margin: float = 0.5  # radians
+    trainable_blocks: int | None = None
+    feature_cache: str | None = None
+    backbone_lr_scale: float = 0.1
+    whitening_shrinkage: float = 0.5
+    head_lr_scale: float = 0.1
     mlflow_run_id: str | None = None
     tracking_uri: str | None = None
     num_threads: int | None = None
@@ -252,11 +257,15 @@ class RetrievalEncoderJob(JobConfig):
 
 @dataclass
 class RetrievalEvaluateJob(JobConfig):
-    """Same-patent and prior-art retrieval metrics of each encoder on one figures.jsonl.
+    """Same-patent and prior-art retrieval metrics of each encoder on one figures.jsonl, on the
+    whole collection and on its real and synthetic figures apart (`evaluate_by_origin`).
 
     `encoder_dirs`: name -> saved encoder directory. `query_splits` None: every figure queries (a
-    collection without splits). `pixel_baseline`: also score plain pixel matching (48x48 ink-cropped
-    thumbnails, cosine) as `pixels`. Output: `out_dir/metrics.json` {name: {task: metrics}}.
+    collection without splits). `untouched_preset`: also score that preset's backbone as it was
+    pretrained, no head (`head` "none", with `encoder`'s overrides) as `untouched`. `pixel_baseline`:
+    also score plain pixel matching (48x48 ink-cropped thumbnails, cosine) as `pixels`.
+    `feature_cache`: the frozen backbone features' cache (`retrieval_features`). Output:
+    `out_dir/metrics.json` {name: {task: metrics}}.
     """
 
     encoder_dirs: dict[str, str]
@@ -264,7 +273,10 @@ class RetrievalEvaluateJob(JobConfig):
     out_dir: str
     query_splits: list[str] | None = field(default_factory=lambda: ["val", "test"])
     batch_size: int = 32
+    untouched_preset: str | None = None
+    encoder: dict[str, Any] = field(default_factory=dict)
     pixel_baseline: bool = True
+    feature_cache: str | None = None
     asset_key: str | None = None
 
 
@@ -721,8 +733,8 @@ def run_retrieval_encoder(cfg: RetrievalEncoderJob, report: Reporter) -> dict[st
 
 
 def run_retrieval_evaluate(cfg: RetrievalEvaluateJob, report: Reporter) -> dict[str, Any]:
-    from training.retrieval_eval import evaluate_embeddings, evaluate_encoder, pixel_embeddings, query_ids_of
-    from training.retrieval_model import load_encoder
+    from training.retrieval_eval import embed_figures, evaluate_by_origin, pixel_embeddings
+    from training.retrieval_model import build_encoder, load_encoder, preset
     from training.retrieval_train import read_split_figures
 
     figures_jsonl = Path(cfg.figures_jsonl)
@@ -732,15 +744,20 @@ def run_retrieval_evaluate(cfg: RetrievalEvaluateJob, report: Reporter) -> dict[
     if not figures:
         raise ValueError(f"{figures_jsonl}: no figures to evaluate on ({len(rejected)} rows left out)")
     encoders = {name: load_encoder(Path(directory)) for name, directory in cfg.encoder_dirs.items()}
+    if cfg.untouched_preset:
+        untouched = preset(cfg.untouched_preset, **{**cfg.encoder, "head": "none"})
+        encoders["untouched"] = build_encoder(untouched).eval()
+    images = [Path(figure["image_path"]) for figure in figures]
     results: dict[str, Any] = {}
     for name, model in encoders.items():
-        report.log(f"retrieval_evaluate: {name} ({cfg.encoder_dirs[name]}) on {len(figures)} figures")
-        results[name] = evaluate_encoder(model, figures, cfg.query_splits, batch_size=cfg.batch_size)
+        report.log(f"retrieval_evaluate: {name} on {len(figures)} figures")
+        vectors, kept, failed = embed_figures(model, images, cfg.batch_size, cfg.feature_cache)
+        for position, reason in failed.items():
+            report.log(f"retrieval_evaluate: {name}: left out {figures[position]['image_id']}: {reason}")
+        results[name] = evaluate_by_origin(vectors, [figures[i] for i in kept], cfg.query_splits)
     if cfg.pixel_baseline:
-        vectors, kept = pixel_embeddings([figure["image_path"] for figure in figures])
-        kept_figures = [figures[i] for i in kept]
-        queries = query_ids_of(kept_figures, cfg.query_splits)
-        results["pixels"] = evaluate_embeddings(vectors, kept_figures, queries)
+        vectors, kept = pixel_embeddings(images)
+        results["pixels"] = evaluate_by_origin(vectors, [figures[i] for i in kept], cfg.query_splits)
     metrics_path = _write_json(Path(cfg.out_dir) / METRICS_FILE, results)
     flat = {
         f"{name}_{task}_{metric}": value

@@ -573,5 +573,12 @@ def promote(name: str, version: int, decision: Decision, tracking_uri: str | Non
     return decision
 
 
+def tag_version(name: str, version: int, tags: Mapping[str, str], tracking_uri: str | None = None) -> None:
+    """Set tags on a registered model version."""
+    client = _client(tracking_uri)
+    for key, value in tags.items():
+        client.set_model_version_tag(name, str(version), mlflow_key(key), value)
+
+
 def _tag_number(value: float | None) -> str:
     return "none" if value is None else repr(float(value))
