@@ -215,9 +215,10 @@ def index(
         float,
         typer.Option(
             help="Fuse each image embedding with its ink thumbnail: image search scores "
-            "(1 - W) x encoder cosine + W x thumbnail cosine. 0: the encoder alone."
+            "(1 - W) x encoder cosine + W x thumbnail cosine. 0: the encoder alone (the "
+            "default: fusion no longer helps the pretrained encoder)."
         ),
-    ] = 0.5,
+    ] = 0.0,
     thumbnail_size: Annotated[
         int, typer.Option(help="Thumbnail side in pixels, with --thumbnail-weight above 0.")
     ] = 32,

@@ -206,10 +206,10 @@ def test_the_default_index_is_fused_and_a_blank_sheet_does_not_stop_it(
     figures = tmp_path / "figures.jsonl"
     write_jsonl(figures, [*rows, {**rows[0], "image_id": "USX__blank", "image_path": str(blank)}])
     out = tmp_path / "fused"
-    built = figure_search.build_search_index(figures, collection["encoder"], out)
+    built = figure_search.build_search_index(figures, collection["encoder"], out, thumbnail_weight=0.5)
     assert built.manifest["figure_vectors"] == {
         "dim": 128 + 32 * 32,
-        "thumbnail_weight": figure_search.DEFAULT_THUMBNAIL_WEIGHT,
+        "thumbnail_weight": 0.5,
         "thumbnail_size": figure_search.DEFAULT_THUMBNAIL_SIZE,
     }
     assert built.manifest["counts"]["figures"] == len(rows) + 1

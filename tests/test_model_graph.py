@@ -182,11 +182,11 @@ def test_retrieval_encoder_is_trained_registered_promoted_and_indexed(trained, r
     assert index["figures"].value == len(figures)
     assert index["dvc_md5"].value.endswith(".dir")
     assert "prior art only" in index["sample_query"].value
-    assert index["thumbnail_weight"].value == 0.5 and 0.0 < index["collection_same_patent_mAP"].value <= 1.0
+    assert index["thumbnail_weight"].value == 0.0 and 0.0 < index["collection_same_patent_mAP"].value <= 1.0
     # What `patentflow run` prints about the index
     from orchestration.runner import _retrieval_summary
 
-    assert "(flat; thumbnail weight 0.5), same-patent mAP" in _retrieval_summary(first)["index"]
+    assert "(flat; thumbnail weight 0.0), same-patent mAP" in _retrieval_summary(first)["index"]
 
 
 def test_a_retrieval_challenger_that_ties_is_not_promoted(trained, retrieval_runs) -> None:
