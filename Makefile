@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PATENTFLOW_HOME ?= $(CURDIR)/.patentflow
 
-.PHONY: setup run test ui lint bench bench-retrieval clean
+.PHONY: setup run test ui lint bench bench-retrieval bench-retrieval-real clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,11 @@ bench: setup
 
 bench-retrieval: $(STAMP)
 	$(BIN)/python benchmarks/retrieval_index.py
+
+# the figure encoder on real drawings (needs ../shared/realdata) and its CPU cost
+bench-retrieval-real: setup
+	$(BIN)/python benchmarks/retrieval_real.py
+	$(BIN)/python benchmarks/retrieval_encoder_speed.py
 
 clean:
 	rm -rf .patentflow
