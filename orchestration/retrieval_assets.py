@@ -313,6 +313,7 @@ def retrieval_index(
         encoder_source=f"{model_uri} (version {version})",
         thumbnail_weight=retrieval.index_thumbnail_weight,
         thumbnail_size=retrieval.index_thumbnail_size,
+        feature_cache=_feature_cache(home),
     )
     version_meta = dvc.track(out, f"retrieval_index {mlflow.retrieval_model} v{version}").metadata()
     # A sample query, so the UI shows what a search returns: the newest figure against its prior art.

@@ -288,3 +288,21 @@ def test_cli_index_bad_options_are_refused(
     )
     assert result.exit_code == 2 and message in result.output
     assert not (tmp_path / "i").exists()
+
+
+def test_an_index_built_from_the_feature_cache_equals_one_built_from_pixels(
+    collection: dict[str, Path], tmp_path: Path
+) -> None:
+    """The pipeline's index reads the backbone features that training and the gate cached."""
+    plain = figure_search.build_search_index(collection["figures"], collection["encoder"], tmp_path / "plain")
+    cache = tmp_path / "features"
+    cached = figure_search.build_search_index(
+        collection["figures"], collection["encoder"], tmp_path / "cached", feature_cache=cache
+    )
+    assert any(cache.rglob("*.npy"))
+    assert cached.manifest["counts"] == plain.manifest["counts"]
+    same_patent = cached.evaluation["same_patent"]["mAP"]
+    assert same_patent == pytest.approx(plain.evaluation["same_patent"]["mAP"], abs=0.02)
+    first = figure_search.SearchIndex.load(tmp_path / "cached").figures.figures[0]
+    hits = figure_search.SearchIndex.load(tmp_path / "cached").search_image(Path(first.image_path), k=1)
+    assert hits[0].figure_id == first.figure_id

@@ -122,6 +122,7 @@ def build_search_index(
     thumbnail_weight: float = DEFAULT_THUMBNAIL_WEIGHT,
     thumbnail_size: int = DEFAULT_THUMBNAIL_SIZE,
     evaluation_queries: int = EVALUATION_QUERIES,
+    feature_cache: str | Path | None = None,
 ) -> BuildResult:
     """Embed every figure of `figures_jsonl` with the encoder at `encoder_dir`, index the image
     embeddings, their text-space projections and the patents' texts, evaluate same-patent
@@ -132,9 +133,11 @@ def build_search_index(
     thumbnails' cosine (the default; 0: the encoder alone). The evaluation reports the fused
     vectors and each part alone: same-patent retrieval over the collection, every figure a query
     up to `evaluation_queries` (then a seeded sample), ranked `EVALUATION_DEPTH` deep.
+    `feature_cache`: read the backbone's pooled features from that content-addressed cache
+    (`retrieval_features`), as training and the gate left them, when the encoder alone is indexed.
     """
     from training.retrieval_eval import evaluate_embeddings
-    from training.retrieval_model import embed_images, fuse_with_thumbnails, load_encoder
+    from training.retrieval_model import Embeddings, embed_images, fuse_with_thumbnails, load_encoder
 
     if not 0.0 <= thumbnail_weight < 1.0:
         raise ValueError(f"the thumbnail weight must be in [0, 1), got {thumbnail_weight}")
@@ -164,13 +167,21 @@ def build_search_index(
             seen.add(item)
             rows.append(row)
     model = load_encoder(encoder_dir)
-    embedded = embed_images(
-        model,
-        [row["image_path"] for row in rows],
-        batch_size=batch_size,
-        progress=progress,
-        thumbnail_size=thumbnail_size if thumbnail_weight > 0 else None,
-    )
+    paths = [row["image_path"] for row in rows]
+    if feature_cache is not None and thumbnail_weight == 0:
+        from training.retrieval_features import compute_prefix_features, embed_prefix_features
+
+        features = compute_prefix_features(model, paths, 0, feature_cache, batch_size, progress)
+        retrieval, aligned = embed_prefix_features(model, features, 0)
+        embedded = Embeddings(retrieval, aligned, features.kept, features.failed)
+    else:
+        embedded = embed_images(
+            model,
+            paths,
+            batch_size=batch_size,
+            progress=progress,
+            thumbnail_size=thumbnail_size if thumbnail_weight > 0 else None,
+        )
     for position, reason in sorted(embedded.failed.items()):
         rejected.append(Rejection(rows[position]["image_id"], reason, "index", str(figures_jsonl)))
     rows = [rows[position] for position in embedded.kept]
