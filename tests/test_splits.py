@@ -221,3 +221,24 @@ def test_real_sibling_designs_share_a_split(realdata) -> None:
     assert keys["USD0930094S1"] == keys["USD0930095S1"]  # D21 725 and D21 743, one day
     assert keys["USD0907292S1"] == keys["USD0907293S1"] != keys["USD0909824S1"]
     assert keys["USD0909824S1"] != keys["USD0910059S1"]  # one day, D7 and D14
+
+
+def test_the_real_design_grants_split_with_no_patent_or_sibling_group_on_both_sides(realdata) -> None:
+    """The real validation set: every figure of a patent, and of its sibling designs, on one side;
+    both sides non-empty on the 34 shared grants."""
+    from patent_assets.uspto_xml import parse_grant
+
+    records = []
+    for xml in sorted(realdata.glob("design_patents_with_drawings_2021*/USD*/*.XML")):
+        document = parse_grant(xml.read_bytes())
+        for sheet in (1, 2, 3):
+            records.append(_figure(document.patent_id, document.grant_date, document.classifications, sheet))
+    split_of = split_of_images(records)
+    sides: dict[str, set[str]] = {}
+    for record in records:
+        held_out = split_of[record.image_id] != "train"
+        sides.setdefault(record.patent_id, set()).add(held_out)
+        sides.setdefault(split_key(record), set()).add(held_out)
+    assert all(len(side) == 1 for side in sides.values())
+    held_out_patents = {r.patent_id for r in records if split_of[r.image_id] != "train"}
+    assert 0 < len(held_out_patents) < len({r.patent_id for r in records})
