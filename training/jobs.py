@@ -249,6 +249,7 @@ class RetrievalEncoderJob(JobConfig):
     backbone_lr_scale: float = 0.1
     whitening_shrinkage: float = 0.5
     head_lr_scale: float = 0.1
+    feature_erase_probability: float = 0.5
     mlflow_run_id: str | None = None
     tracking_uri: str | None = None
     num_threads: int | None = None
