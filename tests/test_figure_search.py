@@ -107,6 +107,8 @@ def test_cli_index_then_search_json(
             str(out),
             "--encoder",
             str(collection["encoder"]),
+            "--thumbnail-weight",
+            "0.5",  # the fused index reports each part alone too
         ],
     )
     assert built.exit_code == 0, built.output
