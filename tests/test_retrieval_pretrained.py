@@ -424,36 +424,11 @@ def test_whitening_head_init_sets_the_head_and_arcface_centres():
 def small_sheets(tmp_path_factory) -> Path:
     """Synthetic drawing sheets (as tests/test_retrieval_train.py's `sheets`, fewer): release 0
     trains, release 1 is held out (val)."""
-    from patent_assets.synthetic import SyntheticConfig, plain_text, plan_release, render_sheet
+    from patent_assets.synthetic import SyntheticConfig
+    from tests.test_retrieval_train import synthetic_figures_jsonl
 
-    def record(patent, sheet, path: Path, split: str) -> dict:
-        labels = [figure.label for figure in sheet.figures]
-        return {
-            "image_id": f"{patent.patent_id}__{sheet.num}",
-            "patent_id": patent.patent_id,
-            "sheet": f"D{sheet.num:05d}",
-            "image_path": path.name,  # relative: resolved against the figures.jsonl folder
-            "figure_labels": labels,
-            "brief_description": " ".join(plain_text(p) for p in patent.brief_paragraphs),
-            "detailed_description": "",
-            "grant_date": patent.grant_date.isoformat(),
-            "classifications": [f"LOCARNO:{patent.object_class.locarno}"],
-            "title": patent.title,
-            "ocr": {},
-            "split": split,
-        }
-
-    folder = tmp_path_factory.mktemp("pretrained_sheets")
     config = SyntheticConfig(releases=2, patents_per_release=6, seed=3, sheet_width=300, sheet_height=420)
-    rows = []
-    for index in range(config.releases):
-        for patent in plan_release(config, index).patents:
-            for sheet in patent.sheets:
-                path = folder / f"{patent.stem}-D{sheet.num:05d}.png"
-                render_sheet(patent, sheet, config).save(path)
-                rows.append(record(patent, sheet, path, "train" if index == 0 else "val"))
-    (folder / "figures.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
-    return folder / "figures.jsonl"
+    return synthetic_figures_jsonl(tmp_path_factory.mktemp("pretrained_sheets"), config)
 
 
 def _frozen_config(figures_jsonl: Path, out_dir: Path, **overrides) -> RetrievalTrainConfig:

@@ -54,20 +54,26 @@ def _record(patent, sheet, image_path: Path, split: str) -> dict:
     }
 
 
-@pytest.fixture(scope="module")
-def sheets(tmp_path_factory) -> Path:
-    """Synthetic drawing sheets: releases 0-2 train, release 3 held out (val)."""
-    folder = tmp_path_factory.mktemp("retrieval_sheets")
-    config = SyntheticConfig(releases=4, patents_per_release=8, seed=3, sheet_width=400, sheet_height=560)
+def synthetic_figures_jsonl(folder: Path, config: SyntheticConfig) -> Path:
+    """Render the synthetic releases of `config` into `folder` and write their figures.jsonl:
+    the last release is held out (val), the others train."""
     rows = []
     for index in range(config.releases):
         for patent in plan_release(config, index).patents:
             for sheet in patent.sheets:
                 path = folder / f"{patent.stem}-D{sheet.num:05d}.png"
                 render_sheet(patent, sheet, config).save(path)
-                rows.append(_record(patent, sheet, path, "train" if index < 3 else "val"))
+                split = "train" if index < config.releases - 1 else "val"
+                rows.append(_record(patent, sheet, path, split))
     (folder / "figures.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
     return folder / "figures.jsonl"
+
+
+@pytest.fixture(scope="module")
+def sheets(tmp_path_factory) -> Path:
+    """Synthetic drawing sheets: releases 0-2 train, release 3 held out (val)."""
+    config = SyntheticConfig(releases=4, patents_per_release=8, seed=3, sheet_width=400, sheet_height=560)
+    return synthetic_figures_jsonl(tmp_path_factory.mktemp("retrieval_sheets"), config)
 
 
 def _config(figures_jsonl: Path, out_dir: Path, **overrides) -> RetrievalTrainConfig:

@@ -475,8 +475,7 @@ def _trainable_backbone_names(model: FigureEncoder, trainable_blocks: int) -> se
             return False
         return parts[1] in ("_conv_head", "_bn1") or (parts[1] == "_blocks" and int(parts[2]) >= first)
 
-    names = {name for name, _ in model.named_parameters() if trains(name.split("."))}
-    return names
+    return {name for name, _ in model.named_parameters() if trains(name.split("."))}
 
 
 def _feature_batch(
