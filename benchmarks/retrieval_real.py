@@ -42,13 +42,22 @@ UTILITY_FOLDER = "applications_with_drawings_2025"
 
 # name -> (encoder overrides of the "pretrained" preset, training overrides); epochs 0: the head
 # is the learned whitening alone
+LAST_MAP = {"feature_block": None, "embedding_dim": 256}
 VARIANTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
-    "whitening only, 320 px": ({"image_size": 320}, {"epochs": 0}),
-    "whitening only, 512 px": ({}, {"epochs": 0}),
-    "default: whitening + head fine-tuned (frozen backbone), 512 px": ({}, {}),
-    "whitening + last 3 blocks fine-tuned, 512 px": ({}, {"trainable_blocks": 3}),
+    "whitening only, last map, 512 px": ({**LAST_MAP, "image_size": 512}, {"epochs": 0}),
+    "whitening only, last map, 640 px": ({**LAST_MAP}, {"epochs": 0}),
+    "whitening only, block 14, 512 px": ({"image_size": 512}, {"epochs": 0}),
+    "whitening only, block 14, 640 px": ({}, {"epochs": 0}),
+    "default: whitening + head fine-tuned (frozen backbone), block 14, 640 px": ({}, {}),
+    "whitening + last 3 blocks fine-tuned, block 14, 640 px": ({}, {"trainable_blocks": 3}),
 }
-DEFAULT_VARIANT = "default: whitening + head fine-tuned (frozen backbone), 512 px"
+# the untouched backbone: GeM over a map, no training
+UNTOUCHED: dict[str, dict[str, Any]] = {
+    "untouched Lite0, last map, 320 px": {"image_size": 320},
+    "untouched Lite0, last map, 640 px": {},
+    "untouched Lite0, block 14, 640 px": {"feature_block": 14},
+}
+DEFAULT_VARIANT = "default: whitening + head fine-tuned (frozen backbone), block 14, 640 px"
 
 
 def log(message: str) -> None:
@@ -130,6 +139,10 @@ def train_fold(
     return run / "out" / "encoder"
 
 
+def untouched_encoder(overrides: dict[str, Any]) -> Any:
+    return build_encoder(preset("pretrained", **{"head": "none", "feature_block": None, **overrides}))
+
+
 def cross_validate(figures: list[dict[str, Any]], args: argparse.Namespace) -> list[dict[str, Any]]:
     fold_of = folds_by_group(figures, args.folds)
     ids = [f["image_id"] for f in figures]
@@ -143,15 +156,9 @@ def cross_validate(figures: list[dict[str, Any]], args: argparse.Namespace) -> l
             **_score([evaluate_embeddings(pixels, figures)]),
         }
     )
-    for size in (320, 512):
-        untouched = build_encoder(preset("pretrained", head="none", image_size=size))
-        vectors = embed(untouched, figures, args.work / "features")
-        rows.append(
-            {
-                "name": f"untouched Lite0, {size} px (GeM, flip)",
-                **_score([evaluate_embeddings(vectors, figures)]),
-            }
-        )
+    for name, overrides in UNTOUCHED.items():
+        vectors = embed(untouched_encoder(overrides), figures, args.work / "features")
+        rows.append({"name": f"{name} (GeM, flip)", **_score([evaluate_embeddings(vectors, figures)])})
 
     for variant in args.variants:
         per_seed: dict[float, list[dict[str, Any]]] = {w: [] for w in args.weights}
@@ -204,13 +211,9 @@ def utility_check(
     rows = []
     pixels, _ = ink_thumbnails([f["image_path"] for f in utility], 48)
     rows.append({"name": "pixel matching (48x48)", **_score([evaluate_embeddings(pixels, utility)])})
-    untouched = build_encoder(preset("pretrained", head="none"))
-    rows.append(
-        {
-            "name": "untouched Lite0, 512 px",
-            **_score([evaluate_embeddings(embed(untouched, utility, args.work / "features"), utility)]),
-        }
-    )
+    for name, overrides in UNTOUCHED.items():
+        vectors = embed(untouched_encoder(overrides), utility, args.work / "features")
+        rows.append({"name": name, **_score([evaluate_embeddings(vectors, utility)])})
     scores = []
     for seed in args.seeds:
         model = load_encoder(train_fold(design, set(), DEFAULT_VARIANT, seed, args))

@@ -94,7 +94,7 @@ def test_entries_are_content_addressed_and_hold_the_plain_and_mirrored_features(
     sha = features.shas[2]
     assert features.cache.path(sha) == tmp_path / "cache" / key / sha[:2] / f"{sha}.npy"
     entry = np.load(features.cache.path(sha))
-    assert entry.dtype == np.float16 and entry.shape == (2, 1280)
+    assert entry.dtype == np.float16 and entry.shape == (2, 192)
     pixels = preprocess_image(drawings[1], model.config)[None]
     with torch.no_grad():
         plain = model.prefix(pixels, 0)[0].numpy()
@@ -103,7 +103,7 @@ def test_entries_are_content_addressed_and_hold_the_plain_and_mirrored_features(
     np.testing.assert_allclose(entry[1], mirrored, rtol=2e-3, atol=2e-3)
     assert not np.allclose(plain, mirrored, rtol=2e-3, atol=2e-3)  # the drawing is not symmetric
     loaded = features.load([0, 2])
-    assert loaded.dtype == torch.float32 and loaded.shape == (2, 2, 1280)
+    assert loaded.dtype == torch.float32 and loaded.shape == (2, 2, 192)
     assert not [p for p in (tmp_path / "cache").rglob("*") if p.name.endswith(".tmp")]
 
 
@@ -123,7 +123,7 @@ def test_a_second_compute_reads_the_cache(tmp_path, model, drawings, monkeypatch
     assert first.cache.get(first.shas[1]) is None
     compute_prefix_features(model, drawings[:4], 0, tmp_path)
     assert counter.images == 8 + 2
-    assert np.load(broken).shape == (2, 1280)
+    assert np.load(broken).shape == (2, 192)
     # An entry removed after compute: loading it says so
     broken.unlink()
     with pytest.raises(FileNotFoundError, match="cache entry vanished"):
@@ -137,6 +137,7 @@ def test_the_key_follows_what_the_prefix_depends_on(tmp_path, model, drawings, m
     assert prefix_key(_model(image_size=SIZE + 32), 0) != key
     assert prefix_key(_model(downscale="max"), 0) != key
     assert prefix_key(_model(ink_margin=0.05), 0) != key
+    assert prefix_key(_model(feature_block=13, embedding_dim=64), 0) != key  # another map is read
     with pytest.raises(ValueError, match="trainable_blocks"):
         prefix_key(model, 17)
 
@@ -148,9 +149,9 @@ def test_the_key_follows_what_the_prefix_depends_on(tmp_path, model, drawings, m
     with torch.no_grad():  # GeM is in the prefix of a frozen backbone, not of one with trainable blocks
         other.pool.p.fill_(4.0)
     assert prefix_key(other, 0) != key and prefix_key(other, 1) == prefix_key(model, 1)
-    with torch.no_grad():  # the last block: in the prefix at k=0 only; the first: in both
+    with torch.no_grad():  # the last block in use (14): in the prefix at k=0 only; the first: in both
         last = _model()
-        last.backbone._blocks[15]._project_conv.weight.mul_(0.5)
+        last.backbone._blocks[14]._project_conv.weight.mul_(0.5)
         first = _model()
         first.backbone._blocks[0]._project_conv.weight.mul_(0.5)
     assert prefix_key(last, 0) != key and prefix_key(last, 1) == prefix_key(model, 1)
@@ -175,7 +176,7 @@ def test_an_unreadable_image_is_reported_and_the_rest_cached(tmp_path, model, dr
     assert "broken.png" in features.failed[1] and "missing.png" in features.failed[3]
     assert len(_entries(tmp_path / "cache")) == 3
     retrieval, aligned = embed_prefix_features(model, features, 0)
-    assert retrieval.shape == (3, 256) and aligned.shape == (3, model.config.text_dim)
+    assert retrieval.shape == (3, 192) and aligned.shape == (3, model.config.text_dim)
     vectors, kept, failed = embed_figures(model, [Path(p) for p in images], feature_cache=tmp_path / "cache")
     assert kept == [0, 2, 4] and sorted(failed) == [1, 3]
     np.testing.assert_array_equal(vectors, retrieval)

