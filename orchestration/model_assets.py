@@ -273,13 +273,15 @@ def _evaluate(
 
 
 def _flat(metrics: dict) -> dict[str, float]:
+    from training.jobs import LABEL_RATES
     from training.metrics import METRIC_NAMES
 
     return {
         f"{kind}_{m}": float(metrics[kind][m])
         for kind in ("brief", "detailed")
         if kind in metrics
-        for m in METRIC_NAMES
+        for m in (*METRIC_NAMES, *LABEL_RATES)
+        if metrics[kind].get(m) is not None
     }
 
 

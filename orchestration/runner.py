@@ -214,7 +214,15 @@ def _model_summary(result: dg.ExecuteInProcessResult) -> dict[str, Any]:
         summary["metrics"] = {
             k: v.value
             for k, v in challenger.items()
-            if k in ("brief_bleu4", "brief_rougeL", "brief_meteor", "brief_cider")
+            if k
+            in (
+                "brief_bleu4",
+                "brief_rougeL",
+                "brief_meteor",
+                "brief_cider",
+                "brief_real_printed_label_rate",
+                "brief_synthetic_printed_label_rate",
+            )
         }
         summary["ablations"] = challenger["ablations"].value
     champion = events.get("patentlmm_champion", {})

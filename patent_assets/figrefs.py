@@ -270,6 +270,23 @@ def figures_referenced(paragraph: str) -> set[str]:
     return keys
 
 
+def first_label_key(text: str) -> str | None:
+    """The label key of the first figure a text names ("FIGS. 2A-C are ..." -> "2A"; a bare
+    "The FIGURE" -> "FIGURE"), or None if it names none: what a generated description says it
+    describes."""
+    text = " ".join(str(text).split())
+    found = []
+    match = _REF_RE.search(text)
+    if match:
+        labels = _labels_in_ref(match.group(0))
+        if labels:
+            found.append((match.start(), label_key(labels[0].human)))
+    sole = _SOLE_FIGURE_IN_TEXT_RE.search(text)
+    if sole:
+        found.append((sole.start(), SOLE_FIGURE))
+    return min(found)[1] if found else None
+
+
 def clip_tokens(text: str, max_tokens: int) -> str:
     """The first `max_tokens` whitespace tokens of `text` (as PatentDesc clips detailed descriptions)."""
     tokens = text.split()

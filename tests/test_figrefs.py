@@ -14,6 +14,7 @@ from patent_assets.figrefs import (
     detailed_description_for,
     expected_labels,
     figures_referenced,
+    first_label_key,
     label_key,
     normalize_label,
     parse_brief_description,
@@ -231,3 +232,13 @@ def test_detailed_description_for_selects_and_clips() -> None:
     assert detailed_description_for(["FIG. 9"], paragraphs) == ""
     # A sole unnumbered FIGURE: the whole description is about it.
     assert detailed_description_for(["FIGURE"], paragraphs[:2]) == " ".join(paragraphs[:2])
+
+
+def test_first_label_key_is_the_first_figure_a_text_names() -> None:
+    assert first_label_key("FIG. 1 is a perspective view of the device.") == "1"
+    assert first_label_key("FIGS. 2A-C are views; FIG. 1 is a plan view") == "2A"
+    assert first_label_key("Fig.3(a) shows the hinge") == "3A"
+    assert first_label_key("The FIGURE is a front view of a lamp, as in FIG. 2") == "FIGURE"
+    assert first_label_key("FIGURE 4 is a front view") == "4"
+    assert first_label_key("a perspective view of a bracket") is None
+    assert first_label_key("") is None

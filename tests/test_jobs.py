@@ -12,6 +12,7 @@ import pytest
 from transformers import LayoutLMv3Model, LlamaForCausalLM
 
 from patent_assets.documents import document_to_dict
+from patent_assets.figrefs import first_label_key, label_key
 from patent_assets.records import write_jsonl
 from tests.test_inference import make_trained_model
 from tests.test_patent_llama import grant
@@ -72,12 +73,21 @@ def test_evaluate_scores_both_kinds_and_ablations_and_logs_to_mlflow(trained, tm
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     run_id = tracking.start_training_run("patentlmm-test", "evaluate", {"stage": 2}, tracking_uri=uri)
     out = tmp_path / "eval"
+    # The sheets' printed labels: the first three sheets print their own FIG (the one the memorised
+    # descriptions name), the fourth prints another; two sheets are synthetic.
+    rows = [json.loads(line) for line in trained["figures"].read_text().splitlines()]
+    for number, row in enumerate(rows, start=1):
+        row["image_path"] = str(trained["images"] / Path(row["image_path"]).name)
+        row["figure_labels"] = [f"FIG. {number}" if number < 4 else "FIG. 9"]
+        row["synthetic"] = number % 2 == 0
+    figures = tmp_path / "figures.jsonl"
+    write_jsonl(figures, rows)
     config = _config(
         tmp_path / "evaluate.json",
         out_dir=out,
         model_dir=trained["model"],
         test_jsons={"brief": trained["brief"], "detailed": trained["detailed"]},
-        figures_jsonl=trained["figures"],
+        figures_jsonl=figures,
         ablations={"image_blind": None},
         max_new_tokens=30,
         mlflow_run_id=run_id,
@@ -99,6 +109,16 @@ def test_evaluate_scores_both_kinds_and_ablations_and_logs_to_mlflow(trained, tm
             assert (out / "ablations" / name / f"predictions_{kind}.json").is_file()
             delta = metrics["comparison"][name][kind]["bleu4"]
             assert delta == pytest.approx(metrics[kind]["bleu4"] - metrics["ablations"][name][kind]["bleu4"])
+        # the label rate: recomputed from the written predictions and the sheets' labels
+        named = {i: first_label_key(text) for i, text in predictions.items()}
+        printed = {row["image_id"]: label_key(row["figure_labels"][0]) for row in rows}
+        right = [named[i] == printed[i] for i in sorted(predictions)]
+        real = [named[r["image_id"]] == printed[r["image_id"]] for r in rows if not r["synthetic"]]
+        assert metrics[kind]["printed_label_rate"] == pytest.approx(sum(right) / 4)
+        assert metrics[kind]["real_printed_label_rate"] == pytest.approx(sum(real) / 2)
+        assert metrics[kind]["labelled_figures"] == 4 and metrics[kind]["synthetic_labelled_figures"] == 2
+        assert metrics[kind]["printed_label_rate"] <= 0.75  # the fourth sheet's FIG 9 is never named
+        assert "printed_label_rate" in metrics["ablations"]["image_blind"][kind]
     # A blank page loses what the figure showed: the image-blind ablation describes the test set worse.
     assert metrics["comparison"]["image_blind"]["brief"]["rougeL"] > 0
 
@@ -107,6 +127,10 @@ def test_evaluate_scores_both_kinds_and_ablations_and_logs_to_mlflow(trained, tm
     assert logged["brief_bleu4"] == pytest.approx(metrics["brief"]["bleu4"])
     assert logged["detailed_cider"] == pytest.approx(metrics["detailed"]["cider"])
     assert "image_blind_brief_rougeL" in logged
+    assert logged["brief_real_printed_label_rate"] == pytest.approx(
+        metrics["brief"]["real_printed_label_rate"]
+    )
+    assert "image_blind_detailed_printed_label_rate" in logged
     artifacts = {a.path for a in client.list_artifacts(run_id)}
     assert {"samples", "evaluation"} <= artifacts
     samples = {a.path for a in client.list_artifacts(run_id, "samples")}

@@ -13,7 +13,14 @@ from pathlib import Path
 import pytest
 
 from training import metrics
-from training.metrics import METRIC_NAMES, MissingProgram, evaluate_split, score_descriptions, sentence_scores
+from training.metrics import (
+    METRIC_NAMES,
+    MissingProgram,
+    evaluate_split,
+    printed_label_rate,
+    score_descriptions,
+    sentence_scores,
+)
 
 REFERENCES = {
     "US1__1": "FIG. 1 is a perspective view of a folding chair with a padded seat.",
@@ -138,3 +145,18 @@ def test_evaluate_split_writes_per_kind_files(tmp_path: Path) -> None:
         evaluate_split({"brief": brief}, {"brief": brief, "detailed": detailed}, tmp_path)
     with pytest.raises(ValueError, match=r"brief descriptions: .*without a prediction"):
         evaluate_split({"brief": {}}, {"brief": brief}, tmp_path)
+
+
+def test_printed_label_rate_counts_the_first_label_named_against_the_sheet() -> None:
+    predictions = {
+        "a": "FIG. 2 is a side view; FIG. 1 is a top view.",  # first named: 2, printed
+        "b": "FIGS. 3A-3C are views of the hinge.",  # 3A, printed as "Fig. 3a"
+        "c": "FIG. 7 is a front view.",  # 7: not on this sheet
+        "d": "a perspective view of a shoe",  # names no figure: wrong
+        "e": "FIG. 1 is a view.",  # its sheet prints no label: not counted
+    }
+    printed = {"a": ["FIG. 1", "FIG. 2"], "b": ["Fig. 3a"], "c": ["FIG. 5"], "d": ["FIG. 4"], "e": []}
+    assert printed_label_rate(predictions, printed) == {"printed_label_rate": 0.5, "labelled_figures": 4}
+    assert printed_label_rate({"e": "FIG. 1"}, printed) == {"printed_label_rate": None, "labelled_figures": 0}
+    with pytest.raises(ValueError, match="'z'"):
+        printed_label_rate({"z": "FIG. 1"}, printed)

@@ -26,7 +26,7 @@ import shutil
 import sys
 import types
 import typing
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -548,6 +548,8 @@ def run_evaluate(cfg: EvaluateJob, report: Reporter) -> dict[str, Any]:
         predictions[kind] = run.descriptions
         references[kind] = {i: refs[i] for i in run.descriptions}
     results = evaluate_split(predictions, references, out_dir)
+    sheets = _sheet_labels(figures_jsonl) if figures_jsonl is not None else {}
+    _add_label_rates(results, predictions, sheets)
 
     ablation_results: dict[str, Any] = {}
     for name, inference in ablation_models.items():
@@ -570,6 +572,7 @@ def run_evaluate(cfg: EvaluateJob, report: Reporter) -> dict[str, Any]:
                 raise ValueError(f"ablation {name}: {kind} figures {missing[:5]} could not be described")
             ablated[kind] = run.descriptions
         ablation_results[name] = evaluate_split(ablated, references, out_dir / "ablations" / name)
+        _add_label_rates(ablation_results[name], ablated, sheets)
         ablation_results[name]["model_dir"] = str(inference.model_dir)
 
     # What the full model gains over each ablation (positive: the ablated input helps).
@@ -590,6 +593,7 @@ def run_evaluate(cfg: EvaluateJob, report: Reporter) -> dict[str, Any]:
     metrics_path = _write_json(out_dir / METRICS_FILE, combined)
 
     flat = {f"{kind}_{m}": results[kind][m] for kind in figures_by_kind for m in METRIC_NAMES}
+    flat |= _label_rates(results, figures_by_kind)
     flat |= {f"{kind}_figures": results[kind]["figures"] for kind in figures_by_kind}
     flat_ablations = {
         f"{name}_{kind}_{m}": scores[kind][m]
@@ -597,6 +601,8 @@ def run_evaluate(cfg: EvaluateJob, report: Reporter) -> dict[str, Any]:
         for kind in figures_by_kind
         for m in METRIC_NAMES
     }
+    for name, scores in ablation_results.items():
+        flat_ablations |= _label_rates(scores, figures_by_kind, prefix=f"{name}_")
     if cfg.mlflow_run_id:
         _log_to_mlflow(cfg, flat | flat_ablations, figures_by_kind, predictions, references, out_dir, report)
     return {
@@ -607,6 +613,50 @@ def run_evaluate(cfg: EvaluateJob, report: Reporter) -> dict[str, Any]:
         **{f"predictions_{kind}": out_dir / f"predictions_{kind}.json" for kind in figures_by_kind},
         "mlflow_run_id": cfg.mlflow_run_id,
     }
+
+
+# How often the first FIG label of a description is one its sheet prints: on every labelled
+# sheet, and on the real (USPTO) and synthetic ones apart; None (not logged) where no sheet of
+# that kind prints one.
+LABEL_RATES = ("printed_label_rate", "real_printed_label_rate", "synthetic_printed_label_rate")
+
+
+def _label_rates(results: Mapping[str, Any], kinds: Iterable[str], prefix: str = "") -> dict[str, float]:
+    """`{prefix}{kind}_{rate}` of the LABEL_RATES that were measured."""
+    return {
+        f"{prefix}{kind}_{rate}": results[kind][rate]
+        for kind in kinds
+        for rate in LABEL_RATES
+        if results[kind].get(rate) is not None
+    }
+
+
+def _sheet_labels(figures_jsonl: Path) -> dict[str, tuple[list[str], bool]]:
+    """image_id -> (the FIG labels aligned to its sheet, whether it is synthetic)."""
+    from patent_assets.records import read_jsonl
+
+    return {
+        row["image_id"]: (list(row.get("figure_labels") or []), bool(row.get("synthetic", False)))
+        for row in read_jsonl(figures_jsonl)
+        if "image_id" in row
+    }
+
+
+def _add_label_rates(
+    results: dict[str, Any],
+    predictions: Mapping[str, Mapping[str, str]],
+    sheets: Mapping[str, tuple[list[str], bool]],
+) -> None:
+    """Each kind's LABEL_RATES (and its labelled-figure counts) into `results`."""
+    from training.metrics import printed_label_rate
+
+    for kind, texts in predictions.items():
+        known = {image_id: text for image_id, text in texts.items() if image_id in sheets}
+        for prefix, synthetic in (("", None), ("real_", False), ("synthetic_", True)):
+            chosen = {i: t for i, t in known.items() if synthetic is None or sheets[i][1] == synthetic}
+            rate = printed_label_rate(chosen, {i: sheets[i][0] for i in chosen})
+            results[kind][f"{prefix}printed_label_rate"] = rate["printed_label_rate"]
+            results[kind][f"{prefix}labelled_figures"] = rate["labelled_figures"]
 
 
 def _log_to_mlflow(

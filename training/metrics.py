@@ -34,7 +34,7 @@ import functools
 import json
 import shutil
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from statistics import fmean
 from typing import Any
@@ -99,6 +99,35 @@ def sentence_scores(prediction: str, reference: str) -> dict[str, float]:
         "bleu": sacrebleu.sentence_bleu(hypothesis, [target]).score / 100.0,
         "rougeL": _rouge_scorer().score(target, hypothesis)["rougeL"].fmeasure,
     }
+
+
+def printed_label_rate(
+    predictions: Mapping[str, str], printed_labels: Mapping[str, Sequence[str]]
+) -> dict[str, float | None]:
+    """How often a description names a figure that its sheet prints: the share of the predicted
+    figures whose sheet prints a label (`printed_labels`, the aligned FIG labels of each image id)
+    and whose description's first FIG label is one of them (no label at all counts as wrong).
+
+    Returns {"printed_label_rate": share, "labelled_figures": n}; the rate is None when no sheet
+    prints a label. An id of `predictions` missing from `printed_labels` is a ValueError."""
+    from patent_assets.figrefs import first_label_key, label_key
+
+    missing = sorted(set(predictions) - set(printed_labels))
+    if missing:
+        raise ValueError(f"no printed labels known for image ids {_sample(missing)}")
+    right = labelled = 0
+    for image_id, text in predictions.items():
+        keys = set()
+        for label in printed_labels[image_id]:
+            try:
+                keys.add(label_key(label))
+            except ValueError:
+                continue  # not a figure label: nothing a description could name
+        if not keys:
+            continue
+        labelled += 1
+        right += first_label_key(text) in keys
+    return {"printed_label_rate": right / labelled if labelled else None, "labelled_figures": labelled}
 
 
 def evaluate_split(
