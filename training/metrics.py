@@ -10,6 +10,8 @@ Every metric comes from a maintained package; nothing is re-implemented here:
 - METEOR: pycocoevalcap's ``Meteor`` (the METEOR 1.5 jar, run with Java) on the PTB-tokenised
   text, the corpus score the jar computes from the pooled statistics.
 - CIDEr: pycocoevalcap's ``Cider`` (CIDEr-D's n-gram TF-IDF form) on the PTB-tokenised text.
+- printed_label_rate (this project's, no package has it): whether the first FIG label a
+  description names is one its sheet prints, labels parsed by ``patent_assets.figrefs``.
 
 Scale: every metric is on 0-1 except CIDEr, which keeps pycocoevalcap's native scale (the
 ``x10`` of the reference implementation: 10 for a perfect match against one reference with
@@ -43,6 +45,7 @@ import sacrebleu
 from rouge_score import rouge_scorer
 from sacrebleu.metrics import BLEU
 
+from patent_assets.figrefs import first_label_key, label_key
 from patent_assets.records import atomic_write
 
 DESCRIPTION_KINDS = ("brief", "detailed")
@@ -110,8 +113,6 @@ def printed_label_rate(
 
     Returns {"printed_label_rate": share, "labelled_figures": n}; the rate is None when no sheet
     prints a label. An id of `predictions` missing from `printed_labels` is a ValueError."""
-    from patent_assets.figrefs import first_label_key, label_key
-
     missing = sorted(set(predictions) - set(printed_labels))
     if missing:
         raise ValueError(f"no printed labels known for image ids {_sample(missing)}")
