@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -29,6 +30,17 @@ from patent_assets.records import read_jsonl  # noqa: E402
 from training import jobs  # noqa: E402
 from training.launch import run_training  # noqa: E402
 from training.metrics import printed_label_rate  # noqa: E402
+
+
+def train_quietly(config: Path) -> None:
+    """The training's own log goes to stderr, so that stdout is the table alone."""
+    stdout = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        run_training(config, launcher="torchrun")
+    finally:
+        os.dup2(stdout, 1)
+        os.close(stdout)
 
 
 def describe(model_dir: Path, tokenizer_dir: str, figures_jsonl: Path, out: Path) -> dict[str, str]:
@@ -91,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
         out.mkdir(parents=True, exist_ok=True)
         (out / "train.json").write_text(json.dumps(base | json.loads(overrides) | {"out_dir": str(out)}))
         started = time.perf_counter()
-        run_training(out / "train.json", launcher="torchrun")
+        train_quietly(out / "train.json")
         print(f"{name}: trained in {time.perf_counter() - started:.0f} s", file=sys.stderr)
         lines += rows_for(
             name, describe(out / "model", base["tokenizer_dir"], figures_jsonl, out / "generated"), figures
