@@ -273,8 +273,7 @@ def _evaluate(
 
 
 def _flat(metrics: dict) -> dict[str, float]:
-    from training.jobs import LABEL_RATES
-    from training.metrics import METRIC_NAMES
+    from training.metrics import LABEL_RATES, METRIC_NAMES
 
     return {
         f"{kind}_{m}": float(metrics[kind][m])

@@ -615,14 +615,10 @@ def run_evaluate(cfg: EvaluateJob, report: Reporter) -> dict[str, Any]:
     }
 
 
-# How often the first FIG label of a description is one its sheet prints: on every labelled
-# sheet, and on the real (USPTO) and synthetic ones apart; None (not logged) where no sheet of
-# that kind prints one.
-LABEL_RATES = ("printed_label_rate", "real_printed_label_rate", "synthetic_printed_label_rate")
-
-
 def _label_rates(results: Mapping[str, Any], kinds: Iterable[str], prefix: str = "") -> dict[str, float]:
-    """`{prefix}{kind}_{rate}` of the LABEL_RATES that were measured."""
+    """`{prefix}{kind}_{rate}` of the LABEL_RATES that were measured (None: no sheet printed one)."""
+    from training.metrics import LABEL_RATES
+
     return {
         f"{prefix}{kind}_{rate}": results[kind][rate]
         for kind in kinds

@@ -60,6 +60,8 @@ METRIC_NAMES = (
     "meteor",
     "cider",
 )
+# printed_label_rate on every labelled sheet, and on the real (USPTO) and synthetic ones apart
+LABEL_RATES = ("printed_label_rate", "real_printed_label_rate", "synthetic_printed_label_rate")
 _ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
 # A segment separator of the METEOR jar's line protocol: it must not occur inside a text.
 _METEOR_SEPARATOR = "|||"

@@ -413,7 +413,7 @@ class FigureEncoder(nn.Module):
         """What the frozen part computes: the pooled vector (0) or the map before the last k blocks."""
         self.check_trainable_blocks(trainable_blocks)
         if trainable_blocks == 0:
-            return self.pooled(self.feature_map(pixels))
+            return self.forward_pooled(pixels)
         return self._lite(self.backbone_input(pixels), 0, self.num_blocks - trainable_blocks)
 
     def suffix_pooled(self, features: torch.Tensor, trainable_blocks: int) -> torch.Tensor:
