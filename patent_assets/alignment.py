@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal, TypeVar
@@ -154,6 +154,22 @@ def _near_right(boxes: list[list[int]], i: int, j: int) -> bool:
     same_line = min(y1, b1) - max(y0, b0) > -0.2 * height and -0.5 * width <= a0 - x1 <= 4 * height + width
     below = 0 <= b0 - y1 <= 1.5 * height and min(x1, a1) - max(x0, a0) > -width
     return same_line or below
+
+
+def label_word_positions(words: Sequence[str]) -> list[int]:
+    """Positions of the OCR words that print a FIG label, in reading order: each FIG word ("FIG.",
+    "Fig.3", "FIGURE", tesseract's misreads) and the word after it when that is the label's number."""
+    positions: list[int] = []
+    for i, word in enumerate(words):
+        match = _FIG_WORD_RE.match(_strip(word))
+        if match is None or (positions and positions[-1] == i):
+            continue
+        if match["rest"] and _parse_number(match["rest"]) is None:
+            continue  # "FIGHT", "IGNITION": not a label
+        positions.append(i)
+        if not match["rest"] and i + 1 < len(words) and _parse_number(_strip(words[i + 1])):
+            positions.append(i + 1)
+    return positions
 
 
 def scan_words(

@@ -212,3 +212,21 @@ def test_answer_ids_end_with_eos(toy) -> None:
     tokenizer = load_lm_tokenizer(toy[1])
     ids = answer_ids(tokenizer, "FIG. 1 is a chair.")
     assert ids[-1] == tokenizer.eos_token_id and tokenizer.decode(ids[:-1]) == " FIG. 1 is a chair."
+
+
+def test_the_printed_fig_label_reaches_the_encoder_within_the_token_budget(toy) -> None:
+    """Forty reference numerals before the label in tesseract's reading order would fill the
+    32-token budget; the label's words go first, each with its own box."""
+    from training.data import encode_ocr
+
+    _, tokenizer_dir = toy
+    processor = load_ocr_processor(tokenizer_dir)
+    words = [str(10 + 2 * k) for k in range(40)] + ["FIG.", "3"]
+    boxes = [[10 * k, 100, 10 * k + 8, 120] for k in range(40)] + [[400, 900, 480, 950], [490, 900, 520, 950]]
+    encoded = encode_ocr(
+        processor, Image.new("RGB", (64, 64), "white"), {"words": words, "boxes": boxes}, OCR_MAX
+    )
+    expected = processor.tokenizer(["FIG.", "3"], boxes=boxes[-2:], add_special_tokens=False)["input_ids"]
+    ids = encoded["ocr_input_ids"].tolist()
+    assert ids[1 : 1 + len(expected)] == expected  # right after <s>
+    assert encoded["bbox"][1].tolist() == [400, 900, 480, 950]
