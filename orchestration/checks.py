@@ -13,7 +13,8 @@ from patent_assets.records import read_figures
     asset=release_figures,
     blocking=True,
     description="great-expectations suite: schema, unique ids, non-empty descriptions, readable images, "
-    "OCR coverage, alignment rate, grant-date range. Only releases that pass enter the dataset.",
+    "OCR coverage, alignment rate, grant-date range (a text-only release: its grants' ids, text and dates). "
+    "Only releases that pass enter the dataset and the language model's text.",
 )
 def release_figures_valid(
     context: dg.AssetCheckExecutionContext, home: PatentflowHome, dvc: DataVersioning
@@ -22,9 +23,13 @@ def release_figures_valid(
     if figures_dir is None:  # a check run without a partition (should not happen): nothing to validate
         return dg.AssetCheckResult(passed=False, description="no release partition given")
     summary = pipeline.read_step_summary(figures_dir)
-    report = validation.validate_figures(
-        read_figures(figures_dir / pipeline.FIGURES), alignment_rate=summary.get("alignment_rate")
-    )
+    if summary.get("text_only_grants"):  # a full-text release: its grants are text for the LM
+        documents_dir = home.release_dir(context.partition_key, "documents")
+        report = validation.validate_documents(b.document for b in pipeline.read_bundles(documents_dir))
+    else:
+        report = validation.validate_figures(
+            read_figures(figures_dir / pipeline.FIGURES), alignment_rate=summary.get("alignment_rate")
+        )
     # the dataset takes only releases that passed; the result itself is versioned data too
     version = dvc.track(
         dataset.write_validation(figures_dir.parent, report), f"validation {context.partition_key}"

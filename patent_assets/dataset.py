@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from patent_assets import llava, splits
-from patent_assets.pipeline import FIGURES, REJECTED, SUMMARY
+from patent_assets.pipeline import DOCUMENTS, FIGURES, REJECTED, SUMMARY
 from patent_assets.records import FigureRecord, Rejection, atomic_write, read_figures, read_jsonl, write_jsonl
 
 VALIDATION = "validation.json"
@@ -36,6 +36,31 @@ def write_validation(release_dir: Path, report: Any) -> Path:
 def release_passed(release_dir: Path) -> bool:
     path = validation_dir(release_dir) / VALIDATION
     return path.exists() and bool(json.loads(path.read_text()).get("success"))
+
+
+def validated_documents(releases_dir: Path) -> list[Path]:
+    """The documents.jsonl of every release that passed validation (text-only releases too): the
+    patent text the language model and the tokenizer may learn from."""
+    releases_dir = Path(releases_dir)
+    if not releases_dir.is_dir():
+        return []
+    return [
+        release / "documents" / DOCUMENTS
+        for release in sorted(releases_dir.iterdir())
+        if release_passed(release) and (release / "documents" / DOCUMENTS).is_file()
+    ]
+
+
+def held_out_patents(figures_jsonl: Path) -> set[str]:
+    """Patents with figures in the dataset's val or test split: their text (the test references
+    among it) must train nothing, not even the language model's pretraining."""
+    if not Path(figures_jsonl).is_file():
+        return set()
+    return {
+        row["patent_id"]
+        for row in read_jsonl(Path(figures_jsonl))
+        if row.get("split") in ("val", "test") and row.get("patent_id")
+    }
 
 
 @dataclass

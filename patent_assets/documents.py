@@ -57,6 +57,13 @@ class PatentBundle:
     sheet_files: dict[str, Path] = field(default_factory=dict)
 
 
+def document_text(document: GrantDocument) -> str:
+    """A grant's patent text in reading order: title, abstract, brief and detailed description, claims."""
+    parts = [document.title, document.abstract, *document.brief_paragraphs, *document.detailed_paragraphs]
+    parts += document.claims
+    return "\n".join(part.strip() for part in parts if part and part.strip())
+
+
 def document_to_dict(document: GrantDocument) -> dict:
     return asdict(document)
 

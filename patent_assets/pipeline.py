@@ -63,7 +63,7 @@ def read_step_summary(out_dir: Path) -> dict[str, Any]:
 
 
 # Bump when a step's output would change for the same input, so the cache below is not reused.
-STEP_VERSION = "3"
+STEP_VERSION = "4"
 
 
 def inputs_hash(*paths: Path) -> str:
@@ -171,7 +171,10 @@ def convert_sheets(
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     rejected: list[Rejection] = []
-    for bundle in read_bundles(documents_dir):
+    bundles = read_bundles(documents_dir)
+    if is_text_only(bundles):  # the weekly ipg text product: sheets are named, never shipped
+        bundles = []
+    for bundle in bundles:
         doc = bundle.document
         for sheet in doc.sheets:
             item = f"{doc.patent_id}/{sheet.file}"
@@ -212,6 +215,13 @@ def convert_sheets(
     return _finish(
         StepResult(out_dir, {"sheets": len(rows), "rejected": len(rejected)}, rejected, {"input_hash": key})
     )
+
+
+def is_text_only(bundles: list[PatentBundle]) -> bool:
+    """A full-text release (`ipgYYMMDD.zip`): grants whose XML names drawing sheets, and not one
+    sheet file in the release. Its grants are text for the language model; their sheets are not
+    missing images (a release with images that lacks some is still rejected sheet by sheet)."""
+    return bool(bundles) and not any(bundle.sheet_files for bundle in bundles)
 
 
 def _find_sheet_file(bundle: PatentBundle, name: str) -> Path | None:
@@ -293,7 +303,9 @@ def build_figures(
     records: list[FigureRecord] = []
     rejected: list[Rejection] = []
     expected = aligned = by_ocr = rescanned = 0
-    for bundle in read_bundles(documents_dir):
+    bundles = read_bundles(documents_dir)
+    text_only = is_text_only(bundles)
+    for bundle in [] if text_only else bundles:
         doc = bundle.document
         sheets = sheets_by_patent.get(doc.patent_id, {})
         if not doc.brief_paragraphs:
@@ -332,6 +344,7 @@ def build_figures(
         "labels_by_ocr": by_ocr,
         "sheets_rescanned": rescanned,
         "rejected": len(rejected),
+        "text_only_grants": len(bundles) if text_only else 0,
     }
     return _finish(
         StepResult(

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
+from patent_assets.documents import GrantDocument, document_text
 from patent_assets.records import FigureRecord
 
 if TYPE_CHECKING:
@@ -325,5 +326,58 @@ def validate_figures(
         today=today,
     )
     report = validate_frame(frame, expectations)
+    report.duration_s = time.perf_counter() - started
+    return report
+
+
+def documents_frame(documents: Iterable[GrantDocument]) -> pd.DataFrame:
+    """One row per grant of a text-only release: identity, date, kind and how much text it has."""
+    import pandas as pd
+
+    rows = [
+        {
+            "patent_id": doc.patent_id,
+            "grant_date": doc.grant_date,
+            "document_kind": doc.document_kind,
+            "text_chars": len(document_text(doc)),
+        }
+        for doc in documents
+    ]
+    frame = pd.DataFrame(rows, columns=["patent_id", "grant_date", "document_kind", "text_chars"])
+    parsed = [_parse_iso_date(value) for value in frame["grant_date"]]
+    frame["grant_date_parsed"] = pd.to_datetime(pd.Series(parsed, dtype=object), errors="coerce")
+    return frame
+
+
+def validate_documents(
+    documents: Iterable[GrantDocument], *, today: dt.date | None = None
+) -> ValidationReport:
+    """The suite of a text-only release (the weekly `ipg` product, no drawings): at least one
+    grant, unique patent ids, text in every grant, known document kinds, grant dates in range."""
+    import pandas as pd
+
+    _, gxe, _, _ = _gx()
+    started = time.perf_counter()
+    today = today or dt.date.today()
+    expectations = [
+        ("has_rows", gxe.ExpectTableRowCountToBeBetween(min_value=1)),
+        ("unique_patent_ids", gxe.ExpectColumnValuesToBeUnique(column="patent_id")),
+        ("patent_ids_present", gxe.ExpectColumnValuesToMatchRegex(column="patent_id", regex=r"\S")),
+        ("non_empty_text", gxe.ExpectColumnValuesToBeBetween(column="text_chars", min_value=1)),
+        (
+            "document_kinds_known",
+            gxe.ExpectColumnValuesToBeInSet(column="document_kind", value_set=list(DOCUMENT_KINDS)),
+        ),
+        ("grant_dates_valid", gxe.ExpectColumnValuesToNotBeNull(column="grant_date_parsed")),
+        (
+            "grant_dates_in_range",
+            gxe.ExpectColumnValuesToBeBetween(
+                column="grant_date_parsed",
+                min_value=pd.Timestamp(EARLIEST_GRANT_DATE),
+                max_value=pd.Timestamp(today),
+            ),
+        ),
+    ]
+    report = validate_frame(documents_frame(documents), expectations)
     report.duration_s = time.perf_counter() - started
     return report

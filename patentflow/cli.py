@@ -84,8 +84,8 @@ def run(
     real_sample: Annotated[
         bool,
         typer.Option(
-            help="With the synthetic releases, also land the shipped sample of real USPTO design "
-            "grants (16 grants, 102 sheets) as a release."
+            help="With the synthetic releases, also land the shipped real USPTO files: 16 design "
+            "grants with their 102 sheets, and a weekly full-text file of 25 grants (text only)."
         ),
     ] = True,
 ) -> None:

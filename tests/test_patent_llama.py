@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import torch
 from peft import PeftModel
 from transformers import LlamaForCausalLM
 
-from patent_assets.documents import GrantDocument, document_to_dict
+from patent_assets.documents import GrantDocument, document_from_dict, document_text, document_to_dict
 from patent_assets.records import write_jsonl
 from training.configs import TINY
 from training.patent_llama import pack_blocks, pretrain_patent_llama, read_patent_texts, split_held_out
@@ -150,3 +151,27 @@ def test_bad_configurations_fail_clearly(corpus, tmp_path: Path) -> None:
         pretrain_patent_llama(texts, tokenizer_dir, tmp_path, lora=True, steps=1)
     with pytest.raises(FileNotFoundError, match=r"no config\.json"):
         pretrain_patent_llama(texts, tokenizer_dir, tmp_path, base_model_dir=tmp_path / "missing", steps=1)
+
+
+def test_only_validated_releases_and_training_patents_give_text(tmp_path: Path) -> None:
+    """The language model's text: every release that passed validation (a text-only weekly file
+    too), without the patents whose figures are held out (their descriptions are test references)."""
+    from patent_assets.dataset import held_out_patents, validated_documents
+
+    rng = random.Random(1)
+    releases = tmp_path / "releases"
+    for name, passed in (("2013-04-16", True), ("2024-01-02", True), ("2024-01-09", False)):
+        rows = [{"document": document_to_dict(grant(rng, i)), "sheet_files": {}} for i in range(3)]
+        for row in rows:
+            row["document"]["patent_id"] = f"{name}-{row['document']['patent_id']}"
+        write_jsonl(releases / name / "documents" / "documents.jsonl", rows)
+        (releases / name / "validation").mkdir(parents=True)
+        (releases / name / "validation" / "validation.json").write_text(json.dumps({"success": passed}))
+    sources = validated_documents(releases)
+    assert [p.parts[-3] for p in sources] == ["2013-04-16", "2024-01-02"]
+    figures = tmp_path / "figures.jsonl"
+    held = json.loads((releases / "2024-01-02/documents/documents.jsonl").read_text().splitlines()[0])
+    write_jsonl(figures, [{"image_id": "x", "patent_id": held["document"]["patent_id"], "split": "test"}])
+    assert held_out_patents(figures) == {held["document"]["patent_id"]}
+    texts = list(read_patent_texts(sources, skip_patents=held_out_patents(figures)))
+    assert len(texts) == 5 and document_text(document_from_dict(held["document"])) not in texts

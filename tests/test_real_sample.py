@@ -4,6 +4,7 @@ in its provenance, and landed by `patentflow run` as a release that ingests as r
 from __future__ import annotations
 
 import hashlib
+import zipfile
 from pathlib import Path
 
 from orchestration.runner import RunReport, fill_empty_landing
@@ -13,6 +14,8 @@ from patent_assets.release_source import LandingDirectoryReleases
 from patentflow.settings import Home
 
 SHARED = "design_patents_with_drawings_2021"
+SHARED_TEXT = "concatenated_weekly_ipg/ipg130416.small.xml"
+WEEKLY_TEXT = "ipg_text_2013/ipg130416.small.xml"
 NOT_USPTO = {"sheet_figure_labels.json", "sample_data.csv"}  # written by others: not shipped
 SMALL_GRANTS = ("USD0910059-20210209", "USD0930094-20210907")  # 2 and 3 sheets: OCR in seconds
 
@@ -30,6 +33,27 @@ def _table_rows(markdown: str, first_cell: str) -> dict[str, list[str]]:
     }
 
 
+def test_landed_weekly_text_is_a_text_only_release_that_validates(tmp_path: Path) -> None:
+    """The ipg full text: 25 real grants for the language model; their sheets (named, never
+    shipped) are not rejected as missing images, and the release passes its own suite."""
+    from patent_assets.validation import validate_documents
+
+    release = real_sample.land_text(tmp_path / "landing")
+    documents = pipeline.parse_sources([release], tmp_path / "documents")
+    assert documents.counts["grants"] == 25 and documents.counts["skipped_non_grants"] == 2
+    sheets = pipeline.convert_sheets(tmp_path / "documents", tmp_path / "sheets")
+    ocr = pipeline.ocr_sheets(tmp_path / "sheets", tmp_path / "ocr", tmp_path / "cache")
+    figures = pipeline.build_figures(
+        tmp_path / "documents", tmp_path / "sheets", tmp_path / "ocr", tmp_path / "figures"
+    )
+    assert not sheets.rejected and not ocr.rejected and not figures.rejected
+    assert figures.counts["figures"] == 0 and figures.counts["text_only_grants"] == 25
+    report = validate_documents(b.document for b in pipeline.read_bundles(tmp_path / "documents"))
+    assert report.success, report.summary()
+    # an empty document set does not pass
+    assert not validate_documents([]).success
+
+
 def test_sample_is_the_shared_uspto_files_byte_for_byte(realdata: Path) -> None:
     shipped = real_sample.files()
     shared = [f for f in real_sample.files(realdata / SHARED) if f.name not in NOT_USPTO]
@@ -40,6 +64,8 @@ def test_sample_is_the_shared_uspto_files_byte_for_byte(realdata: Path) -> None:
         assert _sha256(real_sample.DESIGN_GRANTS_2021 / relative) == _sha256(realdata / SHARED / relative), (
             relative
         )
+    shared_text = realdata / "uspto_xml" / SHARED_TEXT
+    assert _sha256(real_sample.WEEKLY_TEXT_2013) == _sha256(shared_text)
 
 
 def test_sha256sums_and_provenance_list_every_file(realdata: Path) -> None:
@@ -47,20 +73,25 @@ def test_sha256sums_and_provenance_list_every_file(realdata: Path) -> None:
         f"design_grants_2021/{relative.as_posix()}": real_sample.DESIGN_GRANTS_2021 / relative
         for relative in real_sample.files()
     }
+    expected[WEEKLY_TEXT] = real_sample.WEEKLY_TEXT_2013
     sums = dict(reversed(line.split("  ", 1)) for line in real_sample.SHA256SUMS.read_text().splitlines())
     assert sums.keys() == expected.keys()
     assert all(sums[name] == _sha256(path) for name, path in expected.items())
-    rows = _table_rows(real_sample.PROVENANCE.read_text(), "design_grants_2021/")
+    provenance = real_sample.PROVENANCE.read_text()
+    rows = _table_rows(provenance, "design_grants_2021/") | _table_rows(provenance, WEEKLY_TEXT)
     assert rows.keys() == expected.keys()
     for name, (size, sha_prefix, source_key, _source_path) in rows.items():
         assert int(size) == expected[name].stat().st_size and sums[name].startswith(sha_prefix), name
-        assert source_key == "impact", name
+        assert source_key == ("pv" if name == WEEKLY_TEXT else "impact"), name
     # the rows are the shared provenance's own rows for these files, with the path as it is here
+    shared_rows = (realdata / "PROVENANCE.md").read_text()
     shared = {
         name.replace(f"{SHARED}/", "design_grants_2021/", 1): cells
-        for name, cells in _table_rows((realdata / "PROVENANCE.md").read_text(), f"{SHARED}/").items()
+        for name, cells in _table_rows(shared_rows, f"{SHARED}/").items()
     }
+    shared[WEEKLY_TEXT] = _table_rows(shared_rows, f"uspto_xml/{SHARED_TEXT}")[f"uspto_xml/{SHARED_TEXT}"]
     assert rows == {name: shared[name] for name in rows}
+    assert "| pv | https://github.com/PatentsView/PatentsView-DB |" in provenance
     assert "public domain" in real_sample.PROVENANCE.read_text()
     assert (
         "| impact | https://github.com/hhshomee/designpatent_dataset |" in real_sample.PROVENANCE.read_text()
@@ -71,9 +102,12 @@ def test_run_lands_the_sample_beside_the_synthetic_releases_once(tmp_path: Path)
     landing = tmp_path / "landing"
     written = fill_empty_landing(landing, synthetic_releases=1, patents_per_release=1, echo=lambda _: None)
     releases = LandingDirectoryReleases(landing).list_releases()
-    assert [r.key for r in releases] == ["2024-01-02", real_sample.RELEASE_NAME]
-    assert [Path(r.location).name for r in releases] == [p.name for p in written]
-    landed = Path(releases[1].location)
+    assert [r.key for r in releases] == ["2013-04-16", "2024-01-02", real_sample.RELEASE_NAME]
+    assert sorted(Path(r.location).name for r in releases) == sorted(p.name for p in written)
+    with zipfile.ZipFile(releases[0].location) as archive:  # the weekly text, unchanged inside its zip
+        assert archive.namelist() == ["ipg130416.small.xml"]
+        assert archive.read("ipg130416.small.xml") == real_sample.WEEKLY_TEXT_2013.read_bytes()
+    landed = Path(releases[2].location)
     assert real_sample.files(landed) == real_sample.files()
     assert all(
         (landed / f).read_bytes() == (real_sample.DESIGN_GRANTS_2021 / f).read_bytes()

@@ -22,7 +22,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,7 +33,7 @@ from transformers import (
     get_cosine_schedule_with_warmup,
 )
 
-from patent_assets.documents import GrantDocument, document_from_dict
+from patent_assets.documents import document_from_dict, document_text
 from patent_assets.pipeline import DOCUMENTS
 from patent_assets.records import read_jsonl
 
@@ -51,23 +51,19 @@ ADAPTER_SUBDIR = "adapter"
 # -- text -------------------------------------------------------------------------------------------
 
 
-def document_text(document: GrantDocument) -> str:
-    """A grant's patent text in reading order: title, abstract, brief and detailed description, claims."""
-    parts = [document.title, document.abstract, *document.brief_paragraphs, *document.detailed_paragraphs]
-    parts += document.claims
-    return "\n".join(part.strip() for part in parts if part and part.strip())
-
-
-def read_patent_texts(sources: Iterable[Path]) -> Iterator[str]:
-    """One text per grant from documents.jsonl files (or directories holding one), skipping empty ones."""
+def read_patent_texts(sources: Iterable[Path], skip_patents: Collection[str] = ()) -> Iterator[str]:
+    """One text per grant from documents.jsonl files (or directories holding one), skipping empty
+    ones and the grants of `skip_patents` (the held-out patents: their text is test material)."""
     for source in sources:
         path = Path(source)
         path = path / DOCUMENTS if path.is_dir() else path
         if not path.is_file():
             raise FileNotFoundError(f"patent text source {source}: no {DOCUMENTS} there")
         for row in read_jsonl(path):
-            text = document_text(document_from_dict(row.get("document", row)))
-            if text:
+            document = document_from_dict(row.get("document", row))
+            if document.patent_id in skip_patents:
+                continue
+            if text := document_text(document):
                 yield text
 
 
