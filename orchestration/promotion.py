@@ -8,6 +8,7 @@ moves the registry alias.
 # No `from __future__ import annotations`: Dagster inspects the `context` annotation at definition time.
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -60,42 +61,44 @@ def promote(
     )
 
 
-def beats_baseline(
+def beats_baselines(
     context: dg.AssetCheckExecutionContext,
     challenger_asset: str,
-    baseline: str,
+    baselines: Sequence[str],
     model: str,
-    metric: str,
+    metrics: Sequence[str],
     uri: str,
 ) -> dg.AssetCheckResult:
-    """A warning check: does the challenger beat a model-free baseline of its record (e.g. the
-    untouched pretrained backbone, `"<baseline>_metrics"`) on `metric`? The answer goes on the
-    version's tags (`beats_<baseline>`) either way, so a loss is never shipped silently."""
+    """A warning check: does the challenger beat every model-free baseline of its record (e.g. the
+    untouched pretrained backbone, `"<baseline>_metrics"`) on every one of `metrics`? The answer
+    goes on the version's tags (`beats_<baseline>`, `<baseline>_<metric>`) either way, so a loss
+    is never shipped silently; a metric missing on either side counts as a loss."""
     from training import tracking
 
     record = json.loads(Path(latest(context, challenger_asset)).read_text())
-    baseline_metrics = record.get(f"{baseline}_metrics") or {}
-    ours, theirs = record["metrics"].get(metric), baseline_metrics.get(metric)
-    metadata: dict[str, Any] = {"metric": metric, "challenger_version": record["version"]}
-    if ours is None or theirs is None:
-        return dg.AssetCheckResult(
-            passed=False,
-            severity=dg.AssetCheckSeverity.WARN,
-            metadata={**metadata, "reason": f"no {metric} for the challenger or the {baseline} baseline"},
-        )
-    passed = float(ours) > float(theirs)
-    verb = "beats" if passed else "does NOT beat"
-    reason = f"challenger {metric} {float(ours):.4f} {verb} the {baseline} baseline {float(theirs):.4f}"
-    tracking.tag_version(
-        model,
-        record["version"],
-        {f"beats_{baseline}": str(passed), f"{baseline}_{metric}": f"{float(theirs):.4f}"},
-        tracking_uri=uri,
-    )
-    if not passed:
+    metadata: dict[str, Any] = {"metrics": ", ".join(metrics), "challenger_version": record["version"]}
+    losses, wins, tags = [], [], {}
+    for baseline in baselines:
+        theirs_all = record.get(f"{baseline}_metrics") or {}
+        beaten = True
+        for metric in metrics:
+            ours, theirs = record["metrics"].get(metric), theirs_all.get(metric)
+            if ours is None or theirs is None:
+                losses.append(f"no {metric} for the challenger or the {baseline} baseline")
+                beaten = False
+                continue
+            verdict = f"challenger {metric} {float(ours):.4f} vs the {baseline} baseline {float(theirs):.4f}"
+            (wins if float(ours) > float(theirs) else losses).append(verdict)
+            beaten &= float(ours) > float(theirs)
+            tags[f"{baseline}_{metric}"] = f"{float(theirs):.4f}"
+            metadata[f"{baseline}_{metric}"] = float(theirs)
+        tags[f"beats_{baseline}"] = str(beaten)
+    tracking.tag_version(model, record["version"], tags, tracking_uri=uri)
+    reason = ("does NOT beat: " + "; ".join(losses)) if losses else ("beats: " + "; ".join(wins))
+    if losses:
         context.log.warning(reason)
     return dg.AssetCheckResult(
-        passed=passed,
+        passed=not losses,
         severity=dg.AssetCheckSeverity.WARN,
-        metadata={**metadata, "reason": reason, "challenger": float(ours), baseline: float(theirs)},
+        metadata={**metadata, "reason": reason},
     )

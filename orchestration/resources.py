@@ -37,6 +37,11 @@ class PatentflowHome(dg.ConfigurableResource):
     def ocr_cache(self) -> Path:
         return self.home.store / "ocr"
 
+    @property
+    def feature_cache(self) -> Path:
+        """Frozen-backbone features, content-addressed: shared by every run, evaluation and model."""
+        return self.home.store / "features"
+
 
 class ReleaseSource(dg.ConfigurableResource, ABC):
     """Where new USPTO weekly releases appear."""
@@ -147,7 +152,9 @@ class PatentLMMSettings(dg.ConfigurableResource):
     nproc_per_node: int = 0  # 0: every GPU of the machine (1 process on a CPU)
     max_steps: int = 0  # 0: the stage's own epochs
     pretrain_steps: int = 200  # PatentMME / PatentLLaMA steps in the embedded default
-    promotion_metric: str = "brief_rougeL"  # the challenger must beat the champion on this
+    # The challenger must beat the champion on this: ROUGE-L of the brief descriptions of the real
+    # (USPTO) test figures; "brief_rougeL" judges on every test figure, synthetic ones too
+    promotion_metric: str = "brief_real_rougeL"
 
     def preset(self):  # -> training.configs.ModelPreset
         from dataclasses import replace

@@ -44,11 +44,6 @@ def _flat(metrics: dict) -> dict[str, float]:
     }
 
 
-def _feature_cache(home: PatentflowHome) -> Path:
-    """Frozen-backbone features, content-addressed: shared by every run, evaluation and model."""
-    return home.home.store / "features"
-
-
 def _headline(flat: dict[str, float]) -> dict[str, dg.MetadataValue]:
     keys = [
         f"{origin}{key}"
@@ -89,7 +84,7 @@ def retrieval_encoder(
         "text_encoder_dir": retrieval.text_encoder_dir or None,
         "eval_splits": QUERY_SPLITS,
         "trainable_blocks": retrieval.trainable_blocks,
-        "feature_cache": str(_feature_cache(home)),
+        "feature_cache": str(home.feature_cache),
         **({"epochs": retrieval.epochs} if retrieval.epochs else {}),
     }
     run_id = tracking.start_training_run(
@@ -136,7 +131,7 @@ def _evaluate(
         # the backbone as pretrained, no training: what fine-tuning must improve on
         "untouched_preset": retrieval.preset_name,
         "encoder": retrieval.encoder_overrides(),
-        "feature_cache": str(_feature_cache(home)),
+        "feature_cache": str(home.feature_cache),
     }
     run_job(pipes, context, "retrieval_evaluate", config, out / "job.json")
     return {name: _flat(metrics) for name, metrics in json.loads((out / "metrics.json").read_text()).items()}
@@ -242,12 +237,12 @@ def retrieval_challenger_beats_champion(
 def retrieval_challenger_beats_pretrained(
     context: dg.AssetCheckExecutionContext, retrieval: RetrievalSettings, mlflow: MlflowTracking
 ) -> dg.AssetCheckResult:
-    return promotion.beats_baseline(
+    return promotion.beats_baselines(
         context,
         "retrieval_challenger",
-        "untouched",
+        ["untouched"],
         mlflow.retrieval_model,
-        retrieval.promotion_metric,
+        [retrieval.promotion_metric],
         mlflow.uri(),
     )
 
@@ -313,7 +308,7 @@ def retrieval_index(
         encoder_source=f"{model_uri} (version {version})",
         thumbnail_weight=retrieval.index_thumbnail_weight,
         thumbnail_size=retrieval.index_thumbnail_size,
-        feature_cache=_feature_cache(home),
+        feature_cache=home.feature_cache,
     )
     version_meta = dvc.track(out, f"retrieval_index {mlflow.retrieval_model} v{version}").metadata()
     # A sample query, so the UI shows what a search returns: the newest figure against its prior art.

@@ -2,7 +2,8 @@
 
 It does what the sensor and the automation do in a running deployment, once, in order:
 if the landing directory is empty, put in it the synthetic releases and the shipped sample of
-real USPTO design grants (`patent_assets.real_sample`, one directory release), add a partition
+real USPTO design grants (`patent_assets.real_sample`, one directory release) and a real weekly
+full-text file (text only, for the language model), add a partition
 for each new release, run `ingest_release` for every release, then `build_dataset`. The runs
 are ordinary Dagster runs: `patentflow ui` shows them afterwards.
 """
@@ -19,12 +20,14 @@ import dagster as dg
 
 from orchestration.assets import releases
 from orchestration.definitions import build_definitions
+from orchestration.model_assets import REAL_GATE_METRICS
 from orchestration.resources import LandingDirectory, PatentflowHome
 from orchestration.sensors import new_release_keys
 from patent_assets import pipeline, real_sample
 from patent_assets.dataset import release_passed
 from patent_assets.records import read_jsonl
 from patentflow.settings import Home
+from training.description_baselines import BASELINES
 
 # The console shows INFO and up; every event is still in the run's log in the Dagster UI.
 QUIET = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
@@ -166,8 +169,9 @@ def fill_empty_landing(
     echo: Callable[[str], None] = print,
 ) -> list[Path]:
     """The embedded default's releases, put in the landing directory only when it holds none:
-    the synthetic weekly releases and the shipped sample of real USPTO design grants (a
-    directory release), whose drawings the models train on and are judged by. Returns what it wrote."""
+    the synthetic weekly releases, the shipped sample of real USPTO design grants (a directory
+    release), whose drawings the models train on and are judged by, and a real weekly full-text
+    file (`ipg130416.zip`), whose grants are text for the language model. Returns what it wrote."""
     from patent_assets import synthetic
 
     landing_dir.mkdir(parents=True, exist_ok=True)
@@ -181,6 +185,8 @@ def fill_empty_landing(
     if real_release:
         written.append(real_sample.land(landing_dir))
         echo(f"and the sample of real USPTO design grants as release {written[-1].name}")
+        written.append(real_sample.land_text(landing_dir))
+        echo(f"and real USPTO full text without drawings (25 grants) as release {written[-1].name}")
     return written
 
 
@@ -220,10 +226,15 @@ def _model_summary(result: dg.ExecuteInProcessResult) -> dict[str, Any]:
                 "brief_rougeL",
                 "brief_meteor",
                 "brief_cider",
-                "brief_real_printed_label_rate",
                 "brief_synthetic_printed_label_rate",
             )
         }
+        # on the real test drawings: the challenger against the bars that need no description model
+        for name in ("", *(f"{b}_" for b in BASELINES)):
+            for metric in (*REAL_GATE_METRICS, "brief_real_printed_label_rate"):
+                if f"{name}{metric}" in challenger:
+                    key = f"{metric} ({name.rstrip('_') or 'challenger'})"
+                    summary["metrics"][key] = challenger[f"{name}{metric}"].value
         summary["ablations"] = challenger["ablations"].value
     champion = events.get("patentlmm_champion", {})
     if champion:

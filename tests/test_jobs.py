@@ -17,6 +17,7 @@ from patent_assets.records import write_jsonl
 from tests.test_inference import make_trained_model
 from tests.test_patent_llama import grant
 from training import jobs, tracking
+from training.description_baselines import CONSTANT_DESCRIPTION
 from training.inference import load_for_inference
 from training.metrics import METRIC_NAMES
 
@@ -80,6 +81,7 @@ def test_evaluate_scores_both_kinds_and_ablations_and_logs_to_mlflow(trained, tm
         row["image_path"] = str(trained["images"] / Path(row["image_path"]).name)
         row["figure_labels"] = [f"FIG. {number}" if number < 4 else "FIG. 9"]
         row["synthetic"] = number % 2 == 0
+        row["patent_id"] = f"US{number}"
     figures = tmp_path / "figures.jsonl"
     write_jsonl(figures, rows)
     config = _config(
@@ -89,6 +91,10 @@ def test_evaluate_scores_both_kinds_and_ablations_and_logs_to_mlflow(trained, tm
         test_jsons={"brief": trained["brief"], "detailed": trained["detailed"]},
         figures_jsonl=figures,
         ablations={"image_blind": None},
+        # the test figures are their own pool: the neighbour of each is another patent's figure
+        baselines=["constant", "nearest_neighbour"],
+        train_jsons={"brief": trained["brief"], "detailed": trained["detailed"]},
+        feature_cache=tmp_path / "features",
         max_new_tokens=30,
         mlflow_run_id=run_id,
         tracking_uri=uri,
@@ -119,6 +125,22 @@ def test_evaluate_scores_both_kinds_and_ablations_and_logs_to_mlflow(trained, tm
         assert metrics[kind]["labelled_figures"] == 4 and metrics[kind]["synthetic_labelled_figures"] == 2
         assert metrics[kind]["printed_label_rate"] <= 0.75  # the fourth sheet's FIG 9 is never named
         assert "printed_label_rate" in metrics["ablations"]["image_blind"][kind]
+        # every score on the real and the synthetic figures apart
+        assert metrics[kind]["real_figures"] == metrics[kind]["synthetic_figures"] == 2
+        assert set(METRIC_NAMES) <= {m.removeprefix("real_") for m in metrics[kind]}
+        # the baselines, scored on the same figures
+        constant = json.loads((out / "baselines" / "constant" / f"predictions_{kind}.json").read_text())
+        assert set(constant.values()) == {CONSTANT_DESCRIPTION} and set(constant) == set(predictions)
+        neighbour = json.loads(
+            (out / "baselines" / "nearest_neighbour" / f"predictions_{kind}.json").read_text()
+        )
+        per_figure = [json.loads(line) for line in (out / f"per_figure_{kind}.jsonl").open()]
+        own = {row["image_id"]: row["reference"] for row in per_figure}
+        assert set(neighbour) == set(own) and set(neighbour.values()) <= set(own.values())
+        assert all(neighbour[i] != own[i] for i in neighbour)  # never the figure's own patent
+        for name in ("constant", "nearest_neighbour"):
+            scores = metrics["baselines"][name][kind]
+            assert {"bleu4", "rougeL", "real_bleu4", "synthetic_rougeL", "printed_label_rate"} <= set(scores)
     # A blank page loses what the figure showed: the image-blind ablation describes the test set worse.
     assert metrics["comparison"]["image_blind"]["brief"]["rougeL"] > 0
 
@@ -131,6 +153,11 @@ def test_evaluate_scores_both_kinds_and_ablations_and_logs_to_mlflow(trained, tm
         metrics["brief"]["real_printed_label_rate"]
     )
     assert "image_blind_detailed_printed_label_rate" in logged
+    assert logged["brief_real_rougeL"] == pytest.approx(metrics["brief"]["real_rougeL"])
+    assert logged["baseline_nearest_neighbour_brief_real_bleu4"] == pytest.approx(
+        metrics["baselines"]["nearest_neighbour"]["brief"]["real_bleu4"]
+    )
+    assert "baseline_constant_detailed_rougeL" in logged
     artifacts = {a.path for a in client.list_artifacts(run_id)}
     assert {"samples", "evaluation"} <= artifacts
     samples = {a.path for a in client.list_artifacts(run_id, "samples")}

@@ -34,6 +34,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory):
     for grant in REAL_GRANTS:
         shutil.copytree(real_sample.DESIGN_GRANTS_2021 / grant, subset / grant)
     real_sample.land(landing, source=subset)
+    real_sample.land_text(landing)  # 25 real grants of text for the language model, no drawings
     settings = PatentLMMSettings(max_steps=12, pretrain_steps=10)
     defs = build_definitions(
         release_source=LandingDirectory(path=str(landing)),
@@ -43,7 +44,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory):
     )
     instance = dg.DagsterInstance.ephemeral()
     keys = [r.key for r in LandingDirectory(path=str(landing)).list_releases()]
-    assert len(keys) == 2
+    assert len(keys) == 3
     instance.add_dynamic_partitions(releases.name, keys)
     for key in keys:
         assert (
@@ -75,10 +76,35 @@ def test_first_model_is_trained_evaluated_registered_and_becomes_champion(traine
     for name in ("brief_bleu4", "brief_rougeL", "brief_meteor", "brief_cider"):
         assert name in challenger
     assert set(challenger["ablations"].value) == {"image_blind", "no_ocr"}
+    # judged on the real test drawings, beside the two baselines that need no description model
+    for name in ("", "constant_", "nearest_neighbour_"):
+        assert 0.0 <= challenger[f"{name}brief_real_rougeL"].value <= 1.0
+        assert f"{name}brief_real_bleu4" in challenger and f"{name}brief_rougeL" in challenger
+    # twelve steps cannot beat them: the warning fails visibly, and the first model is still champion
+    [warning] = [
+        c for c in first.get_asset_check_evaluations() if c.check_name == "challenger_beats_baselines"
+    ]
+    assert warning.severity == dg.AssetCheckSeverity.WARN and not warning.passed
+    assert (
+        "does NOT beat" in warning.metadata["reason"].value and "baseline" in warning.metadata["reason"].value
+    )
     assert tracking.get_alias_version("patentlmm", "champion", tracking_uri=uri) == 1
     tags = tracking.version_tags("patentlmm", 1, tracking_uri=uri)
     assert tags["promotion_reason"] == "first version"
+    assert tags["beats_constant"] == "False" and "nearest_neighbour_brief_real_rougeL" in tags
     # the training runs carry what was trained on and how it went
+    # PatentLLaMA and the tokenizer read the real text of every validated release, the weekly
+    # full-text file's 25 grants too, and not the held-out patents' text
+    from patent_assets.dataset import held_out_patents, validated_documents
+    from patent_assets.records import read_jsonl
+
+    sources = validated_documents(root / "data" / "releases")
+    assert [p.parts[-3] for p in sources][:1] == ["2013-04-16"] and len(sources) == 3
+    held_out = held_out_patents(root / "data" / "dataset" / "figures" / "figures.jsonl")
+    grants = [row["document"]["patent_id"] for source in sources for row in read_jsonl(source)]
+    assert held_out and held_out <= set(grants)
+    assert _metadata(first, "patent_llama")["documents"].value == len(set(grants) - held_out) >= 25 + 3
+    assert _metadata(first, "description_tokenizer")["text_releases"].value == 3
     stage2 = _metadata(first, "patentlmm_stage2")
     run = tracking._client(uri).get_run(stage2["mlflow_run_id"].value)
     assert run.data.tags["data.llava_dataset_md5"].endswith(".dir")

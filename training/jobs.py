@@ -141,6 +141,8 @@ class PatentLlamaJob(JobConfig):
     out_dir: str
     documents: list[str]  # documents.jsonl files, or release directories holding one
     tokenizer_dir: str
+    # the figure dataset: the text of its val / test patents is left out (it holds test references)
+    figures_jsonl: str | None = None
     preset: str = "tiny"
     base_model_dir: str | None = None
     lora: bool | None = None
@@ -168,7 +170,14 @@ class EvaluateJob(JobConfig):
     Outputs (`out_dir`): `metrics.json` (per kind, plus `ablations` and `comparison`),
     `predictions_{kind}.json`, `per_figure_{kind}.jsonl`, `ablations/<name>/...`, `rejected.jsonl`.
     With `mlflow_run_id`, metrics (`{kind}_{metric}`, `{ablation}_{kind}_{metric}`), sample images
-    with prediction and reference, and the output files go to that run.
+    with prediction and reference, and the output files go to that run. With `figures_jsonl`, every
+    score is also given on the real and on the synthetic figures apart (`real_bleu4`, ...).
+
+    `baselines` ("constant", "nearest_neighbour"; `training.description_baselines`) are scored on
+    the same figures, into `metrics.json`'s `baselines` and `baselines/<name>/`. The nearest
+    neighbour's pool is `train_jsons` (kind -> `llava_json/{kind}_train.json`); it embeds with the
+    saved figure encoder `nearest_neighbour_encoder_dir`, or with `untouched_preset`'s pretrained
+    backbone (`encoder`: its overrides) when None; `feature_cache` as in the retrieval jobs.
     """
 
     out_dir: str
@@ -177,6 +186,12 @@ class EvaluateJob(JobConfig):
     figures_jsonl: str | None = None  # image_path per image_id; None: images beside each JSON
     tokenizer_dir: str | None = None  # None: model_dir/tokenizer
     ablations: dict[str, str | None] = field(default_factory=dict)
+    baselines: list[str] = field(default_factory=list)
+    train_jsons: dict[str, str] = field(default_factory=dict)
+    nearest_neighbour_encoder_dir: str | None = None
+    untouched_preset: str = "pretrained"
+    encoder: dict[str, Any] = field(default_factory=dict)
+    feature_cache: str | None = None
     batch_size: int = 8
     max_new_tokens: int = 512
     limit: int | None = None  # first N figures of each kind (smoke runs); None: all
@@ -194,6 +209,17 @@ class EvaluateJob(JobConfig):
         bad = sorted(set(self.ablations) - set(ABLATIONS))
         if bad:
             raise ValueError(f"ablations {bad} are not among {list(ABLATIONS)}")
+        from training.description_baselines import BASELINES
+
+        bad = sorted(set(self.baselines) - set(BASELINES))
+        if bad:
+            raise ValueError(f"baselines {bad} are not among {list(BASELINES)}")
+        if "nearest_neighbour" in self.baselines:
+            if self.figures_jsonl is None:
+                raise ValueError("the nearest_neighbour baseline needs figures_jsonl (patent of each figure)")
+            lacking = sorted(set(self.test_jsons) - set(self.train_jsons))
+            if lacking:
+                raise ValueError(f"the nearest_neighbour baseline needs train_jsons for kinds {lacking}")
 
 
 @dataclass
@@ -442,12 +468,15 @@ def run_patent_mme(cfg: PatentMMEJob, report: Reporter) -> dict[str, Any]:
 
 
 def run_patent_llama(cfg: PatentLlamaJob, report: Reporter) -> dict[str, Any]:
+    from patent_assets.dataset import held_out_patents
     from training.patent_llama import pretrain_patent_llama, read_patent_texts
 
     out_dir = Path(cfg.out_dir)
-    texts = list(read_patent_texts([Path(p) for p in cfg.documents]))
+    held_out = held_out_patents(Path(cfg.figures_jsonl)) if cfg.figures_jsonl else set()
+    texts = list(read_patent_texts([Path(p) for p in cfg.documents], skip_patents=held_out))
     if not texts:
         raise ValueError(f"no patent text in {cfg.documents}")
+    report.log(f"patent_llama: the text of {len(held_out)} held-out (val/test) patents left out")
     lora = cfg.lora if cfg.lora is not None else cfg.base_model_dir is not None
     how = (
         f"LoRA r={cfg.lora_r} on {cfg.base_model_dir}"
@@ -547,10 +576,15 @@ def run_evaluate(cfg: EvaluateJob, report: Reporter) -> dict[str, Any]:
         figures_by_kind[kind] = [f for f in figures if f.image_id in run.descriptions]
         predictions[kind] = run.descriptions
         references[kind] = {i: refs[i] for i in run.descriptions}
-    results = evaluate_split(predictions, references, out_dir)
     sheets = _sheet_labels(figures_jsonl) if figures_jsonl is not None else {}
-    _add_label_rates(results, predictions, sheets)
+    synthetic = {image_id: is_synthetic for image_id, (_, is_synthetic) in sheets.items()} or None
 
+    def score(texts: Mapping[str, Mapping[str, str]], where: Path) -> dict[str, Any]:
+        scores = evaluate_split(texts, references, where, synthetic)
+        _add_label_rates(scores, texts, sheets)
+        return scores
+
+    results = score(predictions, out_dir)
     ablation_results: dict[str, Any] = {}
     for name, inference in ablation_models.items():
         report.log(
@@ -571,9 +605,12 @@ def run_evaluate(cfg: EvaluateJob, report: Reporter) -> dict[str, Any]:
             if missing:
                 raise ValueError(f"ablation {name}: {kind} figures {missing[:5]} could not be described")
             ablated[kind] = run.descriptions
-        ablation_results[name] = evaluate_split(ablated, references, out_dir / "ablations" / name)
-        _add_label_rates(ablation_results[name], ablated, sheets)
+        ablation_results[name] = score(ablated, out_dir / "ablations" / name)
         ablation_results[name]["model_dir"] = str(inference.model_dir)
+    baseline_results = {
+        name: score(texts, out_dir / "baselines" / name)
+        for name, texts in _baseline_descriptions(cfg, figures_by_kind, report).items()
+    }
 
     # What the full model gains over each ablation (positive: the ablated input helps).
     comparison = {
@@ -587,27 +624,29 @@ def run_evaluate(cfg: EvaluateJob, report: Reporter) -> dict[str, Any]:
         "model_dir": cfg.model_dir,
         "rejected": len(rejected),
         "ablations": ablation_results,
+        "baselines": baseline_results,
         "comparison": comparison,
     }
     write_jsonl(out_dir / "rejected.jsonl", rejected)
     metrics_path = _write_json(out_dir / METRICS_FILE, combined)
 
-    flat = {f"{kind}_{m}": results[kind][m] for kind in figures_by_kind for m in METRIC_NAMES}
-    flat |= _label_rates(results, figures_by_kind)
+    flat = _flat_scores(results, figures_by_kind)
     flat |= {f"{kind}_figures": results[kind]["figures"] for kind in figures_by_kind}
-    flat_ablations = {
-        f"{name}_{kind}_{m}": scores[kind][m]
+    others = {
+        f"{name}_{key}": value
         for name, scores in ablation_results.items()
-        for kind in figures_by_kind
-        for m in METRIC_NAMES
+        for key, value in _flat_scores(scores, figures_by_kind).items()
     }
-    for name, scores in ablation_results.items():
-        flat_ablations |= _label_rates(scores, figures_by_kind, prefix=f"{name}_")
+    others |= {
+        f"baseline_{name}_{key}": value
+        for name, scores in baseline_results.items()
+        for key, value in _flat_scores(scores, figures_by_kind).items()
+    }
     if cfg.mlflow_run_id:
-        _log_to_mlflow(cfg, flat | flat_ablations, figures_by_kind, predictions, references, out_dir, report)
+        _log_to_mlflow(cfg, flat | others, figures_by_kind, predictions, references, out_dir, report)
     return {
         **flat,
-        **{key: value for key, value in flat_ablations.items() if key.endswith(("_bleu4", "_rougeL"))},
+        **{key: value for key, value in others.items() if key.endswith(("_bleu4", "_rougeL"))},
         "rejected": len(rejected),
         "metrics_json": metrics_path,
         **{f"predictions_{kind}": out_dir / f"predictions_{kind}.json" for kind in figures_by_kind},
@@ -615,16 +654,60 @@ def run_evaluate(cfg: EvaluateJob, report: Reporter) -> dict[str, Any]:
     }
 
 
-def _label_rates(results: Mapping[str, Any], kinds: Iterable[str], prefix: str = "") -> dict[str, float]:
-    """`{prefix}{kind}_{rate}` of the LABEL_RATES that were measured (None: no sheet printed one)."""
-    from training.metrics import LABEL_RATES
+def _flat_scores(results: Mapping[str, Any], kinds: Iterable[str]) -> dict[str, float]:
+    """`{kind}_{metric}` of every metric measured: all figures, each origin apart, label rates."""
+    from training.metrics import LABEL_RATES, METRIC_NAMES, ORIGIN_METRICS
 
     return {
-        f"{prefix}{kind}_{rate}": results[kind][rate]
+        f"{kind}_{name}": results[kind][name]
         for kind in kinds
-        for rate in LABEL_RATES
-        if results[kind].get(rate) is not None
+        for name in (*METRIC_NAMES, *ORIGIN_METRICS, *LABEL_RATES)
+        if results[kind].get(name) is not None
     }
+
+
+def _baseline_descriptions(
+    cfg: EvaluateJob, figures_by_kind: Mapping[str, list[Any]], report: Reporter
+) -> dict[str, dict[str, dict[str, str]]]:
+    """baseline -> kind -> {image id: description} for the figures the model described."""
+    from training import description_baselines as baselines
+    from training.inference import split_figures
+
+    texts: dict[str, dict[str, dict[str, str]]] = {}
+    if "constant" in cfg.baselines:
+        texts["constant"] = {
+            kind: baselines.constant_descriptions([f.image_id for f in figures])
+            for kind, figures in figures_by_kind.items()
+        }
+    if "nearest_neighbour" in cfg.baselines:
+        assert cfg.figures_jsonl is not None  # checked by the config
+        embed, encoder = baselines.retrieval_embedder(
+            Path(cfg.nearest_neighbour_encoder_dir) if cfg.nearest_neighbour_encoder_dir else None,
+            cfg.untouched_preset,
+            cfg.encoder,
+            Path(cfg.feature_cache) if cfg.feature_cache else None,
+        )
+        patent_of = {
+            row["image_id"]: row.get("patent_id", "")
+            for row in read_jsonl(Path(cfg.figures_jsonl))
+            if "image_id" in row
+        }
+        texts["nearest_neighbour"] = {}
+        for kind, figures in figures_by_kind.items():
+            pool_figures, pool_refs, _ = split_figures(Path(cfg.train_jsons[kind]), Path(cfg.figures_jsonl))
+            report.log(
+                f"evaluate: nearest-neighbour baseline ({encoder}), pool of {len(pool_figures)} {kind} figures"
+            )
+            described, unanswered = baselines.nearest_neighbour_descriptions(
+                {f.image_id: f.image_path for f in figures},
+                {f.image_id: (f.image_path, pool_refs[f.image_id]) for f in pool_figures},
+                patent_of,
+                embed,
+            )
+            for image_id, reason in unanswered.items():
+                report.log(f"evaluate: nearest neighbour gave {image_id} no description: {reason}")
+            texts["nearest_neighbour"][kind] = described
+    return texts
 
 
 def _sheet_labels(figures_jsonl: Path) -> dict[str, tuple[list[str], bool]]:

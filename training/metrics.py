@@ -60,6 +60,10 @@ METRIC_NAMES = (
     "meteor",
     "cider",
 )
+# Figures from the USPTO and from patentflow's synthetic releases, scored apart as well as together.
+ORIGINS = ("real", "synthetic")
+# every metric on the real figures and on the synthetic ones alone: "real_bleu4", ...
+ORIGIN_METRICS = tuple(f"{origin}_{name}" for origin in ORIGINS for name in METRIC_NAMES)
 # printed_label_rate on every labelled sheet, and on the real (USPTO) and synthetic ones apart
 LABEL_RATES = ("printed_label_rate", "real_printed_label_rate", "synthetic_printed_label_rate")
 _ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
@@ -137,13 +141,17 @@ def evaluate_split(
     predictions_by_kind: Mapping[str, Mapping[str, str]],
     references_by_kind: Mapping[str, Mapping[str, str]],
     out_dir: Path,
+    synthetic: Mapping[str, bool] | None = None,
 ) -> dict[str, Any]:
     """Score each description kind and save what a reader needs to check the scores.
 
     Writes, atomically, into `out_dir`: `predictions_{kind}.json` (`{image_id: text}`, the
     format of PatentLMM's inference script), `per_figure_{kind}.jsonl` (image id, reference,
     prediction, sentence BLEU and ROUGE-L) and `metrics.json` (the returned dict).
-    Returns `{kind: {metric: value, ..., "figures": n}, "bleu_signature": ...}`.
+    Returns `{kind: {metric: value, ..., "figures": n}, "bleu_signature": ...}`. With
+    `synthetic` (image id -> from a synthetic release), each kind also holds every metric on its
+    real and on its synthetic figures alone (`ORIGIN_METRICS`, with `real_figures`, ...); an
+    origin with no figure is left out, and an id missing from `synthetic` is a ValueError.
     """
     missing_kinds = sorted(set(predictions_by_kind) ^ set(references_by_kind))
     if missing_kinds:
@@ -160,6 +168,8 @@ def evaluate_split(
         except ValueError as error:
             raise ValueError(f"{kind} descriptions: {error}") from error
         kind_scores["figures"] = len(references)
+        if synthetic is not None:
+            kind_scores |= _scores_by_origin(predictions, references, synthetic)
         results[kind] = kind_scores
 
         with atomic_write(out_dir / f"predictions_{kind}.json") as handle:
@@ -179,6 +189,22 @@ def evaluate_split(
     with atomic_write(out_dir / "metrics.json") as handle:
         json.dump(results, handle, indent=1)
     return results
+
+
+def _scores_by_origin(
+    predictions: Mapping[str, str], references: Mapping[str, str], synthetic: Mapping[str, bool]
+) -> dict[str, float]:
+    unknown = sorted(set(references) - set(synthetic))
+    if unknown:
+        raise ValueError(f"no origin (real or synthetic) known for image ids {_sample(unknown)}")
+    scores: dict[str, float] = {}
+    for origin in ORIGINS:
+        ids = [i for i in references if synthetic[i] == (origin == "synthetic")]
+        if ids:
+            chosen = score_descriptions({i: predictions[i] for i in ids}, {i: references[i] for i in ids})
+            scores |= {f"{origin}_{name}": value for name, value in chosen.items()}
+            scores[f"{origin}_figures"] = len(ids)
+    return scores
 
 
 def _bleu_signature() -> str:

@@ -1,0 +1,94 @@
+"""Descriptions written without a description model: the bars PatentLMM has to clear.
+
+- `constant`: one sentence for every figure, "FIG. 1 is a perspective view of the device." A
+  model that does not beat it has learnt the corpus's commonest sentence, not the drawing.
+- `nearest_neighbour`: the reference description of the most similar training figure of
+  another patent, by the figure-search encoder's embedding (cosine). This is retrieval used
+  as captioning, and it is strong on real design patents, whose brief descriptions are
+  formulaic ("FIG. 3 is a front elevational view thereof;"). The encoder is the registry's
+  champion, or the pretrained backbone untouched before there is one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+CONSTANT_DESCRIPTION = "FIG. 1 is a perspective view of the device."
+BASELINES = ("constant", "nearest_neighbour")
+
+# image paths -> (L2-normalised vectors of the readable ones, their positions, {position: reason})
+Embedder = Callable[[Sequence[Path]], tuple[np.ndarray, list[int], dict[int, str]]]
+
+
+def constant_descriptions(image_ids: Sequence[str], text: str = CONSTANT_DESCRIPTION) -> dict[str, str]:
+    return dict.fromkeys(image_ids, text)
+
+
+def nearest_neighbour_descriptions(
+    queries: Mapping[str, Path],
+    pool: Mapping[str, tuple[Path, str]],
+    patent_of: Mapping[str, str],
+    embed: Embedder,
+) -> tuple[dict[str, str], dict[str, str]]:
+    """For each query image id, the text of its most similar pool figure of another patent.
+
+    `queries`: image id -> image; `pool`: image id -> (image, reference text); `patent_of`: image
+    id -> patent, for queries and pool alike. Returns (descriptions, {image id: why it got none});
+    a query whose image cannot be embedded, or with no pool figure of another patent, gets an
+    empty description (scored as a miss), so that every baseline covers the same figures.
+    """
+    missing = sorted((set(queries) | set(pool)) - set(patent_of))
+    if missing:
+        raise ValueError(f"no patent known for image ids {missing[:5]}")
+    pool_ids = list(pool)
+    pool_vectors, pool_kept, _ = embed([pool[i][0] for i in pool_ids])
+    pool_ids = [pool_ids[p] for p in pool_kept]
+    pool_patents = np.array([patent_of[i] for i in pool_ids])
+    query_ids = list(queries)
+    query_vectors, query_kept, failed = embed([queries[i] for i in query_ids])
+    descriptions = dict.fromkeys(query_ids, "")
+    unanswered = {query_ids[p]: f"image not embedded: {reason}" for p, reason in failed.items()}
+    if not pool_ids:
+        unanswered |= {i: "no readable pool figure" for i in query_ids if i not in unanswered}
+        return descriptions, unanswered
+    similarity = np.asarray(query_vectors, np.float32) @ np.asarray(pool_vectors, np.float32).T
+    for row, position in enumerate(query_kept):
+        image_id = query_ids[position]
+        scores = np.where(pool_patents == patent_of[image_id], -np.inf, similarity[row])
+        best = int(np.argmax(scores))
+        if np.isneginf(scores[best]):
+            unanswered[image_id] = "every pool figure is of the same patent"
+            continue
+        descriptions[image_id] = pool[pool_ids[best]][1]
+    return descriptions, unanswered
+
+
+def retrieval_embedder(
+    encoder_dir: Path | None,
+    encoder_preset: str,
+    overrides: Mapping[str, str] | None = None,
+    feature_cache: Path | None = None,
+    batch_size: int = 32,
+) -> tuple[Embedder, str]:
+    """The figure-search encoder as an `Embedder`, and what it is: the saved encoder at
+    `encoder_dir`, or `encoder_preset`'s backbone as pretrained, no head (`untouched`). With
+    `feature_cache`, backbone features are shared with the retrieval training and evaluation."""
+    from training.retrieval_eval import embed_figures
+    from training.retrieval_model import build_encoder, load_encoder, preset
+
+    if encoder_dir is not None:
+        model, name = load_encoder(Path(encoder_dir)), str(encoder_dir)
+    else:
+        model = build_encoder(preset(encoder_preset, **{**(overrides or {}), "head": "none"}))
+        name = f"untouched {encoder_preset}"
+    model.eval()
+
+    def embed(images: Sequence[Path]) -> tuple[np.ndarray, list[int], dict[int, str]]:
+        vectors, kept, failed = embed_figures(model, list(images), batch_size, feature_cache)
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True) if len(vectors) else 1.0
+        return vectors / np.maximum(norms, 1e-12), kept, failed
+
+    return embed, name
