@@ -193,7 +193,6 @@ def figure_expectations(
     `grant_date` is the date a figure is prior art from: for a published application, its
     publication date; both kinds are held to the same date range.
     """
-    import pandas as pd
 
     _, gxe, _, _ = _gx()
     today = today or dt.date.today()
@@ -212,20 +211,8 @@ def figure_expectations(
         ),
         ("readable_images", gxe.ExpectColumnValuesToBeInSet(column="image_readable", value_set=[True])),
         ("ocr_coverage", gxe.ExpectColumnMeanToBeBetween(column="has_ocr", min_value=min_ocr_coverage)),
-        (
-            "document_kinds_known",
-            gxe.ExpectColumnValuesToBeInSet(column="document_kind", value_set=list(DOCUMENT_KINDS)),
-        ),
         ("grant_dates_iso", gxe.ExpectColumnValuesToMatchRegex(column="grant_date", regex=ISO_DATE_REGEX)),
-        ("grant_dates_valid", gxe.ExpectColumnValuesToNotBeNull(column="grant_date_parsed")),
-        (
-            "grant_dates_in_range",
-            gxe.ExpectColumnValuesToBeBetween(
-                column="grant_date_parsed",
-                min_value=pd.Timestamp(EARLIEST_GRANT_DATE),
-                max_value=pd.Timestamp(today),
-            ),
-        ),
+        *_kind_and_date_expectations(today),
     ]
     if with_alignment:
         pairs.append(
@@ -237,6 +224,29 @@ def figure_expectations(
             )
         )
     return pairs
+
+
+def _kind_and_date_expectations(today: dt.date) -> list[tuple[str, Any]]:
+    """Shared by the figure and the document suites: known document kinds, grant dates that
+    parse and lie in 1976-01-01 .. today (`grant_date_parsed`)."""
+    import pandas as pd
+
+    _, gxe, _, _ = _gx()
+    return [
+        (
+            "document_kinds_known",
+            gxe.ExpectColumnValuesToBeInSet(column="document_kind", value_set=list(DOCUMENT_KINDS)),
+        ),
+        ("grant_dates_valid", gxe.ExpectColumnValuesToNotBeNull(column="grant_date_parsed")),
+        (
+            "grant_dates_in_range",
+            gxe.ExpectColumnValuesToBeBetween(
+                column="grant_date_parsed",
+                min_value=pd.Timestamp(EARLIEST_GRANT_DATE),
+                max_value=pd.Timestamp(today),
+            ),
+        ),
+    ]
 
 
 def _plain(value: Any) -> Any:
@@ -354,7 +364,6 @@ def validate_documents(
 ) -> ValidationReport:
     """The suite of a text-only release (the weekly `ipg` product, no drawings): at least one
     grant, unique patent ids, text in every grant, known document kinds, grant dates in range."""
-    import pandas as pd
 
     _, gxe, _, _ = _gx()
     started = time.perf_counter()
@@ -364,19 +373,7 @@ def validate_documents(
         ("unique_patent_ids", gxe.ExpectColumnValuesToBeUnique(column="patent_id")),
         ("patent_ids_present", gxe.ExpectColumnValuesToMatchRegex(column="patent_id", regex=r"\S")),
         ("non_empty_text", gxe.ExpectColumnValuesToBeBetween(column="text_chars", min_value=1)),
-        (
-            "document_kinds_known",
-            gxe.ExpectColumnValuesToBeInSet(column="document_kind", value_set=list(DOCUMENT_KINDS)),
-        ),
-        ("grant_dates_valid", gxe.ExpectColumnValuesToNotBeNull(column="grant_date_parsed")),
-        (
-            "grant_dates_in_range",
-            gxe.ExpectColumnValuesToBeBetween(
-                column="grant_date_parsed",
-                min_value=pd.Timestamp(EARLIEST_GRANT_DATE),
-                max_value=pd.Timestamp(today),
-            ),
-        ),
+        *_kind_and_date_expectations(today),
     ]
     report = validate_frame(documents_frame(documents), expectations)
     report.duration_s = time.perf_counter() - started
