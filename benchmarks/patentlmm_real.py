@@ -15,6 +15,7 @@ baselines (untouched pretrained figure encoder: no retrieval champion is trained
 patents). Predictions are pooled over the folds and
 scored per seed (corpus BLEU-4, mean ROUGE-L, printed_label_rate), design and utility apart;
 the table gives the mean and standard deviation over seeds. Progress goes to stderr.
+`--without-synthetic` leaves the synthetic releases out (figures and text), to see what they add.
 """
 
 from __future__ import annotations
@@ -258,12 +259,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--work", type=Path, default=ROOT / ".patentflow" / "bench-patentlmm-real")
     parser.add_argument("--folds", type=int, default=3)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument(
+        "--without-synthetic",
+        action="store_true",
+        help="leave the synthetic releases' figures and text out (what they contribute)",
+    )
     args = parser.parse_args(argv)
     started = time.perf_counter()
     home_figures = args.home / "data" / "dataset" / "figures" / pipeline.FIGURES
     if not home_figures.exists():
         raise SystemExit(f"no figure dataset under {args.home}: run `make run` first")
     synthetic = [row for row in read_jsonl(home_figures) if row.get("synthetic")]
+    if args.without_synthetic:
+        synthetic = []
     real, real_documents = real_figures(args.realdata, args.work)
     log(
         f"{len(real)} real figures of {len({r['patent_id'] for r in real})} patents, {len(synthetic)} synthetic"
@@ -271,7 +279,7 @@ def main(argv: list[str] | None = None) -> None:
     documents = [
         weekly_text(args.work),
         *real_documents,
-        *synthetic_documents(args.home),
+        *([] if args.without_synthetic else synthetic_documents(args.home)),
     ]
     kinds = {r["image_id"]: "design" if r["patent_id"].startswith("USD") else "utility" for r in real}
     labels = {r["image_id"]: r.get("figure_labels", []) for r in real}
@@ -280,7 +288,9 @@ def main(argv: list[str] | None = None) -> None:
         fold_of = deal_folds(real, args.folds, seed)
         evaluations = []
         for fold in range(args.folds):
-            fold_dir = args.work / f"seed{seed}" / f"fold{fold}"
+            fold_dir = (
+                args.work / f"seed{seed}{'-real-only' if args.without_synthetic else ''}" / f"fold{fold}"
+            )
             test = {patent for patent, f in fold_of.items() if f == fold}
             fold_dataset(fold_dir, real, synthetic, test)
             log(f"seed {seed} fold {fold}: {len(test)} test patents; training")

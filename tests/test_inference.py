@@ -142,8 +142,9 @@ def test_describe_images_on_png_g4_tiff_blank_and_missing(inference, realdata: P
     for result in results[:3]:  # a blank page has no OCR words: still described, not an error
         assert result["error"] is None
         assert isinstance(result["description"], str) and result["description"]
-    # The model memorised "FIG. n is a ... view of the ...": even from tesseract's OCR it says so.
-    assert "view of the" in results[0]["description"]
+    # The model memorised the toy descriptions. Tesseract reads no words on the toy drawing, so
+    # the OCR pointer has nothing to copy and the LM speaks alone: it still names the toy objects.
+    assert {"chair", "lamp"} & set(results[0]["description"].replace(".", " ").split())
     assert results[3]["description"] is None and "missing.png" in results[3]["error"]
     assert "not found" in results[3]["error"]
 

@@ -1,12 +1,14 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 
+from patent_assets.figrefs import first_label_key, label_key
 from tests.test_training_data import make_toy_llava, make_toy_tokenizer
 from training.attention import choose_attention
 from training.configs import TINY
@@ -73,8 +75,11 @@ def test_forward_loss_and_stage_gradients(toy) -> None:
     out.loss.backward()
     with_grad = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
     assert with_grad == {n for n in trainable_parameters(model, 1)}
-    assert all(n.startswith("multi_modal_projector.") for n in with_grad)
-    assert counts["trainable"] == sum(p.numel() for p in model.multi_modal_projector.parameters())
+    assert all(n.startswith(("multi_modal_projector.", "ocr_pointer.")) for n in with_grad)
+    assert any(n.startswith("ocr_pointer.") for n in with_grad)  # TINY copies from the OCR
+    assert counts["trainable"] == sum(
+        p.numel() for part in (model.multi_modal_projector, model.ocr_pointer) for p in part.parameters()
+    )
 
     with pytest.raises(ValueError, match="apply_lora"):
         freeze_for_stage(model, 2)
@@ -87,7 +92,7 @@ def test_forward_loss_and_stage_gradients(toy) -> None:
     assert with_grad == set(trainable_parameters(model, 2))
     assert any("lora_A" in n for n in with_grad) and any("lora_B" in n for n in with_grad)
     assert not any(n.startswith("vision_tower.") for n in with_grad)
-    assert all(n.startswith("multi_modal_projector.") or "lora_" in n for n in with_grad)
+    assert all(n.startswith(("multi_modal_projector.", "ocr_pointer.")) or "lora_" in n for n in with_grad)
     groups = param_groups(model, 2, learning_rate=2e-4, projector_lr=2e-5)
     assert [g["lr"] for g in groups] == [2e-5, 2e-4]
 
@@ -148,30 +153,42 @@ def test_from_components_local_files_match_the_in_memory_model(toy, tmp_path: Pa
     peft_lm.save_pretrained(tmp_path / "adapter")
     model.language_model = peft_lm.get_base_model()
 
-    built = PatentLMMForConditionalGeneration.from_components(
-        tmp_path / "encoder", tmp_path / "lm", toy["dir"], tmp_path / "adapter"
+    def trained_parts_of_model(built: PatentLMMForConditionalGeneration) -> PatentLMMForConditionalGeneration:
+        """The projector and the OCR pointer are trained, not read from the components."""
+        built.multi_modal_projector.load_state_dict(model.multi_modal_projector.state_dict())
+        built.ocr_pointer.load_state_dict(model.ocr_pointer.state_dict())
+        return built
+
+    built = trained_parts_of_model(
+        PatentLMMForConditionalGeneration.from_components(
+            tmp_path / "encoder", tmp_path / "lm", toy["dir"], tmp_path / "adapter", ocr_copy=True
+        )
     )
     assert built.config.lora["r"] == 4 and built.config.lora["target_modules"] == ["q_proj", "v_proj"]
-    built.multi_modal_projector.load_state_dict(
-        model.multi_modal_projector.state_dict()
-    )  # trained separately
     model.eval()
     built.eval()
     with torch.no_grad():
         expected = model(**toy["batch"]).logits
         assert torch.allclose(built(**toy["batch"]).logits, expected, atol=1e-6)
-        merged = PatentLMMForConditionalGeneration.from_components(
-            tmp_path / "encoder", tmp_path / "lm", toy["dir"], tmp_path / "adapter", merge_lora=True
+        merged = trained_parts_of_model(
+            PatentLMMForConditionalGeneration.from_components(
+                tmp_path / "encoder",
+                tmp_path / "lm",
+                toy["dir"],
+                tmp_path / "adapter",
+                merge_lora=True,
+                ocr_copy=True,
+            )
         )
-        merged.multi_modal_projector.load_state_dict(model.multi_modal_projector.state_dict())
         assert merged.config.lora is None
         assert torch.allclose(merged.eval()(**toy["batch"]).logits, expected, atol=1e-4)
         # Our own adapter export loads back to the same model.
         save_lora_adapter(built, tmp_path / "exported")
-        again = PatentLMMForConditionalGeneration.from_components(
-            tmp_path / "encoder", tmp_path / "lm", toy["dir"], tmp_path / "exported"
+        again = trained_parts_of_model(
+            PatentLMMForConditionalGeneration.from_components(
+                tmp_path / "encoder", tmp_path / "lm", toy["dir"], tmp_path / "exported", ocr_copy=True
+            )
         )
-        again.multi_modal_projector.load_state_dict(model.multi_modal_projector.state_dict())
         assert torch.allclose(again.eval()(**toy["batch"]).logits, expected, atol=1e-6)
     with pytest.raises(FileNotFoundError, match=r"adapter_config\.json"):
         PatentLMMForConditionalGeneration.from_components(
@@ -227,3 +244,76 @@ def test_missing_image_inputs_are_a_clear_error(toy) -> None:
     }
     with pytest.raises(ValueError, match="placeholders"):
         model(**short)
+
+
+def _train(model, batch, steps: int, lr: float = 1e-2) -> None:
+    optimizer = torch.optim.AdamW(param_groups(model, 2, learning_rate=lr), lr=lr)
+    model.train()
+    for _ in range(steps):
+        model(**batch).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+
+
+def _first_label(model, toy, index: int) -> str | None:
+    dataset = toy["dataset"]
+    with Image.open(dataset.image_paths[index]) as image:
+        text = describe(
+            model,
+            toy["tokenizer"],
+            toy["processor"],
+            image,
+            dataset.entries[index]["ocr"],
+            "brief",
+            max_new_tokens=6,
+        )
+    return first_label_key(text)
+
+
+@pytest.mark.parametrize("ocr_copy", [True, False])
+def test_the_ocr_pointer_copies_a_fig_label_never_seen_in_training(toy, ocr_copy: bool) -> None:
+    """Trained on FIG. 1-6, the model with the pointer names the FIG. 7 and FIG. 8 it reads on the
+    held-out sheets; without it, the LM can only say a label it was trained on."""
+    torch.manual_seed(0)
+    model = PatentLMMForConditionalGeneration(
+        replace(build_model(TINY, toy["dir"]).config, ocr_copy=ocr_copy)
+    )
+    assert (model.ocr_pointer is not None) == ocr_copy
+    apply_lora(model, r=8, alpha=16, dropout=0.0)
+    freeze_for_stage(model, 2)
+    dataset = toy["dataset"]
+    _train(
+        model,
+        PatentLMMCollator(toy["tokenizer"], TINY.num_image_features, TINY.max_length)(
+            [dataset[i] for i in range(6)]
+        ),
+        steps=40,
+    )
+    named = [_first_label(model, toy, index) for index in (6, 7)]
+    if ocr_copy:
+        assert named == [label_key("7"), label_key("8")], named
+    else:
+        assert not {label_key("7"), label_key("8")} & set(named), named
+
+
+def test_without_ocr_words_the_pointer_leaves_the_language_model_alone(toy) -> None:
+    """Image-blind and no-OCR inputs give the pointer nothing to copy: the distribution is the LM's."""
+    model = _model(toy).eval()
+    dataset = PatentLMMDataset(
+        toy["dataset"].llava_json,
+        toy["images"],
+        toy["processor"],
+        toy["tokenizer"],
+        TINY.max_length,
+        TINY.ocr_max_tokens,
+        inputs="no_ocr",
+    )
+    batch = PatentLMMCollator(toy["tokenizer"], TINY.num_image_features, TINY.max_length)(
+        [dataset[0], dataset[1]]
+    )
+    with torch.no_grad():
+        with_pointer = model(**batch)
+        model.ocr_pointer = None
+        language_model_only = model(**batch)
+    assert torch.allclose(with_pointer.logits, language_model_only.logits.log_softmax(-1), atol=1e-5)
+    assert torch.allclose(with_pointer.loss, language_model_only.loss, atol=1e-5)

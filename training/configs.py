@@ -59,6 +59,9 @@ class ModelPreset:
     vocab_size: int = 4000  # of the tokenizer trained on the data, when none is given
     projector_type: str = "mlp2x_gelu"
     vision_feature_layer: int = -2
+    # A pointer over the OCR tokens beside the LM head (modeling.PatentLMMOcrPointer); needs one
+    # vocabulary for OCR and LM, as the embedded tokenizer has.
+    ocr_copy: bool = False
     # Local checkpoint directories (production); None: random initialisation.
     encoder_dir: str | None = None
     lm_dir: str | None = None
@@ -99,6 +102,9 @@ TINY = ModelPreset(
     text_initializer_range=0.2,
     max_length=512,
     vocab_size=2000,
+    # The tiny LM does not learn to copy the sheet's FIG label through its embeddings in the steps
+    # a CPU can pay for (README, "FIG labels"); a pointer over the OCR tokens reads it directly.
+    ocr_copy=True,
 )
 
 # PatentLMM: PatentMME (LayoutLMv3-large, 384 px) + LLaVA-1.5-7B, PatentLLaMA LoRA. The directories

@@ -11,11 +11,18 @@ recorded in the config so `save_pretrained` / `from_pretrained` round-trip the w
 
 Training stages (PatentLMM): stage 1 trains the projector only; stage 2 trains LoRA + projector.
 The encoder is frozen in both.
+
+`ocr_copy` adds a pointer over the OCR tokens (M4C's dynamic pointer network, See et al.'s
+pointer-generator): each next-token distribution mixes the LM's softmax with an attention over the
+sheet's OCR tokens, scattered onto their ids, so the model can emit a token it reads on the sheet
+(a FIG label, a reference numeral) without having learnt it in the LM's embedding space. It needs the
+OCR and LM tokenizers to share ids (the embedded default's one BPE); it trains with the projector.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,6 +39,7 @@ from transformers import (
 )
 from transformers.activations import ACT2FN
 from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.modeling_utils import slice_logits_to_keep
 
 from training.attention import choose_attention
 from training.configs import LLAMA_LORA_TARGETS, ModelPreset
@@ -62,6 +70,7 @@ class PatentLMMConfig(PreTrainedConfig):
     vision_feature_layer: int = -2
     ocr_max_tokens: int = 512
     lora: dict | None = None
+    ocr_copy: bool = False
     tie_word_embeddings: bool = False
 
     @property
@@ -88,6 +97,64 @@ class PatentLMMProjector(nn.Module):
         return self.linear_2(self.act(self.linear_1(features)))
 
 
+class PatentLMMOcrPointer(nn.Module):
+    """Where to copy from and how much: attention of the LM's hidden state over the projected OCR
+    features, and a gate between copying and the LM's vocabulary."""
+
+    def __init__(self, config: PatentLMMConfig):
+        super().__init__()
+        hidden = config.text_config.hidden_size
+        self.query = nn.Linear(hidden, hidden)
+        self.key = nn.Linear(hidden, hidden)
+        self.gate = nn.Linear(hidden, 1)
+
+    def memory(
+        self,
+        features: torch.Tensor,
+        ocr_input_ids: torch.Tensor,
+        ocr_attention_mask: torch.Tensor,
+        config: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(keys, ids, mask) of the OCR tokens. Feature i is OCR token i + 1 (the encoder's first
+        token is dropped); the OCR's own special tokens (<s>, </s>, padding) cannot be copied."""
+        ocr_ids = ocr_input_ids[:, 1:]
+        length = ocr_ids.shape[1]
+        special = {
+            config.vision_config.pad_token_id,
+            config.text_config.bos_token_id,
+            config.text_config.eos_token_id,
+        }
+        copyable = ocr_attention_mask[:, 1:].bool()
+        for token in special - {None}:
+            copyable &= ocr_ids != token
+        return self.key(features[:, :length]), ocr_ids, copyable
+
+    def log_probs(
+        self,
+        hidden: torch.Tensor,
+        logits: torch.Tensor,
+        memory: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    ) -> torch.Tensor:
+        """log p(next token) = log(g * softmax(logits) + (1 - g) * copy attention on the OCR ids)."""
+        keys, ids, copyable = memory
+        scores = torch.einsum("btd,bld->btl", self.query(hidden), keys) / keys.shape[-1] ** 0.5
+        scores = scores.float().masked_fill(~copyable[:, None, :], float("-inf"))
+        has_ocr = copyable.any(dim=1)[:, None, None]
+        attention = torch.where(has_ocr, scores.softmax(dim=-1), 0.0)
+        gate = torch.where(has_ocr, torch.sigmoid(self.gate(hidden).float()), 1.0)
+        copy = torch.zeros_like(logits, dtype=torch.float32)
+        copy.scatter_add_(-1, ids[:, None, :].expand(-1, hidden.shape[1], -1), attention)
+        probs = gate * logits.float().softmax(dim=-1) + (1 - gate) * copy
+        return probs.clamp_min(1e-12).log()
+
+
+@dataclass
+class PatentLMMOutput(CausalLMOutputWithPast):
+    """CausalLMOutputWithPast plus the OCR pointer's memory, carried from prefill to later steps."""
+
+    copy_memory: tuple[torch.Tensor, ...] | None = None
+
+
 class PatentLMMPreTrainedModel(PreTrainedModel):
     config_class = PatentLMMConfig
     config: PatentLMMConfig
@@ -106,6 +173,12 @@ class PatentLMMForConditionalGeneration(PatentLMMPreTrainedModel, GenerationMixi
         self.vision_tower = LayoutLMv3Model(config.vision_config)
         self.multi_modal_projector = PatentLMMProjector(config)
         self.language_model = LlamaForCausalLM(config.text_config)
+        self.ocr_pointer = PatentLMMOcrPointer(config) if config.ocr_copy else None
+        if config.ocr_copy and config.vision_config.vocab_size > config.text_config.vocab_size:
+            raise ValueError(
+                f"ocr_copy needs the OCR ids to be LM ids: the OCR vocabulary has {config.vision_config.vocab_size} "
+                f"tokens, the LM's {config.text_config.vocab_size}"
+            )
         self.post_init()
         if config.lora:  # after post_init, which would re-initialise LoRA's zero B matrices
             _inject_lora(self.language_model, config.lora)
@@ -163,6 +236,7 @@ class PatentLMMForConditionalGeneration(PatentLMMPreTrainedModel, GenerationMixi
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        copy_memory: tuple[torch.Tensor, ...] | None = None,
         **kwargs: Any,
     ) -> CausalLMOutputWithPast:
         if (input_ids is None) == (inputs_embeds is None):
@@ -170,24 +244,53 @@ class PatentLMMForConditionalGeneration(PatentLMMPreTrainedModel, GenerationMixi
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
         if pixel_values is not None:
-            inputs_embeds = self._splice_image_features(
+            inputs_embeds, features = self._splice_image_features(
                 input_ids, inputs_embeds, ocr_input_ids, ocr_attention_mask, bbox, pixel_values
             )
+            if self.ocr_pointer is not None:
+                copy_memory = self.ocr_pointer.memory(
+                    features, ocr_input_ids, ocr_attention_mask, self.config
+                )
         elif (
             input_ids is not None
             and past_key_values is None
             and (input_ids == self.config.image_token_id).any()
         ):
             raise ValueError("input_ids hold <image> placeholders but no pixel_values/OCR inputs were given")
-        return self.language_model(
+        if self.ocr_pointer is None:
+            return self.language_model(
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                past_key_values=past_key_values,
+                inputs_embeds=inputs_embeds,
+                labels=labels,
+                use_cache=use_cache,
+                logits_to_keep=logits_to_keep,
+                **kwargs,
+            )
+        if copy_memory is None:
+            raise ValueError("ocr_copy needs the image inputs (or, after prefill, their copy_memory)")
+        # LlamaForCausalLM's forward, with the pointer between the last hidden state and the loss.
+        kwargs.pop("num_items_in_batch", None)
+        outputs = self.language_model.model(
             attention_mask=attention_mask,
             position_ids=position_ids,
             past_key_values=past_key_values,
             inputs_embeds=inputs_embeds,
-            labels=labels,
             use_cache=use_cache,
-            logits_to_keep=logits_to_keep,
             **kwargs,
+        )
+        hidden = slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)
+        log_probs = self.ocr_pointer.log_probs(hidden, self.language_model.lm_head(hidden), copy_memory)
+        loss = None
+        if labels is not None:
+            loss = nn.functional.nll_loss(
+                log_probs[:, :-1].flatten(0, 1),
+                labels[:, 1:].flatten().to(log_probs.device),
+                ignore_index=-100,
+            )
+        return PatentLMMOutput(
+            loss=loss, logits=log_probs, past_key_values=outputs.past_key_values, copy_memory=copy_memory
         )
 
     def _splice_image_features(
@@ -198,7 +301,8 @@ class PatentLMMForConditionalGeneration(PatentLMMPreTrainedModel, GenerationMixi
         ocr_attention_mask: torch.Tensor | None,
         bbox: torch.LongTensor | None,
         pixel_values: torch.Tensor,
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The embeddings with the projected image features in the placeholders, and the features."""
         if ocr_input_ids is None or ocr_attention_mask is None or bbox is None:
             raise ValueError(
                 "pixel_values need ocr_input_ids, ocr_attention_mask and bbox (OCR goes to the encoder)"
@@ -214,7 +318,7 @@ class PatentLMMForConditionalGeneration(PatentLMMPreTrainedModel, GenerationMixi
                 f"got {per_row.tolist()}: expand <image> with the collator"
             )
         mask = placeholders.unsqueeze(-1).expand_as(inputs_embeds)
-        return inputs_embeds.masked_scatter(mask, features.to(inputs_embeds.dtype))
+        return inputs_embeds.masked_scatter(mask, features.to(inputs_embeds.dtype)), features
 
     def prepare_inputs_for_generation(
         self, *args: Any, is_first_iteration: bool | None = False, **kwargs: Any
@@ -226,7 +330,18 @@ class PatentLMMForConditionalGeneration(PatentLMMPreTrainedModel, GenerationMixi
         if not is_first_iteration and kwargs.get("use_cache", True):
             for key in IMAGE_INPUTS:
                 model_inputs.pop(key, None)
+        if kwargs.get("copy_memory") is not None:
+            model_inputs["copy_memory"] = kwargs["copy_memory"]
         return model_inputs
+
+    def _update_model_kwargs_for_generation(
+        self, outputs: Any, model_kwargs: dict, *args: Any, **kwargs: Any
+    ):
+        model_kwargs = super()._update_model_kwargs_for_generation(outputs, model_kwargs, *args, **kwargs)
+        # The OCR pointer reads the prefill's OCR keys at every later step, as attention reads the cache.
+        if getattr(outputs, "copy_memory", None) is not None:
+            model_kwargs["copy_memory"] = outputs.copy_memory
+        return model_kwargs
 
     # -- building from parts ------------------------------------------------------------------
     @classmethod
@@ -294,6 +409,9 @@ class PatentLMMForConditionalGeneration(PatentLMMPreTrainedModel, GenerationMixi
         model.language_model = lm
         model.multi_modal_projector = PatentLMMProjector(config).to(dtype=dtype or torch.float32)
         model.multi_modal_projector.apply(model._init_weights)
+        if config.ocr_copy:
+            model.ocr_pointer = PatentLMMOcrPointer(config).to(dtype=dtype or torch.float32)
+            model.ocr_pointer.apply(model._init_weights)
         model.config.lora = lora_settings
         model.config.text_config = lm.config
         model.config.vision_config = encoder.config
@@ -404,14 +522,15 @@ def _is_lora(name: str) -> bool:
 def trainable_parameters(
     model: PatentLMMForConditionalGeneration, stage: Literal[1, 2]
 ) -> dict[str, nn.Parameter]:
-    """The parameters stage `stage` trains: 1, the projector; 2, the LM's LoRA + the projector."""
+    """The parameters stage `stage` trains: 1, the projector (and the OCR pointer, if any); 2, the
+    LM's LoRA + those."""
     if stage not in (1, 2):
         raise ValueError(f"stage must be 1 or 2, got {stage!r}")
     if stage == 2 and not model.config.lora:
         raise ValueError("stage 2 trains LoRA: call apply_lora(model, ...) first")
     selected = {}
     for name, param in model.named_parameters():
-        if name.startswith("multi_modal_projector.") or (
+        if name.startswith(("multi_modal_projector.", "ocr_pointer.")) or (
             stage == 2 and name.startswith("language_model.") and _is_lora(name)
         ):
             selected[name] = param
@@ -497,6 +616,7 @@ def tiny_config(preset: ModelPreset, tokenizer: Any, ocr_vocab_size: int) -> Pat
         image_token_id=tokenizer.convert_tokens_to_ids(IMAGE),
         vision_feature_layer=preset.vision_feature_layer,
         ocr_max_tokens=preset.ocr_max_tokens,
+        ocr_copy=preset.ocr_copy,
     )
 
 
@@ -512,6 +632,7 @@ def build_model(preset: ModelPreset, tokenizer_dir: Path | None = None) -> Paten
             tokenizer_dir,
             preset.lora_adapter_dir,
             vision_feature_layer=preset.vision_feature_layer,
+            ocr_copy=preset.ocr_copy,
         )
     tokenizer = load_lm_tokenizer(tokenizer_dir)
     processor = load_ocr_processor(tokenizer_dir)

@@ -56,6 +56,7 @@ def train_config(
         lm_dir=str(inputs.lm_dir) if from_parts else None,
         lora_adapter_dir=str(inputs.lora_adapter_dir) if from_parts and inputs.lora_adapter_dir else None,
         init_model_dir=None if from_parts else str(init_model_dir),
+        ocr_copy=preset.ocr_copy,
         epochs=settings.num_epochs,
         lr=settings.learning_rate,
         projector_lr=settings.projector_lr,

@@ -65,6 +65,7 @@ class TrainConfig:
     lora_adapter_dir: str | None = None  # e.g. PatentLLaMA, loaded into the LM at build time
     init_model_dir: str | None = None
     model_preset: str | None = None  # random-initialised from training.configs.PRESETS (e.g. "tiny")
+    ocr_copy: bool = False  # a model built from components gets the OCR pointer (ModelPreset.ocr_copy)
     # Optimisation (PatentLMM's values live in training.configs; these defaults are small).
     epochs: int = 1
     lr: float = 1e-3
@@ -200,7 +201,12 @@ def build_model(cfg: TrainConfig) -> Any:
         )
     elif cfg.encoder_dir is not None and cfg.lm_dir is not None:
         model = modeling.PatentLMMForConditionalGeneration.from_components(
-            cfg.encoder_dir, cfg.lm_dir, tokenizer_dir(cfg), cfg.lora_adapter_dir, dtype=dtype
+            cfg.encoder_dir,
+            cfg.lm_dir,
+            tokenizer_dir(cfg),
+            cfg.lora_adapter_dir,
+            dtype=dtype,
+            ocr_copy=cfg.ocr_copy,
         )
     else:
         model = modeling.build_model(PRESETS[cfg.model_preset], tokenizer_dir(cfg))
@@ -528,6 +534,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                                 **{f"train/lr_{g['name']}": g["lr"] for g in optimizer.param_groups},
                                 "train/epoch": epoch + (micro + 1) / micro_per_epoch,
                                 "train/tokens_per_s": stats[2].item() / max(elapsed, 1e-9),
+                                "train/samples_per_s": stats[1].item()
+                                * cfg.per_device_batch
+                                / max(elapsed, 1e-9),
                             },
                         )
                     window_loss, window_micro, window_tokens, window_start = 0.0, 0, 0, time.perf_counter()
