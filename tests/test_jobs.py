@@ -106,7 +106,7 @@ def test_evaluate_scores_both_kinds_and_ablations_and_logs_to_mlflow(trained, tm
     metrics = json.loads((out / jobs.METRICS_FILE).read_text())
     for kind in ("brief", "detailed"):
         assert set(METRIC_NAMES) <= set(metrics[kind]) and metrics[kind]["figures"] == 4
-        assert all(0.0 <= metrics[kind][m] <= 1.0 for m in METRIC_NAMES if m != "cider")
+        assert all(0.0 <= metrics[kind][m] <= 1.0 for m in METRIC_NAMES if m != "cider"), metrics[kind]
         assert metrics[kind]["bleu1"] > 0.6  # the memorised figures
         predictions = json.loads((out / f"predictions_{kind}.json").read_text())
         assert len(predictions) == 4

@@ -38,6 +38,8 @@ def test_identical_predictions_score_the_maximum() -> None:
             assert scores[name] == pytest.approx(10.0)
         else:
             assert scores[name] == pytest.approx(1.0), name
+            assert scores[name] <= 1.0, name  # not sacrebleu's 100.00000000000004 / 100
+    assert sentence_scores(REFERENCES["US1__1"], REFERENCES["US1__1"])["bleu"] == 1.0
 
 
 def test_unrelated_text_scores_near_zero() -> None:

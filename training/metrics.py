@@ -87,7 +87,7 @@ def score_descriptions(predictions: Mapping[str, str], references: Mapping[str, 
     scores: dict[str, float] = {}
     for order in range(1, 5):
         bleu = BLEU(max_ngram_order=order).corpus_score(hypotheses, [targets])
-        scores[f"bleu{order}"] = bleu.score / 100.0
+        scores[f"bleu{order}"] = _unit(bleu.score)
 
     scorer = _rouge_scorer()
     rouge = [scorer.score(target, hypothesis) for hypothesis, target in zip(hypotheses, targets, strict=True)]
@@ -105,9 +105,14 @@ def sentence_scores(prediction: str, reference: str) -> dict[str, float]:
     ROUGE-L F1, both 0-1: the per-figure columns of `per_figure_{kind}.jsonl`."""
     hypothesis, target = _one_line(prediction), _one_line(reference)
     return {
-        "bleu": sacrebleu.sentence_bleu(hypothesis, [target]).score / 100.0,
+        "bleu": _unit(sacrebleu.sentence_bleu(hypothesis, [target]).score),
         "rougeL": _rouge_scorer().score(target, hypothesis)["rougeL"].fmeasure,
     }
+
+
+def _unit(bleu_score: float) -> float:
+    """sacrebleu's 0-100 score as 0-1; a perfect match comes out of its log/exp as 100.00000000000004."""
+    return min(bleu_score / 100.0, 1.0)
 
 
 def printed_label_rate(
