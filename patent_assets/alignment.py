@@ -158,17 +158,23 @@ def _near_right(boxes: list[list[int]], i: int, j: int) -> bool:
 
 def label_word_positions(words: Sequence[str]) -> list[int]:
     """Positions of the OCR words that print a FIG label, in reading order: each FIG word ("FIG.",
-    "Fig.3", "FIGURE", tesseract's misreads) and the word after it when that is the label's number."""
+    "Fig.3", "FIGURE", tesseract's misreads) and the label's number when it is the next word, or the
+    one after a lone punctuation mark (tesseract reads "FIG. 1" as "FIG", "-", "1" at times)."""
     positions: list[int] = []
     for i, word in enumerate(words):
         match = _FIG_WORD_RE.match(_strip(word))
-        if match is None or (positions and positions[-1] == i):
+        if match is None or (positions and positions[-1] >= i):
             continue
         if match["rest"] and _parse_number(match["rest"]) is None:
             continue  # "FIGHT", "IGNITION": not a label
         positions.append(i)
-        if not match["rest"] and i + 1 < len(words) and _parse_number(_strip(words[i + 1])):
-            positions.append(i + 1)
+        if match["rest"]:
+            continue
+        after = i + 1
+        if after < len(words) and not _strip(words[after]) and after + 1 < len(words):
+            after += 1  # skip the punctuation
+        if after < len(words) and _parse_number(_strip(words[after])):
+            positions.append(after)
     return positions
 
 

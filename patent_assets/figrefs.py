@@ -272,7 +272,7 @@ def figures_referenced(paragraph: str) -> set[str]:
 
 def first_label_key(text: str) -> str | None:
     """The label key of the first figure a text names ("FIGS. 2A-C are ..." -> "2A"; a bare
-    "The FIGURE" -> "FIGURE"), or None if it names none: what a generated description says it
+    "The FIGURE" -> "FIGURE"; a Hague "1.2 : Front" -> "1.2"), or None if it names none: what a generated description says it
     describes."""
     text = " ".join(str(text).split())
     found = []
@@ -284,6 +284,9 @@ def first_label_key(text: str) -> str | None:
     sole = _SOLE_FIGURE_IN_TEXT_RE.search(text)
     if sole:
         found.append((sole.start(), SOLE_FIGURE))
+    hague = _HAGUE_RE.match(text)  # "1.2 : Front": a Hague design names its reproduction so
+    if hague:
+        found.append((hague.start(), label_key(hague["num"])))
     return min(found)[1] if found else None
 
 

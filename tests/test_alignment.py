@@ -19,6 +19,7 @@ from patent_assets.alignment import (
     SheetScan,
     align_figures,
     detect_labels,
+    label_word_positions,
     scan_sheet,
     scan_sheets,
     scan_words,
@@ -542,3 +543,12 @@ def test_lampslab_sheets_against_rekognition(realdata: Path, tmp_path: Path) -> 
         f"{(time.perf_counter() - start) / len(tifs):.2f} s a sheet"
     )
     assert total >= 30 and rate >= 0.8  # measured 32/35 = 0.91
+
+
+def test_label_word_positions_find_the_label_number_past_a_lone_punctuation_mark() -> None:
+    """The words that go first into PatentLMM's OCR tokens. Tesseract read USD0930529S1's "FIG. 1"
+    as "FIG", "-", "1" after twenty words of hatching: the number must come with the FIG word."""
+    hatching = ["\\\\", "Soc", "SEs", "CE"]
+    assert label_word_positions([*hatching, "FIG", "-", "1"]) == [4, 6]
+    assert label_word_positions(["FIG.", "3", "12", "Fig.4A", "FIGHT", "FIGURE", "—", "x"]) == [0, 1, 3, 5]
+    assert label_word_positions(["FIG", "-"]) == [0]

@@ -240,5 +240,8 @@ def test_first_label_key_is_the_first_figure_a_text_names() -> None:
     assert first_label_key("Fig.3(a) shows the hinge") == "3A"
     assert first_label_key("The FIGURE is a front view of a lamp, as in FIG. 2") == "FIGURE"
     assert first_label_key("FIGURE 4 is a front view") == "4"
+    # a Hague design's reproduction number, as its brief description names it
+    assert first_label_key("1.2 : Front") == label_key("FIG. 1.2") == "1.2"
+    assert first_label_key("1.2 : Front; FIG. 3 is ...") == "1.2"
     assert first_label_key("a perspective view of a bracket") is None
     assert first_label_key("") is None
