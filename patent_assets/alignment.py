@@ -157,24 +157,27 @@ def _near_right(boxes: list[list[int]], i: int, j: int) -> bool:
 
 
 def label_word_positions(words: Sequence[str]) -> list[int]:
-    """Positions of the OCR words that print a FIG label, in reading order: each FIG word ("FIG.",
-    "Fig.3", "FIGURE", tesseract's misreads) and the label's number when it is the next word, or the
-    one after a lone punctuation mark (tesseract reads "FIG. 1" as "FIG", "-", "1" at times)."""
+    """Positions of the OCR words that print a FIG label, label by label in reading order, each
+    label's number before its FIG word ("FIG.", "Fig.3", "FIGURE", tesseract's misreads): the number
+    is the next word, or the one after a lone punctuation mark (tesseract reads "FIG. 1" as "FIG",
+    "-", "1" at times). Number first puts it at the same place whether the FIG word is one token
+    ("FIGURE") or two ("FIG."), so PatentLMM's pointer copies it by content, not by offset."""
     positions: list[int] = []
+    used: set[int] = set()
     for i, word in enumerate(words):
         match = _FIG_WORD_RE.match(_strip(word))
-        if match is None or (positions and positions[-1] >= i):
+        if match is None or i in used:
             continue
         if match["rest"] and _parse_number(match["rest"]) is None:
             continue  # "FIGHT", "IGNITION": not a label
-        positions.append(i)
-        if match["rest"]:
-            continue
+        label = [i]
         after = i + 1
         if after < len(words) and not _strip(words[after]) and after + 1 < len(words):
             after += 1  # skip the punctuation
-        if after < len(words) and _parse_number(_strip(words[after])):
-            positions.append(after)
+        if not match["rest"] and after < len(words) and _parse_number(_strip(words[after])):
+            label.insert(0, after)
+        positions += label
+        used.update(label)
     return positions
 
 

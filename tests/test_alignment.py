@@ -546,9 +546,11 @@ def test_lampslab_sheets_against_rekognition(realdata: Path, tmp_path: Path) -> 
 
 
 def test_label_word_positions_find_the_label_number_past_a_lone_punctuation_mark() -> None:
-    """The words that go first into PatentLMM's OCR tokens. Tesseract read USD0930529S1's "FIG. 1"
-    as "FIG", "-", "1" after twenty words of hatching: the number must come with the FIG word."""
+    """The words that go first into PatentLMM's OCR tokens, each label's number first. Tesseract read
+    USD0930529S1's "FIG. 1" as "FIG", "-", "1" after twenty words of hatching: the number must come
+    with the FIG word."""
     hatching = ["\\\\", "Soc", "SEs", "CE"]
-    assert label_word_positions([*hatching, "FIG", "-", "1"]) == [4, 6]
-    assert label_word_positions(["FIG.", "3", "12", "Fig.4A", "FIGHT", "FIGURE", "—", "x"]) == [0, 1, 3, 5]
+    assert label_word_positions([*hatching, "FIG", "-", "1"]) == [6, 4]
+    assert label_word_positions(["FIG.", "3", "12", "Fig.4A", "FIGHT", "FIGURE", "—", "x"]) == [1, 0, 3, 5]
+    assert label_word_positions(["FIG.", "6", "FIG.", "7"]) == [1, 0, 3, 2]
     assert label_word_positions(["FIG", "-"]) == [0]

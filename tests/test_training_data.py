@@ -112,7 +112,7 @@ def test_item_masks_the_prompt_and_keeps_the_description(toy) -> None:
     assert answer.strip() == "FIG. 2 is a top view of the lamp [[shade]]."
     assert item["ocr_input_ids"].shape == (OCR_MAX,) and item["bbox"].shape == (OCR_MAX, 4)
     assert item["pixel_values"].shape == (3, 64, 64)
-    assert item["bbox"][1].tolist() == [0, 900, 80, 950]  # first word's box, after <s>
+    assert item["bbox"][1].tolist() == [100, 900, 180, 950]  # the label number's box, after <s>
 
 
 def test_collator_expands_image_to_the_number_of_features(toy) -> None:
@@ -226,7 +226,7 @@ def test_the_printed_fig_label_reaches_the_encoder_within_the_token_budget(toy) 
     encoded = encode_ocr(
         processor, Image.new("RGB", (64, 64), "white"), {"words": words, "boxes": boxes}, OCR_MAX
     )
-    expected = processor.tokenizer(["FIG.", "3"], boxes=boxes[-2:], add_special_tokens=False)["input_ids"]
+    expected = processor.tokenizer(["3", "FIG."], boxes=boxes[:-3:-1], add_special_tokens=False)["input_ids"]
     ids = encoded["ocr_input_ids"].tolist()
-    assert ids[1 : 1 + len(expected)] == expected  # right after <s>
-    assert encoded["bbox"][1].tolist() == [400, 900, 480, 950]
+    assert ids[1 : 1 + len(expected)] == expected  # right after <s>, the number first
+    assert encoded["bbox"][1].tolist() == [490, 900, 520, 950]

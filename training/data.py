@@ -66,9 +66,10 @@ def encode_ocr(processor: Any, image: Image.Image, ocr: Any, ocr_max_tokens: int
 
     `ocr` is an OcrWords or a dict with "words" and "boxes" ([x0, y0, x1, y1], 0-1000). The OCR is
     padded to `ocr_max_tokens` so every figure gives the same number of image features. The words
-    of the sheet's FIG labels come first, each with its box: a sheet's other words (reference
-    numerals, a table's cells) often fill the token budget before tesseract's reading order
-    reaches the label, and the label is what the description must name.
+    of the sheet's FIG labels come first, each with its box and its number before its FIG word
+    (`label_word_positions`): a sheet's other words (reference numerals, a table's cells) often
+    fill the token budget before tesseract's reading order reaches the label, and the label is
+    what the description must name.
     """
     from patent_assets.alignment import label_word_positions
 
