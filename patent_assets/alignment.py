@@ -156,29 +156,38 @@ def _near_right(boxes: list[list[int]], i: int, j: int) -> bool:
     return same_line or below
 
 
-def label_word_positions(words: Sequence[str]) -> list[int]:
-    """Positions of the OCR words that print a FIG label, label by label in reading order, each
-    label's number before its FIG word ("FIG.", "Fig.3", "FIGURE", tesseract's misreads): the number
-    is the next word, or the one after a lone punctuation mark (tesseract reads "FIG. 1" as "FIG",
-    "-", "1" at times). Number first puts it at the same place whether the FIG word is one token
-    ("FIGURE") or two ("FIG."), so PatentLMM's pointer copies it by content, not by offset."""
-    positions: list[int] = []
+def label_words(words: Sequence[str]) -> list[tuple[int, str]]:
+    """The OCR words that print a FIG label, as (position, text), label by label in reading order:
+    the label's number, read as the alignment reads it (tesseract's "|" is a 1), then its FIG word
+    ("FIG.", "FIGURE", tesseract's misreads); a "Fig.3" read as one word gives both, from its one
+    position. The number is the word after the FIG word, or the one after a lone punctuation mark
+    ("FIG", "-", "1"). What PatentLMM's OCR tokens start with: number first puts it at one place
+    whether the FIG word is one token ("FIGURE") or two ("FIG."), so the pointer copies it by
+    content, not by offset, and copies a digit, not tesseract's "|"."""
+    labels: list[tuple[int, str]] = []
     used: set[int] = set()
     for i, word in enumerate(words):
-        match = _FIG_WORD_RE.match(_strip(word))
+        stripped = _strip(word)
+        match = _FIG_WORD_RE.match(stripped)
         if match is None or i in used:
             continue
-        if match["rest"] and _parse_number(match["rest"]) is None:
-            continue  # "FIGHT", "IGNITION": not a label
-        label = [i]
+        if match["rest"]:
+            number = _parse_number(match["rest"])
+            if number is None:
+                continue  # "FIGHT", "IGNITION": not a label
+            labels += [(i, number[0]), (i, stripped[: -len(match["rest"])])]
+            used.add(i)
+            continue
         after = i + 1
         if after < len(words) and not _strip(words[after]) and after + 1 < len(words):
             after += 1  # skip the punctuation
-        if not match["rest"] and after < len(words) and _parse_number(_strip(words[after])):
-            label.insert(0, after)
-        positions += label
-        used.update(label)
-    return positions
+        number = _parse_number(_strip(words[after])) if after < len(words) else None
+        if number is not None:
+            labels.append((after, number[0]))
+            used.add(after)
+        labels.append((i, word))
+        used.add(i)
+    return labels
 
 
 def scan_words(

@@ -19,7 +19,7 @@ from patent_assets.alignment import (
     SheetScan,
     align_figures,
     detect_labels,
-    label_word_positions,
+    label_words,
     scan_sheet,
     scan_sheets,
     scan_words,
@@ -545,12 +545,18 @@ def test_lampslab_sheets_against_rekognition(realdata: Path, tmp_path: Path) -> 
     assert total >= 30 and rate >= 0.8  # measured 32/35 = 0.91
 
 
-def test_label_word_positions_find_the_label_number_past_a_lone_punctuation_mark() -> None:
+def test_label_words_put_each_number_first_as_the_alignment_reads_it() -> None:
     """The words that go first into PatentLMM's OCR tokens, each label's number first. Tesseract read
-    USD0930529S1's "FIG. 1" as "FIG", "-", "1" after twenty words of hatching: the number must come
-    with the FIG word."""
+    USD0930529S1's "FIG. 1" as "FIG", "-", "1" after twenty words of hatching, and USD0911448S1's
+    as "FIG.", "|": the number must come with the FIG word, as a digit."""
     hatching = ["\\\\", "Soc", "SEs", "CE"]
-    assert label_word_positions([*hatching, "FIG", "-", "1"]) == [6, 4]
-    assert label_word_positions(["FIG.", "3", "12", "Fig.4A", "FIGHT", "FIGURE", "—", "x"]) == [1, 0, 3, 5]
-    assert label_word_positions(["FIG.", "6", "FIG.", "7"]) == [1, 0, 3, 2]
-    assert label_word_positions(["FIG", "-"]) == [0]
+    assert label_words([*hatching, "FIG", "-", "1"]) == [(6, "1"), (4, "FIG")]
+    assert label_words(["FIG.", "|"]) == [(1, "1"), (0, "FIG.")]
+    assert label_words(["FIG.", "3", "12", "Fig.4A", "FIGHT", "FIGURE", "—", "x"]) == [
+        (1, "3"),
+        (0, "FIG."),
+        (3, "4A"),
+        (3, "Fig."),
+        (5, "FIGURE"),
+    ]
+    assert label_words(["FIG", "-"]) == [(0, "FIG")]

@@ -67,20 +67,21 @@ def encode_ocr(processor: Any, image: Image.Image, ocr: Any, ocr_max_tokens: int
     `ocr` is an OcrWords or a dict with "words" and "boxes" ([x0, y0, x1, y1], 0-1000). The OCR is
     padded to `ocr_max_tokens` so every figure gives the same number of image features. The words
     of the sheet's FIG labels come first, each with its box and its number before its FIG word
-    (`label_word_positions`): a sheet's other words (reference numerals, a table's cells) often
+    (`label_words`): a sheet's other words (reference numerals, a table's cells) often
     fill the token budget before tesseract's reading order reaches the label, and the label is
     what the description must name.
     """
-    from patent_assets.alignment import label_word_positions
+    from patent_assets.alignment import label_words
 
     words = list(ocr["words"] if isinstance(ocr, Mapping) else ocr.words)
     boxes = [list(b) for b in (ocr["boxes"] if isinstance(ocr, Mapping) else ocr.boxes)]
     if len(words) != len(boxes):
         raise ValueError(f"OCR has {len(words)} words but {len(boxes)} boxes")
-    first = label_word_positions(words)
-    chosen = set(first)
-    order = first + [i for i in range(len(words)) if i not in chosen]
-    words, boxes = [words[i] for i in order], [boxes[i] for i in order]
+    labels = label_words(words)
+    chosen = {i for i, _ in labels}
+    rest = [i for i in range(len(words)) if i not in chosen]
+    words = [text for _, text in labels] + [words[i] for i in rest]
+    boxes = [boxes[i] for i, _ in labels] + [boxes[i] for i in rest]
     for box in boxes:
         if len(box) != 4:
             raise ValueError(f"OCR box {box} is not [x0, y0, x1, y1]")
