@@ -269,9 +269,7 @@ def main(argv: list[str] | None = None) -> None:
     home_figures = args.home / "data" / "dataset" / "figures" / pipeline.FIGURES
     if not home_figures.exists():
         raise SystemExit(f"no figure dataset under {args.home}: run `make run` first")
-    synthetic = [row for row in read_jsonl(home_figures) if row.get("synthetic")]
-    if args.without_synthetic:
-        synthetic = []
+    synthetic = [] if args.without_synthetic else [r for r in read_jsonl(home_figures) if r.get("synthetic")]
     real, real_documents = real_figures(args.realdata, args.work)
     log(
         f"{len(real)} real figures of {len({r['patent_id'] for r in real})} patents, {len(synthetic)} synthetic"
