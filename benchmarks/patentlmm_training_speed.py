@@ -6,9 +6,12 @@ Reads what `make run` left under `--home` (the figure dataset, the tokenizer, Pa
 PatentLLaMA of its last run) and trains each stage for `--steps` optimizer steps with the
 pipeline's own configs (`training.plans.train_config`, the tiny preset) and launcher (torchrun,
 DeepSpeed ZeRO-2 on gloo), with and without the OCR pointer (`ModelPreset.ocr_copy`); stage 2
-starts from the same variant's stage-1 model. The rate is the training's own
-`train/samples_per_s` (metrics.jsonl), the median over steps after the first two, so start-up is
-left out. Both variants run in one invocation: compare them with each other, not across machines.
+starts from the same variant's stage-1 model. A last row trains stage 2 again with the dataset's
+item cache off (`TrainConfig.item_cache_mb=0`: every step decodes and resizes its sheets). The
+rate is the training's own `train/samples_per_s` (metrics.jsonl), the median over steps after the
+first two, so start-up is left out; with the cache, items come from memory from the second epoch
+on (~34 steps), so use --steps well above that. All rows run in one invocation: compare them with
+each other, not across machines.
 """
 
 from __future__ import annotations
@@ -76,35 +79,38 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--home", type=Path, default=ROOT / ".patentflow")
     parser.add_argument("--work", type=Path, default=ROOT / ".patentflow" / "bench-training-speed")
-    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--steps", type=int, default=100)
     args = parser.parse_args(argv)
     inputs = make_run_inputs(args.home)
     lines = [
-        "| stage | OCR pointer | micro-batch | samples/s | tokens/s |",
-        "|---|---|---|---|---|",
+        "| stage | OCR pointer | item cache | micro-batch | samples/s | tokens/s |",
+        "|---|---|---|---|---|---|",
     ]
-    for ocr_copy in (False, True):
+    runs = [(ocr_copy, stage, True) for ocr_copy in (False, True) for stage in (1, 2)] + [(True, 2, False)]
+    for ocr_copy, stage, cached in runs:
         preset = replace(TINY, ocr_copy=ocr_copy)
         stage1_dir = args.work / f"ocr_copy-{ocr_copy}" / "stage1"
-        for stage in (1, 2):
-            out = stage1_dir.parent / f"stage{stage}"
-            shutil.rmtree(out, ignore_errors=True)  # a checkpoint left there would be resumed
-            out.mkdir(parents=True)
-            config = plans.train_config(
-                stage,
-                inputs,
-                out,
-                preset,
-                init_model_dir=None if stage == 1 else stage1_dir / "model",
-                max_steps=args.steps,
-            )
-            config.to_json(out / "train.json")
-            train_quietly(out / "train.json")
-            samples, tokens = rate(out)
-            print(f"stage {stage}, pointer {ocr_copy}: {samples:.1f} samples/s", file=sys.stderr)
-            lines.append(
-                f"| {stage} | {'yes' if ocr_copy else 'no'} | {config.per_device_batch} | {samples:.1f} | {tokens:.0f} |"
-            )
+        out = stage1_dir.parent / (f"stage{stage}" if cached else f"stage{stage}-uncached")
+        shutil.rmtree(out, ignore_errors=True)  # a checkpoint left there would be resumed
+        out.mkdir(parents=True)
+        config = plans.train_config(
+            stage,
+            inputs,
+            out,
+            preset,
+            init_model_dir=None if stage == 1 else stage1_dir / "model",
+            max_steps=args.steps,
+        )
+        config = replace(config, item_cache_mb=config.item_cache_mb if cached else 0)
+        config.to_json(out / "train.json")
+        train_quietly(out / "train.json")
+        samples, tokens = rate(out)
+        print(f"stage {stage}, pointer {ocr_copy}, cache {cached}: {samples:.1f} samples/s", file=sys.stderr)
+        yes_no = {True: "yes", False: "no"}
+        lines.append(
+            f"| {stage} | {yes_no[ocr_copy]} | {yes_no[cached]} | {config.per_device_batch} "
+            f"| {samples:.1f} | {tokens:.0f} |"
+        )
     print("\n".join(lines))
 
 

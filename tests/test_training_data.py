@@ -94,6 +94,7 @@ def _dataset(toy: tuple[Path, Path], **kwargs) -> PatentLMMDataset:
         load_lm_tokenizer(tokenizer_dir),
         max_length=kwargs.get("max_length", 512),
         ocr_max_tokens=OCR_MAX,
+        **{k: v for k, v in kwargs.items() if k == "cache_bytes"},
     )
 
 
@@ -113,6 +114,21 @@ def test_item_masks_the_prompt_and_keeps_the_description(toy) -> None:
     assert item["ocr_input_ids"].shape == (OCR_MAX,) and item["bbox"].shape == (OCR_MAX, 4)
     assert item["pixel_values"].shape == (3, 64, 64)
     assert item["bbox"][1].tolist() == [100, 900, 180, 950]  # the label number's box, after <s>
+
+
+def test_items_are_built_once_within_the_cache_budget(toy, monkeypatch) -> None:
+    import training.data as data
+
+    opened: list[str] = []
+    real_open = data.Image.open
+    monkeypatch.setattr(data.Image, "open", lambda path, *a: opened.append(str(path)) or real_open(path, *a))
+    cached, uncached = _dataset(toy), _dataset(toy, cache_bytes=0)
+    for dataset in (cached, uncached):
+        first, second = dataset[3], dataset[3]
+        assert torch.equal(first["pixel_values"], second["pixel_values"])
+        assert first["input_ids"] == second["input_ids"]
+    # the cached dataset read the sheet once, the one with no budget on every access
+    assert len(opened) == 1 + 2
 
 
 def test_collator_expands_image_to_the_number_of_features(toy) -> None:

@@ -126,6 +126,10 @@ class PatentLMMDataset(Dataset):
     (figures.jsonl's `image_path` per `image_id`), or next to the JSON file when None. Entries that
     cannot be used (no image file, no description, no `<image>` in the prompt) are left out and
     listed in `rejected` as (id, reason); the others are kept.
+
+    Items are deterministic, so each is built once and kept while the kept items' tensors fit in
+    `cache_bytes`: decoding a full-size sheet and resizing it cost more than a tiny model's step,
+    and every epoch re-read every sheet. Past the budget items are rebuilt each time.
     """
 
     def __init__(
@@ -137,9 +141,13 @@ class PatentLMMDataset(Dataset):
         max_length: int,
         ocr_max_tokens: int,
         inputs: str = "full",
+        cache_bytes: int = 512 * 2**20,
     ):
         self.llava_json = Path(llava_json)
         self.inputs = inputs
+        self.cache_bytes = cache_bytes
+        self._cache: dict[int, dict[str, Any]] = {}
+        self._cached_bytes = 0
         self.processor = processor
         self.tokenizer = tokenizer
         self.max_length = max_length
@@ -189,6 +197,16 @@ class PatentLMMDataset(Dataset):
         return len(self.entries)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        if index in self._cache:
+            return self._cache[index]
+        item = self._build(index)
+        size = sum(v.nbytes for v in item.values() if isinstance(v, torch.Tensor))
+        if self._cached_bytes + size <= self.cache_bytes:
+            self._cache[index] = item
+            self._cached_bytes += size
+        return item
+
+    def _build(self, index: int) -> dict[str, Any]:
         entry = self.entries[index]
         human, gpt = entry["conversations"][0], entry["conversations"][1]
         prompt_part = prompt_ids(self.tokenizer, human["value"])

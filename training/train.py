@@ -91,6 +91,8 @@ class TrainConfig:
     log_every_steps: int = 1
     seed: int = 42
     num_workers: int = 0
+    # built dataset items kept in memory (per process and loader worker); 0: rebuild every time
+    item_cache_mb: int = 512
     mlflow_run_id: str | None = None
     max_steps: int | None = None  # stop after this many optimizer steps (tests, smoke runs)
     inputs: str = "full"  # an ablation trains on "image_blind" or "no_ocr" inputs (training.data)
@@ -241,7 +243,14 @@ def build_datasets(cfg: TrainConfig, model: Any) -> tuple[Dataset, Dataset | Non
 
     def dataset(path: str) -> Dataset:
         data = PatentLMMDataset(
-            Path(path), images, processor, tokenizer, cfg.max_length, model.config.ocr_max_tokens, cfg.inputs
+            Path(path),
+            images,
+            processor,
+            tokenizer,
+            cfg.max_length,
+            model.config.ocr_max_tokens,
+            cfg.inputs,
+            cache_bytes=cfg.item_cache_mb * 2**20,
         )
         if data.rejected:
             log(f"{path}: {len(data.rejected)} entries left out, e.g. {data.rejected[0]}")
