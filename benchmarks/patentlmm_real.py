@@ -155,6 +155,8 @@ def train_fold(fold_dir: Path, documents: list[Path], seed: int) -> Path:
         if not (out / "model" / "config.json").exists():
             config = plans.train_config(stage, inputs, out, TINY, init_model_dir=model)
             config.seed = seed
+            if not json.loads(Path(config.val_json).read_text()):  # real only: no val patents
+                config.val_json = None
             out.mkdir(parents=True, exist_ok=True)
             config.to_json(out / "train_config.json")
             with quiet():
