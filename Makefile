@@ -11,12 +11,10 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# torch first and pinned, so that nothing pulls a multi-GB CUDA build (STACK.md)
-	# --no-compile: byte-compiling all 26k files of the venv took over a minute on 2 cores;
-	# Python compiles the modules it imports on first use instead.
-	$(BIN)/pip install -q --no-compile torch==2.13.0
+	$(BIN)/pip install -q torch==2.13.0
 	# constraints.txt is the frozen, tested set (pip check clean); pyproject holds the pins.
 	# DS_BUILD_OPS=0: deepspeed installs as pure Python and JIT-builds what it needs.
-	DS_BUILD_OPS=0 $(BIN)/pip install -q --no-compile -c constraints.txt -e '.[dev]'
+	DS_BUILD_OPS=0 $(BIN)/pip install -q -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
 setup: $(STAMP)
