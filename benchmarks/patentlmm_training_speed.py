@@ -86,6 +86,7 @@ def main(argv: list[str] | None = None) -> None:
         "| stage | OCR pointer | item cache | micro-batch | samples/s | tokens/s |",
         "|---|---|---|---|---|---|",
     ]
+    yes_no = {True: "yes", False: "no"}
     runs = [(ocr_copy, stage, True) for ocr_copy in (False, True) for stage in (1, 2)] + [(True, 2, False)]
     for ocr_copy, stage, cached in runs:
         preset = replace(TINY, ocr_copy=ocr_copy)
@@ -106,7 +107,6 @@ def main(argv: list[str] | None = None) -> None:
         train_quietly(out / "train.json")
         samples, tokens = rate(out)
         print(f"stage {stage}, pointer {ocr_copy}, cache {cached}: {samples:.1f} samples/s", file=sys.stderr)
-        yes_no = {True: "yes", False: "no"}
         lines.append(
             f"| {stage} | {yes_no[ocr_copy]} | {yes_no[cached]} | {config.per_device_batch} "
             f"| {samples:.1f} | {tokens:.0f} |"
