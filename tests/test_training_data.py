@@ -85,16 +85,16 @@ def toy(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return llava_json, make_toy_tokenizer(folder, llava_json)
 
 
-def _dataset(toy: tuple[Path, Path], **kwargs) -> PatentLMMDataset:
+def _dataset(toy: tuple[Path, Path], **options: int) -> PatentLMMDataset:
     llava_json, tokenizer_dir = toy
     return PatentLMMDataset(
         llava_json,
         llava_json.parent.parent / "images",
         load_ocr_processor(tokenizer_dir),
         load_lm_tokenizer(tokenizer_dir),
-        max_length=kwargs.get("max_length", 512),
+        max_length=512,
         ocr_max_tokens=OCR_MAX,
-        **{k: v for k, v in kwargs.items() if k == "cache_bytes"},
+        **options,
     )
 
 
