@@ -190,6 +190,29 @@ def label_words(words: Sequence[str]) -> list[tuple[int, str]]:
     return labels
 
 
+def renumber_label_words(words: Sequence[str], offset: int) -> list[str] | None:
+    """The OCR words with the number of every FIG label (`label_words`) raised by `offset`, as
+    `patent_assets.figrefs.shift_figure_numbers` raises them in a description; a "Fig.3" read as
+    one word becomes "Fig.13". None when the sheet prints no numbered label, or a number that
+    cannot be shifted (a Hague "1.4")."""
+    renumbered = list(words)
+    shifted = False
+    for position, text in label_words(words):
+        if _FIG_WORD_RE.match(_strip(text)):
+            continue  # the FIG word of a label
+        match = re.fullmatch(r"(\d+)([A-Za-z]{0,2}|\([A-Za-z]{1,2}\))", text)
+        if match is None:
+            return None
+        number = f"{int(match[1]) + offset}{match[2]}"
+        word = _strip(words[position])
+        fig_word = _FIG_WORD_RE.match(word)
+        renumbered[position] = (
+            word[: -len(fig_word["rest"])] + number if fig_word and fig_word["rest"] else number
+        )
+        shifted = True
+    return renumbered if shifted else None
+
+
 def scan_words(
     words: OcrWords, *, bare_numbers: bool = False, sole_figure: bool = False, rotation: int = 0
 ) -> SheetScan:

@@ -309,3 +309,17 @@ def detailed_description_for(labels: list[str], paragraphs: list[str], max_token
     if not chosen and keys == {SOLE_FIGURE}:
         chosen = [p for p in paragraphs if p.strip()]
     return clip_tokens(" ".join(" ".join(p.split()) for p in chosen), max_tokens)
+
+
+def shift_figure_numbers(text: str, offset: int) -> str:
+    """`text` with the number of every FIG reference raised by `offset` ("FIGS. 3A-3D and 4" ->
+    "FIGS. 13A-13D and 14" for 10); other numbers (reference numerals, "line 4-4") are kept. Raises
+    ValueError for a Hague-style "1.4" in a reference, whose renumbering is not defined."""
+
+    def shifted(match: re.Match[str]) -> str:
+        ref = match.group(0)
+        if re.search(r"\d\.\d", ref):
+            raise ValueError(f"{ref!r}: a dotted FIG number cannot be shifted")
+        return re.sub(r"\d+", lambda number: str(int(number.group(0)) + offset), ref)
+
+    return _REF_RE.sub(shifted, text)

@@ -20,12 +20,13 @@ from patent_assets.alignment import (
     align_figures,
     detect_labels,
     label_words,
+    renumber_label_words,
     scan_sheet,
     scan_sheets,
     scan_words,
 )
 from patent_assets.documents import DrawingSheet, GrantDocument
-from patent_assets.figrefs import label_key
+from patent_assets.figrefs import label_key, shift_figure_numbers
 from patent_assets.images import sheet_to_png
 from patent_assets.ocr import ocr_images
 from patent_assets.records import OcrWords
@@ -560,3 +561,24 @@ def test_label_words_put_each_number_first_as_the_alignment_reads_it() -> None:
         (5, "FIGURE"),
     ]
     assert label_words(["FIG", "-"]) == [(0, "FIG")]
+
+
+def test_renumber_label_words_raises_each_printed_label_and_nothing_else() -> None:
+    """What PatentLMM's renumbered training reads show the encoder: the label numbers raised, as
+    `shift_figure_numbers` raises them in the description; numerals and Hague numbers are not labels."""
+    assert renumber_label_words(["FIG.", "3", "12", "Fig.4A", "FIG", "-", "|"], 10) == [
+        "FIG.",
+        "13",
+        "12",
+        "Fig.14A",
+        "FIG",
+        "-",
+        "11",
+    ]
+    assert renumber_label_words(["12", "20"], 10) is None  # no label on the sheet
+    assert renumber_label_words(["FIG.", "1.4"], 10) is None  # Hague numbering is not shifted
+    assert shift_figure_numbers("FIG. 3 is a view of the arm 12, along line 4-4 of FIGS. 1A-1C.", 10) == (
+        "FIG. 13 is a view of the arm 12, along line 4-4 of FIGS. 11A-11C."
+    )
+    with pytest.raises(ValueError, match="dotted"):
+        shift_figure_numbers("FIG. 1.4 is a front view", 1)
