@@ -246,3 +246,42 @@ def test_the_printed_fig_label_reaches_the_encoder_within_the_token_budget(toy) 
     ids = encoded["ocr_input_ids"].tolist()
     assert ids[1 : 1 + len(expected)] == expected  # right after <s>, the number first
     assert encoded["bbox"][1].tolist() == [490, 900, 520, 950]
+
+
+def test_renumbered_reads_raise_the_label_in_the_ocr_and_the_description_alike(toy, monkeypatch) -> None:
+    """A renumbered read names FIG. 1 + offset where the sheet's OCR and its description said FIG. 1;
+    the image is the cached one, and the cached item itself is left as it was."""
+    import training.data as data
+
+    opened: list[str] = []
+    real_open = data.Image.open
+    monkeypatch.setattr(data.Image, "open", lambda path, *a: opened.append(str(path)) or real_open(path, *a))
+    plain, renumbered = _dataset(toy), _dataset(toy, renumber_share=1.0, seed=3)
+    tokenizer = plain.tokenizer
+    before, after = plain[0], renumbered[0]
+
+    def answer(item: dict) -> str:
+        return tokenizer.decode(item["input_ids"][item["prompt_length"] :], skip_special_tokens=True).strip()
+
+    def ocr(item: dict) -> str:
+        return tokenizer.decode(
+            item["ocr_input_ids"][item["ocr_attention_mask"].bool()], skip_special_tokens=True
+        )
+
+    assert answer(before) == "FIG. 1 is a front view of the chair." and ocr(before).split()[:2] == [
+        "1",
+        "FIG.",
+    ]
+    label = int(answer(after).split()[1])
+    assert 2 <= label <= 1 + data.RENUMBER_MAX_OFFSET
+    assert answer(after) == f"FIG. {label} is a front view of the chair."
+    assert ocr(after).split()[:2] == [str(label), "FIG."] and "12" in ocr(after).split()  # a numeral stays
+    assert after["labels"][after["prompt_length"] :] == after["input_ids"][after["prompt_length"] :]
+    assert torch.equal(after["pixel_values"], before["pixel_values"]) and len(opened) == 2
+    assert answer(renumbered._cache[0]) == answer(before)  # the cache keeps the sheet as printed
+    assert len({answer(renumbered[0]) for _ in range(10)}) > 1  # a fresh offset on every read
+
+
+def test_renumber_share_is_a_share() -> None:
+    with pytest.raises(ValueError, match="renumber_share"):
+        PatentLMMDataset(Path("unused.json"), None, None, None, 512, OCR_MAX, renumber_share=1.5)

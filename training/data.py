@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,8 @@ from training.tokenizer import IMAGE
 logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
+# Real design grants print up to ~60 FIGs; the training sheets mostly 1 to 9 (PatentLMMDataset).
+RENUMBER_MAX_OFFSET = 50
 # LLaVA-1.5's vicuna_v1 conversation (the template the production LM was tuned with).
 SYSTEM = (
     "A chat between a curious human and an artificial intelligence assistant. "
@@ -64,6 +67,20 @@ def expand_image_tokens(ids: Sequence[int], image_token_id: int, num_image_featu
 def encode_ocr(processor: Any, image: Image.Image, ocr: Any, ocr_max_tokens: int) -> dict[str, torch.Tensor]:
     """Encoder inputs of one figure: `ocr_input_ids`, `ocr_attention_mask`, `bbox`, `pixel_values` (no batch dim).
 
+    What LayoutLMv3Processor gives for the image with the words and boxes (`encode_words`), in two
+    parts so that a dataset can keep the image's costly part and encode the words again.
+    """
+    return {**encode_words(processor, ocr, ocr_max_tokens), "pixel_values": encode_image(processor, image)}
+
+
+def encode_image(processor: Any, image: Image.Image) -> torch.Tensor:
+    """The encoder's `pixel_values` of one figure (no batch dim): decoded, resized, normalised."""
+    return processor.image_processor(image.convert("RGB"), return_tensors="pt")["pixel_values"][0]
+
+
+def encode_words(processor: Any, ocr: Any, ocr_max_tokens: int) -> dict[str, torch.Tensor]:
+    """`ocr_input_ids`, `ocr_attention_mask`, `bbox` of one figure's OCR (no batch dim).
+
     `ocr` is an OcrWords or a dict with "words" and "boxes" ([x0, y0, x1, y1], 0-1000). The OCR is
     padded to `ocr_max_tokens` so every figure gives the same number of image features. The words
     of the sheet's FIG labels come first, each with its box and its number before its FIG word
@@ -86,8 +103,7 @@ def encode_ocr(processor: Any, image: Image.Image, ocr: Any, ocr_max_tokens: int
         if len(box) != 4:
             raise ValueError(f"OCR box {box} is not [x0, y0, x1, y1]")
     boxes = [[min(max(int(v), 0), 1000) for v in box] for box in boxes]
-    encoded = processor(
-        image.convert("RGB"),
+    encoded = processor.tokenizer(
         text=words,
         boxes=boxes,
         truncation=True,
@@ -99,7 +115,6 @@ def encode_ocr(processor: Any, image: Image.Image, ocr: Any, ocr_max_tokens: int
         "ocr_input_ids": encoded["input_ids"][0],
         "ocr_attention_mask": encoded["attention_mask"][0],
         "bbox": encoded["bbox"][0],
-        "pixel_values": encoded["pixel_values"][0],
     }
 
 
@@ -130,6 +145,13 @@ class PatentLMMDataset(Dataset):
     Items are deterministic, so each is built once and kept while the kept items' tensors fit in
     `cache_bytes`: decoding a full-size sheet and resizing it cost more than a tiny model's step,
     and every epoch re-read every sheet. Past the budget items are rebuilt each time.
+
+    `renumber_share` of the reads renumber the figure (training only): its FIG labels, in the OCR
+    words and in the description alike, are raised by a random 1 to `RENUMBER_MAX_OFFSET`. Without
+    it the pointer only learns to copy the labels the training sheets print (mostly 1 to 9, one
+    token each) and on a sheet that prints "FIG. 27" or "FIG. 31" (two tokens to this tokenizer)
+    the LM's "FIG. 2" or "FIG. 3" wins. The image keeps its printed number: the copy is learnt
+    from the OCR, which is what the pointer reads.
     """
 
     def __init__(
@@ -142,10 +164,16 @@ class PatentLMMDataset(Dataset):
         ocr_max_tokens: int,
         inputs: str = "full",
         cache_bytes: int = 512 * 2**20,
+        renumber_share: float = 0.0,
+        seed: int = 0,
     ):
+        if not 0.0 <= renumber_share <= 1.0:
+            raise ValueError(f"renumber_share must be in [0, 1], got {renumber_share}")
         self.llava_json = Path(llava_json)
         self.inputs = inputs
         self.cache_bytes = cache_bytes
+        self.renumber_share = renumber_share
+        self._rng = random.Random(seed)
         self._cache: dict[int, dict[str, Any]] = {}
         self._cached_bytes = 0
         self.processor = processor
@@ -197,35 +225,58 @@ class PatentLMMDataset(Dataset):
         return len(self.entries)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        if index in self._cache:
-            return self._cache[index]
-        item = self._build(index)
-        size = sum(v.nbytes for v in item.values() if isinstance(v, torch.Tensor))
-        if self._cached_bytes + size <= self.cache_bytes:
-            self._cache[index] = item
-            self._cached_bytes += size
+        item = self._cache.get(index)
+        if item is None:
+            item = self._build(index)
+            size = sum(v.nbytes for v in item.values() if isinstance(v, torch.Tensor))
+            if self._cached_bytes + size <= self.cache_bytes:
+                self._cache[index] = item
+                self._cached_bytes += size
+        if self.renumber_share and self._rng.random() < self.renumber_share:
+            return self._renumbered(index, item, self._rng.randint(1, RENUMBER_MAX_OFFSET))
         return item
 
     def _build(self, index: int) -> dict[str, Any]:
         entry = self.entries[index]
-        human, gpt = entry["conversations"][0], entry["conversations"][1]
-        prompt_part = prompt_ids(self.tokenizer, human["value"])
-        # Escaping again is a no-op on the pipeline's output and guards hand-made files.
-        answer_part = answer_ids(self.tokenizer, escape_description(gpt["value"].strip()))
-        input_ids = (prompt_part + answer_part)[: self.max_length]
-        labels = ([IGNORE_INDEX] * len(prompt_part) + answer_part)[: self.max_length]
         try:
             with Image.open(self.image_paths[index]) as image:
                 shown, ocr = ablate_inputs(image, entry.get("ocr") or {"words": [], "boxes": []}, self.inputs)
                 encoder_inputs = encode_ocr(self.processor, shown, ocr, self.ocr_max_tokens)
         except (OSError, ValueError) as error:
             raise ValueError(f"{self.llava_json.name}: entry {entry.get('id')}: {error}") from error
+        return {"id": entry.get("id"), **self._text_inputs(entry["conversations"]), **encoder_inputs}
+
+    def _text_inputs(self, conversations: Sequence[Mapping[str, str]]) -> dict[str, Any]:
+        human, gpt = conversations[0], conversations[1]
+        prompt_part = prompt_ids(self.tokenizer, human["value"])
+        # Escaping again is a no-op on the pipeline's output and guards hand-made files.
+        answer_part = answer_ids(self.tokenizer, escape_description(gpt["value"].strip()))
         return {
-            "id": entry.get("id"),
-            "input_ids": input_ids,
-            "labels": labels,
+            "input_ids": (prompt_part + answer_part)[: self.max_length],
+            "labels": ([IGNORE_INDEX] * len(prompt_part) + answer_part)[: self.max_length],
             "prompt_length": len(prompt_part),
-            **encoder_inputs,
+        }
+
+    def _renumbered(self, index: int, item: dict[str, Any], offset: int) -> dict[str, Any]:
+        """`item` with its FIG labels raised by `offset` in the OCR words and the description; the
+        item itself when the sheet prints no label this can shift (none read, a Hague "1.4")."""
+        from patent_assets.alignment import renumber_label_words
+        from patent_assets.figrefs import shift_figure_numbers
+
+        entry = self.entries[index]
+        ocr = entry.get("ocr") or {}
+        words = renumber_label_words(ocr.get("words", []), offset) if self.inputs == "full" else None
+        if words is None:
+            return item
+        human, gpt = entry["conversations"][0], entry["conversations"][1]
+        try:
+            description = shift_figure_numbers(gpt["value"], offset)
+        except ValueError:
+            return item
+        return {
+            **item,
+            **self._text_inputs([human, {**gpt, "value": description}]),
+            **encode_words(self.processor, {**ocr, "words": words}, self.ocr_max_tokens),
         }
 
 

@@ -57,6 +57,8 @@ def train_config(
         lora_adapter_dir=str(inputs.lora_adapter_dir) if from_parts and inputs.lora_adapter_dir else None,
         init_model_dir=None if from_parts else str(init_model_dir),
         ocr_copy=preset.ocr_copy,
+        ocr_copy_read=preset.ocr_copy_read,
+        renumber_share=settings.renumber_share,
         epochs=settings.num_epochs,
         lr=settings.learning_rate,
         projector_lr=settings.projector_lr,

@@ -66,6 +66,7 @@ class TrainConfig:
     init_model_dir: str | None = None
     model_preset: str | None = None  # random-initialised from training.configs.PRESETS (e.g. "tiny")
     ocr_copy: bool = False  # a model built from components gets the OCR pointer (ModelPreset.ocr_copy)
+    ocr_copy_read: bool = False  # and its selective read (ModelPreset.ocr_copy_read)
     # Optimisation (PatentLMM's values live in training.configs; these defaults are small).
     epochs: int = 1
     lr: float = 1e-3
@@ -96,6 +97,8 @@ class TrainConfig:
     mlflow_run_id: str | None = None
     max_steps: int | None = None  # stop after this many optimizer steps (tests, smoke runs)
     inputs: str = "full"  # an ablation trains on "image_blind" or "no_ocr" inputs (training.data)
+    # share of training reads whose FIG labels are renumbered (training.data.PatentLMMDataset)
+    renumber_share: float = 0.0
 
     def __post_init__(self) -> None:
         if self.stage not in (1, 2):
@@ -209,6 +212,7 @@ def build_model(cfg: TrainConfig) -> Any:
             cfg.lora_adapter_dir,
             dtype=dtype,
             ocr_copy=cfg.ocr_copy,
+            ocr_copy_read=cfg.ocr_copy_read,
         )
     else:
         model = modeling.build_model(PRESETS[cfg.model_preset], tokenizer_dir(cfg))
@@ -241,7 +245,7 @@ def build_datasets(cfg: TrainConfig, model: Any) -> tuple[Dataset, Dataset | Non
         root = Path(cfg.images_root)
         images = image_paths_from_figures(root) if root.suffix == ".jsonl" else root
 
-    def dataset(path: str) -> Dataset:
+    def dataset(path: str, renumber_share: float = 0.0) -> Dataset:
         data = PatentLMMDataset(
             Path(path),
             images,
@@ -251,6 +255,8 @@ def build_datasets(cfg: TrainConfig, model: Any) -> tuple[Dataset, Dataset | Non
             model.config.ocr_max_tokens,
             cfg.inputs,
             cache_bytes=cfg.item_cache_mb * 2**20,
+            renumber_share=renumber_share,
+            seed=cfg.seed,
         )
         if data.rejected:
             log(f"{path}: {len(data.rejected)} entries left out, e.g. {data.rejected[0]}")
@@ -261,7 +267,8 @@ def build_datasets(cfg: TrainConfig, model: Any) -> tuple[Dataset, Dataset | Non
     collator = PatentLMMCollator(
         tokenizer, model.config.num_image_features, cfg.max_length, image_token_id=model.config.image_token_id
     )
-    return dataset(cfg.train_json), dataset(cfg.val_json) if cfg.val_json else None, collator
+    train = dataset(cfg.train_json, cfg.renumber_share)
+    return train, dataset(cfg.val_json) if cfg.val_json else None, collator
 
 
 def param_groups(model: Any, cfg: TrainConfig) -> list[dict[str, Any]]:
