@@ -15,6 +15,7 @@ from training.configs import TINY
 from training.data import PatentLMMCollator, PatentLMMDataset
 from training.modeling import (
     PatentLMMForConditionalGeneration,
+    PatentLMMOcrPointer,
     apply_lora,
     build_model,
     describe,
@@ -161,7 +162,12 @@ def test_from_components_local_files_match_the_in_memory_model(toy, tmp_path: Pa
 
     built = trained_parts_of_model(
         PatentLMMForConditionalGeneration.from_components(
-            tmp_path / "encoder", tmp_path / "lm", toy["dir"], tmp_path / "adapter", ocr_copy=True
+            tmp_path / "encoder",
+            tmp_path / "lm",
+            toy["dir"],
+            tmp_path / "adapter",
+            ocr_copy=True,
+            ocr_copy_read=True,
         )
     )
     assert built.config.lora["r"] == 4 and built.config.lora["target_modules"] == ["q_proj", "v_proj"]
@@ -178,6 +184,7 @@ def test_from_components_local_files_match_the_in_memory_model(toy, tmp_path: Pa
                 tmp_path / "adapter",
                 merge_lora=True,
                 ocr_copy=True,
+                ocr_copy_read=True,
             )
         )
         assert merged.config.lora is None
@@ -186,7 +193,12 @@ def test_from_components_local_files_match_the_in_memory_model(toy, tmp_path: Pa
         save_lora_adapter(built, tmp_path / "exported")
         again = trained_parts_of_model(
             PatentLMMForConditionalGeneration.from_components(
-                tmp_path / "encoder", tmp_path / "lm", toy["dir"], tmp_path / "exported", ocr_copy=True
+                tmp_path / "encoder",
+                tmp_path / "lm",
+                toy["dir"],
+                tmp_path / "exported",
+                ocr_copy=True,
+                ocr_copy_read=True,
             )
         )
         assert torch.allclose(again.eval()(**toy["batch"]).logits, expected, atol=1e-6)
@@ -294,6 +306,20 @@ def test_the_ocr_pointer_copies_a_fig_label_never_seen_in_training(toy, ocr_copy
         assert named == [label_key("7"), label_key("8")], named
     else:
         assert not {label_key("7"), label_key("8")} & set(named), named
+
+
+def test_the_selective_read_is_what_follows_the_input_token_on_the_sheet() -> None:
+    """The sheet reads "31 FIG." as tokens 3, 1, FIG, . : after the input 3 the pointer reads the
+    feature of 1; after a token the sheet has twice, the mean of what follows it; after a token
+    not on the sheet, or the sheet's last token, nothing."""
+    ids = torch.tensor([[30, 10, 70, 80, 30, 90, 0]])  # 3, 1, FIG, ., 3, x, padding
+    copyable = torch.tensor([[True, True, True, True, True, True, False]])
+    features = torch.arange(7, dtype=torch.float32)[None, :, None].expand(1, 7, 2) + 1.0
+    following = torch.zeros_like(features)
+    following[:, :-1] = features[:, 1:] * copyable[:, 1:, None]
+    inputs = torch.tensor([[30, 10, 90, 55]])
+    read = PatentLMMOcrPointer.selective_read(inputs, ids, copyable, following)
+    assert read[0, :, 0].tolist() == [(2.0 + 6.0) / 2, 3.0, 0.0, 0.0]
 
 
 def test_without_ocr_words_the_pointer_leaves_the_language_model_alone(toy) -> None:

@@ -71,6 +71,7 @@ class PatentLMMConfig(PreTrainedConfig):
     ocr_max_tokens: int = 512
     lora: dict | None = None
     ocr_copy: bool = False
+    ocr_copy_read: bool = False
     tie_word_embeddings: bool = False
 
     @property
@@ -99,7 +100,14 @@ class PatentLMMProjector(nn.Module):
 
 class PatentLMMOcrPointer(nn.Module):
     """Where to copy from and how much: attention of the LM's hidden state over the projected OCR
-    features, and a gate between copying and the LM's vocabulary."""
+    features, and a gate between copying and the LM's vocabulary.
+
+    With `config.ocr_copy_read`, CopyNet's selective read (Gu et al. 2016) joins the query and the
+    gate: the features of the OCR tokens that follow the current input token on the sheet. A label
+    the tokenizer splits ("FIG. 31": "3", "1") is copied one piece at a time, and only the piece
+    just copied says whether the number goes on; the hidden state alone chose the LM's " is"
+    after the "3" on every such sheet of the real-drawing benchmark.
+    """
 
     def __init__(self, config: PatentLMMConfig):
         super().__init__()
@@ -107,6 +115,8 @@ class PatentLMMOcrPointer(nn.Module):
         self.query = nn.Linear(hidden, hidden)
         self.key = nn.Linear(hidden, hidden)
         self.gate = nn.Linear(hidden, 1)
+        self.read_query = nn.Linear(hidden, hidden) if config.ocr_copy_read else None
+        self.read_gate = nn.Linear(hidden, 1) if config.ocr_copy_read else None
 
     def memory(
         self,
@@ -114,9 +124,10 @@ class PatentLMMOcrPointer(nn.Module):
         ocr_input_ids: torch.Tensor,
         ocr_attention_mask: torch.Tensor,
         config: Any,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(keys, ids, mask) of the OCR tokens. Feature i is OCR token i + 1 (the encoder's first
-        token is dropped); the OCR's own special tokens (<s>, </s>, padding) cannot be copied."""
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(keys, ids, mask, following) of the OCR tokens. Feature i is OCR token i + 1 (the encoder's
+        first token is dropped); the OCR's own special tokens (<s>, </s>, padding) cannot be copied.
+        `following[i]` is the feature of the token after token i (zeros where none can be copied)."""
         ocr_ids = ocr_input_ids[:, 1:]
         length = ocr_ids.shape[1]
         special = {
@@ -127,25 +138,44 @@ class PatentLMMOcrPointer(nn.Module):
         copyable = ocr_attention_mask[:, 1:].bool()
         for token in special - {None}:
             copyable &= ocr_ids != token
-        return self.key(features[:, :length]), ocr_ids, copyable
+        features = features[:, :length]
+        following = torch.zeros_like(features)
+        following[:, :-1] = features[:, 1:] * copyable[:, 1:, None].to(features.dtype)
+        return self.key(features), ocr_ids, copyable, following
 
     def log_probs(
         self,
         hidden: torch.Tensor,
         logits: torch.Tensor,
-        memory: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+        memory: tuple[torch.Tensor, ...],
+        input_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """log p(next token) = log(g * softmax(logits) + (1 - g) * copy attention on the OCR ids)."""
-        keys, ids, copyable = memory
-        scores = torch.einsum("btd,bld->btl", self.query(hidden), keys) / keys.shape[-1] ** 0.5
+        keys, ids, copyable, following = memory
+        query, gate_logit = self.query(hidden), self.gate(hidden)
+        if self.read_query is not None and self.read_gate is not None:
+            if input_ids is None:
+                raise ValueError("the OCR pointer's selective read needs input_ids")
+            read = self.selective_read(input_ids, ids, copyable, following).to(hidden.dtype)
+            query, gate_logit = query + self.read_query(read), gate_logit + self.read_gate(read)
+        scores = torch.einsum("btd,bld->btl", query, keys) / keys.shape[-1] ** 0.5
         scores = scores.float().masked_fill(~copyable[:, None, :], float("-inf"))
         has_ocr = copyable.any(dim=1)[:, None, None]
         attention = torch.where(has_ocr, scores.softmax(dim=-1), 0.0)
-        gate = torch.where(has_ocr, torch.sigmoid(self.gate(hidden).float()), 1.0)
+        gate = torch.where(has_ocr, torch.sigmoid(gate_logit.float()), 1.0)
         copy = torch.zeros_like(logits, dtype=torch.float32)
         copy.scatter_add_(-1, ids[:, None, :].expand(-1, hidden.shape[1], -1), attention)
         probs = gate * logits.float().softmax(dim=-1) + (1 - gate) * copy
         return probs.clamp_min(1e-12).log()
+
+    @staticmethod
+    def selective_read(
+        input_ids: torch.Tensor, ids: torch.Tensor, copyable: torch.Tensor, following: torch.Tensor
+    ) -> torch.Tensor:
+        """Per input position, the mean feature of what follows that token wherever the sheet has it
+        (zeros where it has not): (batch, positions, hidden)."""
+        on_sheet = ((input_ids[:, :, None] == ids[:, None, :]) & copyable[:, None, :]).to(following.dtype)
+        return on_sheet @ following / on_sheet.sum(dim=-1, keepdim=True).clamp_min(1.0)
 
 
 @dataclass
@@ -281,7 +311,12 @@ class PatentLMMForConditionalGeneration(PatentLMMPreTrainedModel, GenerationMixi
             **kwargs,
         )
         hidden = slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)
-        log_probs = self.ocr_pointer.log_probs(hidden, self.language_model.lm_head(hidden), copy_memory)
+        log_probs = self.ocr_pointer.log_probs(
+            hidden,
+            self.language_model.lm_head(hidden),
+            copy_memory,
+            None if input_ids is None else slice_logits_to_keep(input_ids[..., None], logits_to_keep)[..., 0],
+        )
         loss = None
         if labels is not None:
             loss = nn.functional.nll_loss(
@@ -617,6 +652,7 @@ def tiny_config(preset: ModelPreset, tokenizer: Any, ocr_vocab_size: int) -> Pat
         vision_feature_layer=preset.vision_feature_layer,
         ocr_max_tokens=preset.ocr_max_tokens,
         ocr_copy=preset.ocr_copy,
+        ocr_copy_read=preset.ocr_copy_read,
     )
 
 
@@ -633,6 +669,7 @@ def build_model(preset: ModelPreset, tokenizer_dir: Path | None = None) -> Paten
             preset.lora_adapter_dir,
             vision_feature_layer=preset.vision_feature_layer,
             ocr_copy=preset.ocr_copy,
+            ocr_copy_read=preset.ocr_copy_read,
         )
     tokenizer = load_lm_tokenizer(tokenizer_dir)
     processor = load_ocr_processor(tokenizer_dir)
