@@ -32,7 +32,7 @@ from training.tokenizer import IMAGE
 logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
-# Real design grants print up to ~60 FIGs; the training sheets mostly 1 to 9 (PatentLMMDataset).
+# Most real design grants print fewer than 20 FIGs, the largest here 92; training sheets 1 to 9.
 RENUMBER_MAX_OFFSET = 50
 # LLaVA-1.5's vicuna_v1 conversation (the template the production LM was tuned with).
 SYSTEM = (

@@ -105,8 +105,8 @@ class PatentLMMOcrPointer(nn.Module):
     With `config.ocr_copy_read`, CopyNet's selective read (Gu et al. 2016) joins the query and the
     gate: the features of the OCR tokens that follow the current input token on the sheet. A label
     the tokenizer splits ("FIG. 31": "3", "1") is copied one piece at a time, and only the piece
-    just copied says whether the number goes on; the hidden state alone chose the LM's " is"
-    after the "3" on every such sheet of the real-drawing benchmark.
+    just copied says whether the number goes on: without the read, on the real-drawing
+    benchmark's "FIG. 31" the pointer copied the "3" and the LM's " is" followed.
     """
 
     def __init__(self, config: PatentLMMConfig):
