@@ -154,53 +154,35 @@ def test_from_components_local_files_match_the_in_memory_model(toy, tmp_path: Pa
     peft_lm.save_pretrained(tmp_path / "adapter")
     model.language_model = peft_lm.get_base_model()
 
-    def trained_parts_of_model(built: PatentLMMForConditionalGeneration) -> PatentLMMForConditionalGeneration:
-        """The projector and the OCR pointer are trained, not read from the components."""
+    def built_from(adapter: Path, **options: bool) -> PatentLMMForConditionalGeneration:
+        """The model from the saved components (with the pointer TINY has), and the projector and
+        OCR pointer of `model`: those are trained, not read from the components."""
+        built = PatentLMMForConditionalGeneration.from_components(
+            tmp_path / "encoder",
+            tmp_path / "lm",
+            toy["dir"],
+            adapter,
+            ocr_copy=True,
+            ocr_copy_read=True,
+            **options,
+        )
         built.multi_modal_projector.load_state_dict(model.multi_modal_projector.state_dict())
         built.ocr_pointer.load_state_dict(model.ocr_pointer.state_dict())
         return built
 
-    built = trained_parts_of_model(
-        PatentLMMForConditionalGeneration.from_components(
-            tmp_path / "encoder",
-            tmp_path / "lm",
-            toy["dir"],
-            tmp_path / "adapter",
-            ocr_copy=True,
-            ocr_copy_read=True,
-        )
-    )
+    built = built_from(tmp_path / "adapter")
     assert built.config.lora["r"] == 4 and built.config.lora["target_modules"] == ["q_proj", "v_proj"]
     model.eval()
     built.eval()
     with torch.no_grad():
         expected = model(**toy["batch"]).logits
         assert torch.allclose(built(**toy["batch"]).logits, expected, atol=1e-6)
-        merged = trained_parts_of_model(
-            PatentLMMForConditionalGeneration.from_components(
-                tmp_path / "encoder",
-                tmp_path / "lm",
-                toy["dir"],
-                tmp_path / "adapter",
-                merge_lora=True,
-                ocr_copy=True,
-                ocr_copy_read=True,
-            )
-        )
+        merged = built_from(tmp_path / "adapter", merge_lora=True)
         assert merged.config.lora is None
         assert torch.allclose(merged.eval()(**toy["batch"]).logits, expected, atol=1e-4)
         # Our own adapter export loads back to the same model.
         save_lora_adapter(built, tmp_path / "exported")
-        again = trained_parts_of_model(
-            PatentLMMForConditionalGeneration.from_components(
-                tmp_path / "encoder",
-                tmp_path / "lm",
-                toy["dir"],
-                tmp_path / "exported",
-                ocr_copy=True,
-                ocr_copy_read=True,
-            )
-        )
+        again = built_from(tmp_path / "exported")
         assert torch.allclose(again.eval()(**toy["batch"]).logits, expected, atol=1e-6)
     with pytest.raises(FileNotFoundError, match=r"adapter_config\.json"):
         PatentLMMForConditionalGeneration.from_components(
