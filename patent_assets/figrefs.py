@@ -57,6 +57,9 @@ _SOLE_FIGURE_START_RE = re.compile(
 _SOLE_FIGURE_IN_TEXT_RE = re.compile(r"\bFIGURE\b(?!\s*\.?\s*\d)")
 # Hague-style design descriptions: "1.1 : Perspective".
 _HAGUE_RE = re.compile(r"^\s*(?P<num>\d+\.\d+)\s*:\s*\S")
+# A text may name a reproduction first with or without the colon: "1.2 is a front view" names
+# reproduction 1.2 as "1.2 : Front" does; a measure ("1.5 mm of ...") names none.
+_HAGUE_NAMED_RE = re.compile(r"^\s*(?P<num>\d{1,2}\.\d{1,2})(?:\s*:\s*\S|\s+(?:is|are|shows?)\b)")
 # A later clause in the same paragraph starts a new figure sentence only if its reference is the
 # subject: "...; FIG. 3 is ..." (not "... taken along line 3-3 of FIG. 2;").
 _CLAUSE_BREAK = r"(?:[;.,]\s*(?:and\s+)?|\s+and\s+)"
@@ -272,8 +275,8 @@ def figures_referenced(paragraph: str) -> set[str]:
 
 def first_label_key(text: str) -> str | None:
     """The label key of the first figure a text names ("FIGS. 2A-C are ..." -> "2A"; a bare
-    "The FIGURE" -> "FIGURE"; a Hague "1.2 : Front" -> "1.2"), or None if it names none: what a generated description says it
-    describes."""
+    "The FIGURE" -> "FIGURE"; a Hague "1.2 : Front" or "1.2 is a front view" -> "1.2"), or None if
+    it names none: what a generated description says it describes."""
     text = " ".join(str(text).split())
     found = []
     match = _REF_RE.search(text)
@@ -284,7 +287,7 @@ def first_label_key(text: str) -> str | None:
     sole = _SOLE_FIGURE_IN_TEXT_RE.search(text)
     if sole:
         found.append((sole.start(), SOLE_FIGURE))
-    hague = _HAGUE_RE.match(text)  # "1.2 : Front": a Hague design names its reproduction so
+    hague = _HAGUE_NAMED_RE.match(text)  # "1.2 : Front": a Hague design names its reproduction so
     if hague:
         found.append((hague.start(), label_key(hague["num"])))
     return min(found)[1] if found else None

@@ -243,5 +243,7 @@ def test_first_label_key_is_the_first_figure_a_text_names() -> None:
     # a Hague design's reproduction number, as its brief description names it
     assert first_label_key("1.2 : Front") == label_key("FIG. 1.2") == "1.2"
     assert first_label_key("1.2 : Front; FIG. 3 is ...") == "1.2"
+    assert first_label_key("1.2 is a top view of the game piece") == "1.2"  # as a model writes it
+    assert first_label_key("1.5 mm of the rim is a view of FIG. 2") == "2"  # a measure, not a number
     assert first_label_key("a perspective view of a bracket") is None
     assert first_label_key("") is None
