@@ -158,12 +158,17 @@ def _near_right(boxes: list[list[int]], i: int, j: int) -> bool:
 
 def label_words(words: Sequence[str]) -> list[tuple[int, str]]:
     """The OCR words that print a FIG label, as (position, text), label by label in reading order:
-    the label's number, read as the alignment reads it (tesseract's "|" is a 1), then its FIG word
-    ("FIG.", "FIGURE", tesseract's misreads); a "Fig.3" read as one word gives both, from its one
-    position. The number is the word after the FIG word, or the one after a lone punctuation mark
-    ("FIG", "-", "1"). What PatentLMM's OCR tokens start with: number first puts it at one place
-    whether the FIG word is one token ("FIGURE") or two ("FIG."), so the pointer copies it by
-    content, not by offset, and copies a digit, not tesseract's "|"."""
+    the label's FIG word, written "FIG." whatever tesseract read ("Fig.", "Figure", "F1G,"), then its
+    number, read as the alignment reads it (tesseract's "|" is a 1); a "Fig.3" read as one word
+    gives both, from its one position. The number is the word after the FIG word, or the one after
+    a lone punctuation mark ("FIG", "-", "1"). A FIG word with no number read stays "FIG." or
+    "FIGURE" (a sole figure's "The FIGURE is ...").
+
+    What PatentLMM's OCR tokens start with. The FIG word comes first, in the form the descriptions
+    write it (USPTO brief descriptions say "FIG. 3" whether the sheet prints "Fig. 3" or
+    "Figure 3"): the pointer copies "FIG." and then, with the selective read, the number that
+    follows it on the sheet. With the number first, and the sheet's own spelling, the real-drawing
+    benchmark's model often began at the copied number ("2 is a top view") or copied "Figure"."""
     labels: list[tuple[int, str]] = []
     used: set[int] = set()
     for i, word in enumerate(words):
@@ -175,18 +180,19 @@ def label_words(words: Sequence[str]) -> list[tuple[int, str]]:
             number = _parse_number(match["rest"])
             if number is None:
                 continue  # "FIGHT", "IGNITION": not a label
-            labels += [(i, number[0]), (i, stripped[: -len(match["rest"])])]
+            labels += [(i, "FIG."), (i, number[0])]
             used.add(i)
             continue
         after = i + 1
         if after < len(words) and not _strip(words[after]) and after + 1 < len(words):
             after += 1  # skip the punctuation
         number = _parse_number(_strip(words[after])) if after < len(words) else None
+        bare = "FIGURE" if re.match(r"F[I1L]GURE", stripped, re.IGNORECASE) else "FIG."
+        labels.append((i, "FIG." if number is not None else bare))
+        used.add(i)
         if number is not None:
             labels.append((after, number[0]))
             used.add(after)
-        labels.append((i, word))
-        used.add(i)
     return labels
 
 

@@ -546,21 +546,23 @@ def test_lampslab_sheets_against_rekognition(realdata: Path, tmp_path: Path) -> 
     assert total >= 30 and rate >= 0.8  # measured 32/35 = 0.91
 
 
-def test_label_words_put_each_number_first_as_the_alignment_reads_it() -> None:
-    """The words that go first into PatentLMM's OCR tokens, each label's number first. Tesseract read
-    USD0930529S1's "FIG. 1" as "FIG", "-", "1" after twenty words of hatching, and USD0911448S1's
-    as "FIG.", "|": the number must come with the FIG word, as a digit."""
+def test_label_words_put_each_label_first_as_the_descriptions_write_it() -> None:
+    """The words that go first into PatentLMM's OCR tokens: each label's FIG word as "FIG.", then
+    its number. Tesseract read USD0930529S1's "FIG. 1" as "FIG", "-", "1" after twenty words of
+    hatching, and USD0911448S1's as "FIG.", "|": the number must come with the FIG word, as a digit.
+    US20250204297A1 prints "Figure 1" and its description says "FIG. 1:"."""
     hatching = ["\\\\", "Soc", "SEs", "CE"]
-    assert label_words([*hatching, "FIG", "-", "1"]) == [(6, "1"), (4, "FIG")]
-    assert label_words(["FIG.", "|"]) == [(1, "1"), (0, "FIG.")]
+    assert label_words([*hatching, "FIG", "-", "1"]) == [(4, "FIG."), (6, "1")]
+    assert label_words(["FIG.", "|"]) == [(0, "FIG."), (1, "1")]
+    assert label_words(["Figure", "12", "F1G,", "5"]) == [(0, "FIG."), (1, "12"), (2, "FIG."), (3, "5")]
     assert label_words(["FIG.", "3", "12", "Fig.4A", "FIGHT", "FIGURE", "—", "x"]) == [
-        (1, "3"),
         (0, "FIG."),
+        (1, "3"),
+        (3, "FIG."),
         (3, "4A"),
-        (3, "Fig."),
-        (5, "FIGURE"),
+        (5, "FIGURE"),  # no number read: a sole figure's "The FIGURE"
     ]
-    assert label_words(["FIG", "-"]) == [(0, "FIG")]
+    assert label_words(["Fig", "-"]) == [(0, "FIG.")]
 
 
 def test_renumber_label_words_raises_each_printed_label_and_nothing_else() -> None:

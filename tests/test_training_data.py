@@ -113,7 +113,7 @@ def test_item_masks_the_prompt_and_keeps_the_description(toy) -> None:
     assert answer.strip() == "FIG. 2 is a top view of the lamp [[shade]]."
     assert item["ocr_input_ids"].shape == (OCR_MAX,) and item["bbox"].shape == (OCR_MAX, 4)
     assert item["pixel_values"].shape == (3, 64, 64)
-    assert item["bbox"][1].tolist() == [100, 900, 180, 950]  # the label number's box, after <s>
+    assert item["bbox"][1].tolist() == [0, 900, 80, 950]  # the label's "FIG." first, after <s>
 
 
 def test_items_are_built_once_within_the_cache_budget(toy, monkeypatch) -> None:
@@ -242,10 +242,10 @@ def test_the_printed_fig_label_reaches_the_encoder_within_the_token_budget(toy) 
     encoded = encode_ocr(
         processor, Image.new("RGB", (64, 64), "white"), {"words": words, "boxes": boxes}, OCR_MAX
     )
-    expected = processor.tokenizer(["3", "FIG."], boxes=boxes[:-3:-1], add_special_tokens=False)["input_ids"]
+    expected = processor.tokenizer(["FIG.", "3"], boxes=boxes[-2:], add_special_tokens=False)["input_ids"]
     ids = encoded["ocr_input_ids"].tolist()
-    assert ids[1 : 1 + len(expected)] == expected  # right after <s>, the number first
-    assert encoded["bbox"][1].tolist() == [490, 900, 520, 950]
+    assert ids[1 : 1 + len(expected)] == expected  # right after <s>, the FIG word, then the number
+    assert encoded["bbox"][1].tolist() == [400, 900, 480, 950]
 
 
 def test_renumbered_reads_raise_the_label_in_the_ocr_and_the_description_alike(toy, monkeypatch) -> None:
@@ -269,13 +269,13 @@ def test_renumbered_reads_raise_the_label_in_the_ocr_and_the_description_alike(t
         )
 
     assert answer(before) == "FIG. 1 is a front view of the chair." and ocr(before).split()[:2] == [
-        "1",
         "FIG.",
+        "1",
     ]
     label = int(answer(after).split()[1])
     assert 2 <= label <= 1 + data.RENUMBER_MAX_OFFSET
     assert answer(after) == f"FIG. {label} is a front view of the chair."
-    assert ocr(after).split()[:2] == [str(label), "FIG."] and "12" in ocr(after).split()  # a numeral stays
+    assert ocr(after).split()[:2] == ["FIG.", str(label)] and "12" in ocr(after).split()  # a numeral stays
     assert after["labels"][after["prompt_length"] :] == after["input_ids"][after["prompt_length"] :]
     assert torch.equal(after["pixel_values"], before["pixel_values"]) and len(opened) == 2
     assert answer(renumbered._cache[0]) == answer(before)  # the cache keeps the sheet as printed
