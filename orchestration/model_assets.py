@@ -33,6 +33,7 @@ from patent_assets.records import atomic_write
 from patent_assets.store import ArtifactStore
 from training import launch, plans
 from training.description_baselines import BASELINES
+from training.jobs import ABLATIONS
 
 MODEL_GROUP = "patentlmm"
 # What the challenger must beat the baselines on: the real (USPTO) test figures' brief descriptions.
@@ -244,7 +245,8 @@ def patentlmm_stage2(
     kinds={"deepspeed"},
     automation_condition=EAGER,
     description="Ablations that prove the image pathway works: stage 2 trained (and later evaluated) "
-    "without the image (text prompt only: blank page, no OCR) and without the OCR words.",
+    "without the image (text prompt only: blank page, no OCR) and, when PatentLMMSettings.ablations "
+    "lists it, without the OCR words.",
 )
 def patentlmm_ablations(
     context: dg.AssetExecutionContext,
@@ -253,9 +255,12 @@ def patentlmm_ablations(
     mlflow: MlflowTracking,
     pipes: dg.PipesSubprocessClient,
 ) -> dg.MaterializeResult:
+    unknown = sorted(set(settings.ablations) - set(ABLATIONS))
+    if unknown:
+        raise ValueError(f"unknown ablations {unknown}: PatentLMMSettings.ablations takes {list(ABLATIONS)}")
     trained = {
         mode: _train_stage(2, context, home, settings, mlflow, pipes, input_mode=mode)
-        for mode in ("image_blind", "no_ocr")
+        for mode in settings.ablations
     }
     paths = {mode: meta["path"] for mode, meta in trained.items()}
     out = work_dir(home, context) / "ablations.json"

@@ -152,6 +152,10 @@ class PatentLMMSettings(dg.ConfigurableResource):
     nproc_per_node: int = 0  # 0: every GPU of the machine (1 process on a CPU)
     max_steps: int = 0  # 0: the stage's own epochs
     pretrain_steps: int = 200  # PatentMME / PatentLLaMA steps in the embedded default
+    # Ablations trained beside each challenger (training.jobs.ABLATIONS). The gate needs the
+    # image-blind one; "no_ocr" also shows what the OCR words add (a stage-2 training more: about
+    # 1.5 min of make run, where the tiny model without OCR writes the image-blind one's sentence).
+    ablations: list[str] = ["image_blind"]
     # The challenger must beat the champion on this: ROUGE-L of the brief descriptions of the real
     # (USPTO) test figures; "brief_rougeL" judges on every test figure, synthetic ones too
     promotion_metric: str = "brief_real_rougeL"

@@ -75,7 +75,7 @@ def test_first_model_is_trained_evaluated_registered_and_becomes_champion(traine
     assert challenger["model_version"].value == 1
     for name in ("brief_bleu4", "brief_rougeL", "brief_meteor", "brief_cider"):
         assert name in challenger
-    assert set(challenger["ablations"].value) == {"image_blind", "no_ocr"}
+    assert set(challenger["ablations"].value) == {"image_blind"}  # PatentLMMSettings.ablations default
     # judged on the real test drawings, beside the two baselines that need no description model
     for name in ("", "constant_", "nearest_neighbour_"):
         assert 0.0 <= challenger[f"{name}brief_real_rougeL"].value <= 1.0
