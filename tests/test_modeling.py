@@ -281,7 +281,7 @@ def test_the_ocr_pointer_copies_a_fig_label_never_seen_in_training(toy, ocr_copy
         PatentLMMCollator(toy["tokenizer"], TINY.num_image_features, TINY.max_length)(
             [dataset[i] for i in range(6)]
         ),
-        steps=40,
+        steps=60,
     )
     named = [_first_label(model, toy, index) for index in (6, 7)]
     if ocr_copy:
