@@ -285,3 +285,21 @@ def test_renumbered_reads_raise_the_label_in_the_ocr_and_the_description_alike(t
 def test_renumber_share_is_a_share() -> None:
     with pytest.raises(ValueError, match="renumber_share"):
         PatentLMMDataset(Path("unused.json"), None, None, None, 512, OCR_MAX, renumber_share=1.5)
+
+
+def test_dataloader_workers_draw_their_own_renumbering(toy) -> None:
+    """Each worker holds a copy of the dataset: with the copy's seed, two workers would raise the
+    same figures by the same offsets, and every epoch would repeat the last."""
+    from torch.utils.data import DataLoader
+
+    dataset = _dataset(toy, renumber_share=1.0, seed=3)
+    tokenizer = dataset.tokenizer
+
+    def labels(epoch_seed: int) -> list[str]:
+        torch.manual_seed(epoch_seed)
+        loader = DataLoader(dataset, batch_size=None, num_workers=2, sampler=[0, 0, 0, 0, 0, 0, 0, 0])
+        return [tokenizer.decode(item["input_ids"][item["prompt_length"] :]).split()[1] for item in loader]
+
+    first, second = labels(0), labels(1)
+    assert first[0::2] != first[1::2]  # worker 0's items (0, 2, ...) against worker 1's
+    assert first != second  # a fresh draw each epoch

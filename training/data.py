@@ -175,6 +175,7 @@ class PatentLMMDataset(Dataset):
         self.cache_bytes = cache_bytes
         self.renumber_share = renumber_share
         self._rng = random.Random(seed)
+        self._rng_seed: int | None = None  # a DataLoader worker's seed, once _rng is that worker's
         self._cache: dict[int, dict[str, Any]] = {}
         self._cached_bytes = 0
         self.processor = processor
@@ -233,9 +234,19 @@ class PatentLMMDataset(Dataset):
             if self._cached_bytes + size <= self.cache_bytes:
                 self._cache[index] = item
                 self._cached_bytes += size
-        if self.renumber_share and self._rng.random() < self.renumber_share:
-            return self._renumbered(index, item, self._rng.randint(1, RENUMBER_MAX_OFFSET))
+        rng = self._renumber_rng()
+        if self.renumber_share and rng.random() < self.renumber_share:
+            return self._renumbered(index, item, rng.randint(1, RENUMBER_MAX_OFFSET))
         return item
+
+    def _renumber_rng(self) -> random.Random:
+        """The renumbering draws of this process. Each DataLoader worker holds its own copy of the
+        dataset: seeded from the worker's seed (which torch draws anew for every epoch), workers do
+        not all draw the main process's offsets, epoch after epoch."""
+        worker = torch.utils.data.get_worker_info()
+        if worker is not None and self._rng_seed != worker.seed:
+            self._rng, self._rng_seed = random.Random(worker.seed), worker.seed
+        return self._rng
 
     def _build(self, index: int) -> dict[str, Any]:
         entry = self.entries[index]
