@@ -127,7 +127,8 @@ class PatentLMMOcrPointer(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(keys, ids, mask, following) of the OCR tokens. Feature i is OCR token i + 1 (the encoder's
         first token is dropped); the OCR's own special tokens (<s>, </s>, padding) cannot be copied.
-        `following[i]` is the feature of the token after token i (zeros where none can be copied)."""
+        `following[i]` is the feature of the token after token i (zeros where none can be copied);
+        empty without the selective read."""
         ocr_ids = ocr_input_ids[:, 1:]
         length = ocr_ids.shape[1]
         special = {
@@ -139,8 +140,10 @@ class PatentLMMOcrPointer(nn.Module):
         for token in special - {None}:
             copyable &= ocr_ids != token
         features = features[:, :length]
-        following = torch.zeros_like(features)
-        following[:, :-1] = features[:, 1:] * copyable[:, 1:, None].to(features.dtype)
+        following = torch.zeros_like(features[:, :0])  # read only by the selective read
+        if self.read_query is not None:
+            following = torch.zeros_like(features)
+            following[:, :-1] = features[:, 1:] * copyable[:, 1:, None].to(features.dtype)
         return self.key(features), ocr_ids, copyable, following
 
     def log_probs(
