@@ -164,6 +164,7 @@ def test_from_components_local_files_match_the_in_memory_model(toy, tmp_path: Pa
             adapter,
             ocr_copy=True,
             ocr_copy_read=True,
+            ocr_copy_word=True,
             **options,
         )
         built.multi_modal_projector.load_state_dict(model.multi_modal_projector.state_dict())
@@ -300,8 +301,25 @@ def test_the_selective_read_is_what_follows_the_input_token_on_the_sheet() -> No
     following = torch.zeros_like(features)
     following[:, :-1] = features[:, 1:] * copyable[:, 1:, None]
     inputs = torch.tensor([[30, 10, 90, 55]])
-    read = PatentLMMOcrPointer.selective_read(inputs, ids, copyable, following)
+    on_sheet = PatentLMMOcrPointer.on_sheet(inputs, ids, copyable)
+    read = PatentLMMOcrPointer.selective_read(on_sheet, following)
     assert read[0, :, 0].tolist() == [(2.0 + 6.0) / 2, 3.0, 0.0, 0.0]
+
+
+def test_the_word_gate_knows_where_the_copied_word_goes_on(toy) -> None:
+    """The OCR words "31" (split 3, 1: one box) and "FIG.": after the 3 the word goes on, after
+    the 1 it does not, nor after the last piece on the sheet."""
+    model = _model(toy)
+    pointer = model.ocr_pointer
+    assert pointer is not None and pointer.word_gate is not None  # TINY has the word gate
+    ocr_ids = torch.tensor([[0, 30, 10, 70, 80, 2, 1]])  # <s> 3 1 FIG . </s> <pad>
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1, 0]])
+    box_31, box_fig = [10, 10, 40, 30], [50, 10, 90, 30]
+    bbox = torch.tensor([[[0, 0, 0, 0], box_31, box_31, box_fig, box_fig, [0, 0, 0, 0], [0, 0, 0, 0]]])
+    features = torch.ones(1, 6, model.config.text_config.hidden_size)
+    config = model.config
+    *_, word_goes_on = pointer.memory(features, ocr_ids, mask, bbox, config)
+    assert word_goes_on[0].tolist() == [1.0, 0.0, 1.0, 0.0, 0.0, 0.0]
 
 
 def test_without_ocr_words_the_pointer_leaves_the_language_model_alone(toy) -> None:

@@ -64,6 +64,8 @@ class ModelPreset:
     ocr_copy: bool = False
     # The pointer also reads what follows the token it just copied (copies a split label whole).
     ocr_copy_read: bool = False
+    # With the read, the gate learns to keep copying while the copied token's OCR word goes on.
+    ocr_copy_word: bool = False
     # Local checkpoint directories (production); None: random initialisation.
     encoder_dir: str | None = None
     lm_dir: str | None = None
@@ -108,6 +110,7 @@ TINY = ModelPreset(
     # a CPU can pay for (README, "FIG labels"); a pointer over the OCR tokens reads it directly.
     ocr_copy=True,
     ocr_copy_read=True,
+    ocr_copy_word=True,
 )
 
 # PatentLMM: PatentMME (LayoutLMv3-large, 384 px) + LLaVA-1.5-7B, PatentLLaMA LoRA. The directories

@@ -58,6 +58,7 @@ def train_config(
         init_model_dir=None if from_parts else str(init_model_dir),
         ocr_copy=preset.ocr_copy,
         ocr_copy_read=preset.ocr_copy_read,
+        ocr_copy_word=preset.ocr_copy_word,
         renumber_share=settings.renumber_share,
         epochs=settings.num_epochs,
         lr=settings.learning_rate,

@@ -67,6 +67,7 @@ class TrainConfig:
     model_preset: str | None = None  # random-initialised from training.configs.PRESETS (e.g. "tiny")
     ocr_copy: bool = False  # a model built from components gets the OCR pointer (ModelPreset.ocr_copy)
     ocr_copy_read: bool = False  # and its selective read (ModelPreset.ocr_copy_read)
+    ocr_copy_word: bool = False  # and its word gate (ModelPreset.ocr_copy_word)
     # Optimisation (PatentLMM's values live in training.configs; these defaults are small).
     epochs: int = 1
     lr: float = 1e-3
@@ -213,6 +214,7 @@ def build_model(cfg: TrainConfig) -> Any:
             dtype=dtype,
             ocr_copy=cfg.ocr_copy,
             ocr_copy_read=cfg.ocr_copy_read,
+            ocr_copy_word=cfg.ocr_copy_word,
         )
     else:
         model = modeling.build_model(PRESETS[cfg.model_preset], tokenizer_dir(cfg))
