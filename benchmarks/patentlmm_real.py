@@ -1,4 +1,4 @@
-"""PatentLMM on real patent drawings, cross-validated by patent, against two free baselines.
+"""PatentLMM on real patent drawings, cross-validated by patent, against three free baselines.
 
     python benchmarks/patentlmm_real.py [--home .patentflow] [--realdata ../shared/realdata]
                                         [--folds 3] [--seeds 0 1 2] [--work DIR]
@@ -10,9 +10,9 @@ so that every real patent is a test patent once per seed. For each fold the tiny
 PatentLMM is trained as `make run` trains it (tokenizer, PatentLLaMA on the training patents'
 text and the shipped weekly full text, stage 1, stage 2, the pipeline's job code and settings),
 on the other folds' real figures and on `--home`'s synthetic figures (what `make run` left),
-and evaluated by the pipeline's `evaluate` job beside the constant and nearest-neighbour
-baselines (untouched pretrained figure encoder: no retrieval champion is trained on the test
-patents). Predictions are pooled over the folds and
+and evaluated by the pipeline's `evaluate` job beside the constant, nearest-neighbour
+(untouched pretrained figure encoder: no retrieval champion is trained on the test patents) and
+OCR-label baselines. Predictions are pooled over the folds and
 scored per seed (corpus BLEU-4, mean ROUGE-L, printed_label_rate), design and utility apart;
 the table gives the mean and standard deviation over seeds. Progress goes to stderr.
 `--without-synthetic` leaves the synthetic releases out (figures and text), to see what they add.
@@ -44,6 +44,7 @@ from patent_assets.records import (  # noqa: E402
 from patent_assets.splits import split_key  # noqa: E402
 from training import jobs, plans  # noqa: E402
 from training.configs import TINY  # noqa: E402
+from training.description_baselines import BASELINES  # noqa: E402
 from training.launch import run_training  # noqa: E402
 from training.metrics import printed_label_rate, score_descriptions  # noqa: E402
 from training.patent_llama import read_patent_texts  # noqa: E402
@@ -54,7 +55,7 @@ REAL_SOURCES = (
     "design_patents_with_drawings_2021_more",
     "applications_with_drawings_2025",
 )
-SYSTEMS = ("PatentLMM", "constant", "nearest_neighbour")
+SYSTEMS = ("PatentLMM", *BASELINES)
 
 
 @contextlib.contextmanager
@@ -175,7 +176,7 @@ def evaluate_fold(fold_dir: Path, model: Path, work: Path) -> Path:
             "test_jsons": {"brief": str(llava / "brief_test.json")},
             "train_jsons": {"brief": str(llava / "brief_train.json")},
             "figures_jsonl": str(fold_dir / "figures" / pipeline.FIGURES),
-            "baselines": ["constant", "nearest_neighbour"],
+            "baselines": list(BASELINES),
             "feature_cache": str(work / "features"),
             "max_new_tokens": 96,
         }

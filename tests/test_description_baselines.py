@@ -6,7 +6,12 @@ from pathlib import Path
 
 import numpy as np
 
-from training.description_baselines import constant_descriptions, nearest_neighbour_descriptions
+from training.description_baselines import (
+    commonest_sentence,
+    constant_descriptions,
+    nearest_neighbour_descriptions,
+    ocr_label_descriptions,
+)
 
 # Unit vectors by image name: q1 is closest to p1 (same patent), then to p2.
 VECTORS = {
@@ -37,4 +42,35 @@ def test_constant_describes_every_figure_alike() -> None:
     assert constant_descriptions(["x", "y"]) == {
         "x": "FIG. 1 is a perspective view of the device.",
         "y": "FIG. 1 is a perspective view of the device.",
+    }
+
+
+def test_commonest_sentence_is_what_most_descriptions_say_after_their_figure_number() -> None:
+    pool = [
+        "FIG. 2 is a front view thereof;",
+        "FIG. 12 is a front view thereof;",
+        "FIG. 1 is a perspective view of a shoe;",
+        "FIG. 3A is a front view thereof;",  # a lettered label counts alike
+        "FIGS. 4 and 5 are side views thereof;",  # names two figures: not counted
+        "1.1 : Front",  # a Hague reproduction: not counted
+    ]
+    assert commonest_sentence(pool) == " is a front view thereof;"
+    assert commonest_sentence(["1.1 : Front"]) is None
+
+
+def test_ocr_label_names_the_first_label_the_sheet_prints_in_the_commonest_sentence() -> None:
+    pool = ["FIG. 2 is a front view thereof;", "FIG. 5 is a front view thereof;", "FIG. 1 is a top view."]
+    words = {
+        "a__1": ["10", "Fig.", "27", "FIG.", "28"],  # the first label, not a reference numeral
+        "b__1": ["Figure", "3"],  # written as the descriptions write it
+        "c__1": ["no", "label"],  # none read: FIG. 1
+    }
+    assert ocr_label_descriptions(words, pool) == {
+        "a__1": "FIG. 27 is a front view thereof;",
+        "b__1": "FIG. 3 is a front view thereof;",
+        "c__1": "FIG. 1 is a front view thereof;",
+    }
+    # a pool with no numbered sentence falls back on the constant's
+    assert ocr_label_descriptions({"d__1": ["FIG.", "4"]}, ["1.1 : Front"]) == {
+        "d__1": "FIG. 4 is a perspective view of the device."
     }

@@ -11,13 +11,14 @@ import dagster as dg
 import pytest
 from transformers import LayoutLMv3Model, LlamaForCausalLM
 
+from patent_assets.alignment import label_words
 from patent_assets.documents import document_to_dict
 from patent_assets.figrefs import first_label_key, label_key
 from patent_assets.records import write_jsonl
 from tests.test_inference import make_trained_model
 from tests.test_patent_llama import grant
 from training import jobs, tracking
-from training.description_baselines import CONSTANT_DESCRIPTION
+from training.description_baselines import CONSTANT_DESCRIPTION, commonest_sentence
 from training.inference import load_for_inference
 from training.metrics import METRIC_NAMES
 
@@ -92,7 +93,7 @@ def test_evaluate_scores_both_kinds_and_ablations_and_logs_to_mlflow(trained, tm
         figures_jsonl=figures,
         ablations={"image_blind": None},
         # the test figures are their own pool: the neighbour of each is another patent's figure
-        baselines=["constant", "nearest_neighbour"],
+        baselines=["constant", "nearest_neighbour", "ocr_label"],
         train_jsons={"brief": trained["brief"], "detailed": trained["detailed"]},
         feature_cache=tmp_path / "features",
         max_new_tokens=30,
@@ -138,7 +139,16 @@ def test_evaluate_scores_both_kinds_and_ablations_and_logs_to_mlflow(trained, tm
         own = {row["image_id"]: row["reference"] for row in per_figure}
         assert set(neighbour) == set(own) and set(neighbour.values()) <= set(own.values())
         assert all(neighbour[i] != own[i] for i in neighbour)  # never the figure's own patent
-        for name in ("constant", "nearest_neighbour"):
+        # the OCR label: the first label of the OCR words the model reads, in the pool's commonest sentence
+        entries = json.loads(Path(trained[kind]).read_text())
+        ocr_label = json.loads((out / "baselines" / "ocr_label" / f"predictions_{kind}.json").read_text())
+        # (the detailed references start with no figure number: the constant's sentence)
+        rest = commonest_sentence(list(own.values())) or CONSTANT_DESCRIPTION.removeprefix("FIG. 1")
+        assert set(ocr_label) == set(own)
+        for entry in entries:
+            numbers = [w for _, w in label_words(entry["ocr"]["words"]) if w != "FIG."] or ["1"]
+            assert ocr_label[entry["id"]] == f"FIG. {numbers[0]}{rest}"
+        for name in ("constant", "nearest_neighbour", "ocr_label"):
             scores = metrics["baselines"][name][kind]
             assert {"bleu4", "rougeL", "real_bleu4", "synthetic_rougeL", "printed_label_rate"} <= set(scores)
     # A blank page loses what the figure showed: the image-blind ablation describes the test set worse.
@@ -228,6 +238,16 @@ def test_configs_are_read_strictly(tmp_path: Path) -> None:
                 model_dir="m",
                 test_jsons={"brief": "b"},
                 ablations={"blind": None},
+            )
+        )
+    with pytest.raises(ValueError, match=r"the ocr_label baseline needs train_jsons for kinds \['brief'\]"):
+        jobs.EvaluateJob.from_json(
+            _config(
+                tmp_path / "g.json",
+                out_dir="o",
+                model_dir="m",
+                test_jsons={"brief": "b"},
+                baselines=["ocr_label"],
             )
         )
     config = jobs.GenerateJob.from_json(_config(tmp_path / "f.json", **base, kind="detailed", limit=None))

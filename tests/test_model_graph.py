@@ -76,8 +76,8 @@ def test_first_model_is_trained_evaluated_registered_and_becomes_champion(traine
     for name in ("brief_bleu4", "brief_rougeL", "brief_meteor", "brief_cider"):
         assert name in challenger
     assert set(challenger["ablations"].value) == {"image_blind"}  # PatentLMMSettings.ablations default
-    # judged on the real test drawings, beside the two baselines that need no description model
-    for name in ("", "constant_", "nearest_neighbour_"):
+    # judged on the real test drawings, beside the three baselines that need no description model
+    for name in ("", "constant_", "nearest_neighbour_", "ocr_label_"):
         assert 0.0 <= challenger[f"{name}brief_real_rougeL"].value <= 1.0
         assert f"{name}brief_real_bleu4" in challenger and f"{name}brief_rougeL" in challenger
     # twelve steps cannot beat them: the warning fails visibly, and the first model is still champion

@@ -7,17 +7,26 @@
   as captioning, and it is strong on real design patents, whose brief descriptions are
   formulaic ("FIG. 3 is a front elevational view thereof;"). The encoder is the registry's
   champion, or the pretrained backbone untouched before there is one.
+- `ocr_label`: the training pool's commonest description with its FIG number left open ("FIG. n
+  is a front view thereof;" on real design grants), filled in with the first FIG label the
+  sheet's OCR words print (`patent_assets.alignment.label_words`; FIG. 1 where they print none).
+  What the OCR alone gives, with no description model: a model that copies the label but writes
+  worse than the commonest sentence around it has not learnt the view.
 """
 
 from __future__ import annotations
 
+import re
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
 CONSTANT_DESCRIPTION = "FIG. 1 is a perspective view of the device."
-BASELINES = ("constant", "nearest_neighbour")
+BASELINES = ("constant", "nearest_neighbour", "ocr_label")
+# A description that starts with one figure's number: "FIG. 3 is ...", "FIG. 12A: is ...".
+_LEADING_LABEL_RE = re.compile(r"^FIG\.\s*(?P<label>\d+[A-Z]?)(?P<rest>(?![\dA-Za-z]).*)$", re.DOTALL)
 
 # image paths -> (L2-normalised vectors of the readable ones, their positions, {position: reason})
 Embedder = Callable[[Sequence[Path]], tuple[np.ndarray, list[int], dict[int, str]]]
@@ -25,6 +34,28 @@ Embedder = Callable[[Sequence[Path]], tuple[np.ndarray, list[int], dict[int, str
 
 def constant_descriptions(image_ids: Sequence[str], text: str = CONSTANT_DESCRIPTION) -> dict[str, str]:
     return dict.fromkeys(image_ids, text)
+
+
+def commonest_sentence(texts: Sequence[str]) -> str | None:
+    """What follows "FIG. n" in the commonest of `texts` that start with one figure's number
+    (" is a front view thereof;"); ties go to the first seen. None if none starts so."""
+    rests = Counter(m["rest"] for m in map(_LEADING_LABEL_RE.match, texts) if m is not None)
+    return rests.most_common(1)[0][0] if rests else None
+
+
+def ocr_label_descriptions(
+    ocr_words: Mapping[str, Sequence[str]], pool_texts: Sequence[str]
+) -> dict[str, str]:
+    """For each image id, the pool's commonest sentence (`commonest_sentence`; else the constant's)
+    about the first FIG label its OCR words print (FIG. 1 where they print none)."""
+    from patent_assets.alignment import label_words
+
+    rest = commonest_sentence(pool_texts) or CONSTANT_DESCRIPTION.removeprefix("FIG. 1")
+    described = {}
+    for image_id, words in ocr_words.items():
+        numbers = [text for _, text in label_words(list(words)) if text not in ("FIG.", "FIGURE")]
+        described[image_id] = f"FIG. {numbers[0] if numbers else 1}{rest}"
+    return described
 
 
 def nearest_neighbour_descriptions(

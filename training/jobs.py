@@ -173,9 +173,10 @@ class EvaluateJob(JobConfig):
     with prediction and reference, and the output files go to that run. With `figures_jsonl`, every
     score is also given on the real and on the synthetic figures apart (`real_bleu4`, ...).
 
-    `baselines` ("constant", "nearest_neighbour"; `training.description_baselines`) are scored on
-    the same figures, into `metrics.json`'s `baselines` and `baselines/<name>/`. The nearest
-    neighbour's pool is `train_jsons` (kind -> `llava_json/{kind}_train.json`); it embeds with the
+    `baselines` ("constant", "nearest_neighbour", "ocr_label"; `training.description_baselines`)
+    are scored on the same figures, into `metrics.json`'s `baselines` and `baselines/<name>/`. The
+    nearest neighbour's and the OCR label's pool is `train_jsons` (kind ->
+    `llava_json/{kind}_train.json`); the nearest neighbour embeds with the
     saved figure encoder `nearest_neighbour_encoder_dir`, or with `untouched_preset`'s pretrained
     backbone (`encoder`: its overrides) when None; `feature_cache` as in the retrieval jobs.
     """
@@ -214,12 +215,12 @@ class EvaluateJob(JobConfig):
         bad = sorted(set(self.baselines) - set(BASELINES))
         if bad:
             raise ValueError(f"baselines {bad} are not among {list(BASELINES)}")
-        if "nearest_neighbour" in self.baselines:
-            if self.figures_jsonl is None:
-                raise ValueError("the nearest_neighbour baseline needs figures_jsonl (patent of each figure)")
-            lacking = sorted(set(self.test_jsons) - set(self.train_jsons))
+        if "nearest_neighbour" in self.baselines and self.figures_jsonl is None:
+            raise ValueError("the nearest_neighbour baseline needs figures_jsonl (patent of each figure)")
+        lacking = sorted(set(self.test_jsons) - set(self.train_jsons))
+        for pooled in sorted({"nearest_neighbour", "ocr_label"} & set(self.baselines)):
             if lacking:
-                raise ValueError(f"the nearest_neighbour baseline needs train_jsons for kinds {lacking}")
+                raise ValueError(f"the {pooled} baseline needs train_jsons for kinds {lacking}")
 
 
 @dataclass
@@ -707,7 +708,23 @@ def _baseline_descriptions(
             for image_id, reason in unanswered.items():
                 report.log(f"evaluate: nearest neighbour gave {image_id} no description: {reason}")
             texts["nearest_neighbour"][kind] = described
+    if "ocr_label" in cfg.baselines:
+        texts["ocr_label"] = {}
+        for kind, figures in figures_by_kind.items():
+            figures_jsonl = Path(cfg.figures_jsonl) if cfg.figures_jsonl else None
+            _, pool_refs, _ = split_figures(Path(cfg.train_jsons[kind]), figures_jsonl)
+            texts["ocr_label"][kind] = baselines.ocr_label_descriptions(
+                {f.image_id: _ocr_words(f.ocr) for f in figures}, list(pool_refs.values())
+            )
     return texts
+
+
+def _ocr_words(ocr: Any) -> list[str]:
+    """The words of a figure's stored OCR (an `OcrWords` or its dict); none when it has none."""
+    if ocr is None:
+        return []
+    words = ocr.get("words", []) if isinstance(ocr, Mapping) else getattr(ocr, "words", [])
+    return [str(word) for word in words]
 
 
 def _sheet_labels(figures_jsonl: Path) -> dict[str, tuple[list[str], bool]]:
