@@ -45,21 +45,26 @@ def test_constant_describes_every_figure_alike() -> None:
     }
 
 
-def test_commonest_sentence_is_what_most_descriptions_say_after_their_figure_number() -> None:
-    pool = [
-        "FIG. 2 is a front view thereof;",
-        "FIG. 12 is a front view thereof;",
-        "FIG. 1 is a perspective view of a shoe;",
-        "FIG. 3A is a front view thereof;",  # a lettered label counts alike
-        "FIGS. 4 and 5 are side views thereof;",  # names two figures: not counted
-        "1.1 : Front",  # a Hague reproduction: not counted
-    ]
+def test_commonest_sentence_is_what_the_most_patents_write_after_the_figure_number() -> None:
+    pool = {
+        "USD0000001S1__2": "FIG. 2 is a front view thereof;",
+        "USD0000002S1__12": "FIG. 12 is a front view thereof;",
+        "USD0000003S1__3": "FIG. 3A is a front view thereof;",  # a lettered label counts alike
+        # one patent repeating its own sentence is one voice, however many sheets it has
+        **{f"USD0000004S1__{n}": f"FIG. {n} is a view of a game piece;" for n in range(1, 9)},
+        "USD0000005S1__4": "FIGS. 4 and 5 are side views thereof;",  # names two figures: not counted
+        "USD0000006S1__1": "1.1 : Front",  # a Hague reproduction: not counted
+    }
     assert commonest_sentence(pool) == " is a front view thereof;"
-    assert commonest_sentence(["1.1 : Front"]) is None
+    assert commonest_sentence({"USD0000006S1__1": "1.1 : Front"}) is None
 
 
 def test_ocr_label_names_the_first_label_the_sheet_prints_in_the_commonest_sentence() -> None:
-    pool = ["FIG. 2 is a front view thereof;", "FIG. 5 is a front view thereof;", "FIG. 1 is a top view."]
+    pool = {
+        "USD0000001S1__2": "FIG. 2 is a front view thereof;",
+        "USD0000002S1__5": "FIG. 5 is a front view thereof;",
+        "USD0000003S1__1": "FIG. 1 is a top view.",
+    }
     words = {
         "a__1": ["10", "Fig.", "27", "FIG.", "28"],  # the first label, not a reference numeral
         "b__1": ["Figure", "3"],  # written as the descriptions write it
@@ -71,6 +76,6 @@ def test_ocr_label_names_the_first_label_the_sheet_prints_in_the_commonest_sente
         "c__1": "FIG. 1 is a front view thereof;",
     }
     # a pool with no numbered sentence falls back on the constant's
-    assert ocr_label_descriptions({"d__1": ["FIG.", "4"]}, ["1.1 : Front"]) == {
+    assert ocr_label_descriptions({"d__1": ["FIG.", "4"]}, {"USD0000006S1__1": "1.1 : Front"}) == {
         "d__1": "FIG. 4 is a perspective view of the device."
     }

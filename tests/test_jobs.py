@@ -143,7 +143,7 @@ def test_evaluate_scores_both_kinds_and_ablations_and_logs_to_mlflow(trained, tm
         entries = json.loads(Path(trained[kind]).read_text())
         ocr_label = json.loads((out / "baselines" / "ocr_label" / f"predictions_{kind}.json").read_text())
         # (the detailed references start with no figure number: the constant's sentence)
-        rest = commonest_sentence(list(own.values())) or CONSTANT_DESCRIPTION.removeprefix("FIG. 1")
+        rest = commonest_sentence(own) or CONSTANT_DESCRIPTION.removeprefix("FIG. 1")
         assert set(ocr_label) == set(own)
         for entry in entries:
             numbers = [w for _, w in label_words(entry["ocr"]["words"]) if w != "FIG."] or ["1"]

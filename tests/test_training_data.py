@@ -12,8 +12,10 @@ from training.data import (
     IGNORE_INDEX,
     PatentLMMCollator,
     PatentLMMDataset,
+    WeightedDistributedSampler,
     answer_ids,
     image_paths_from_figures,
+    patent_balanced_weights,
     prompt_ids,
 )
 from training.tokenizer import (
@@ -303,3 +305,39 @@ def test_dataloader_workers_draw_their_own_renumbering(toy) -> None:
     first, second = labels(0), labels(1)
     assert first[0::2] != first[1::2]  # worker 0's items (0, 2, ...) against worker 1's
     assert first != second  # a fresh draw each epoch
+
+
+def test_patent_balance_weighs_each_figure_by_its_patents_size() -> None:
+    ids = ["USD0911448S1__1", "USD0911448S1__2", "USD0911448S1__3", "USD0911448S1__4", "US1000B2__1", "odd"]
+    assert patent_balanced_weights(ids, 0.0) == [1.0] * 6
+    assert patent_balanced_weights(ids, 0.5) == [0.5] * 4 + [1.0, 1.0]  # 4 ** -0.5
+    assert patent_balanced_weights(ids, 1.0) == [0.25] * 4 + [1.0, 1.0]
+    with pytest.raises(ValueError, match="patent_balance"):
+        patent_balanced_weights(ids, -1.0)
+
+
+def test_weighted_sampler_draws_patents_alike_and_shards_one_order_per_epoch() -> None:
+    """A patent of 40 figures and four of one: with balance 1 each patent is drawn about as often;
+    two ranks split one draw of the epoch, the same for the same (seed, epoch), new each epoch."""
+    ids = [f"US1000B2__{i}" for i in range(1, 41)] + [f"US200{i}B2__1" for i in range(4)]
+    weights = patent_balanced_weights(ids, 1.0)
+    ranks = [
+        WeightedDistributedSampler(ids, weights, num_replicas=2, rank=rank, seed=3, drop_last=True)
+        for rank in (0, 1)
+    ]
+    drawn: list[int] = []
+    for epoch in range(50):
+        for sampler in ranks:
+            sampler.set_epoch(epoch)
+        first, second = list(ranks[0]), list(ranks[1])
+        assert len(first) == len(second) == len(ranks[0]) == 22
+        assert first == list(ranks[0])  # a resumed run sees the same epoch
+        drawn += first + second
+    big = sum(index < 40 for index in drawn) / len(drawn)
+    assert 0.15 < big < 0.25  # one patent of five; unweighted it would be 40 of 44 draws
+    ranks[0].set_epoch(0)
+    again = list(ranks[0])
+    ranks[0].set_epoch(1)
+    assert list(ranks[0]) != again
+    with pytest.raises(ValueError, match="3 weights for 44 items"):
+        WeightedDistributedSampler(ids, [1.0, 1.0, 1.0], num_replicas=1, rank=0)

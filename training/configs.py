@@ -155,6 +155,8 @@ class StageConfig:
     lora_target_modules: tuple[str, ...] = field(default=LLAMA_LORA_TARGETS)
     # share of training reads with renumbered FIG labels (training.data.PatentLMMDataset); not PatentLMM's
     renumber_share: float = 0.0
+    # figures drawn with weight (figures of their patent) ** -patent_balance; 0, PatentLMM's: each once
+    patent_balance: float = 0.0
 
     @property
     def uses_lora(self) -> bool:
@@ -201,6 +203,7 @@ STAGE1_EMBEDDED = replace(
     bf16=False,
     gradient_checkpointing=False,
     renumber_share=0.5,
+    patent_balance=0.5,
 )
 STAGE2_EMBEDDED = replace(
     STAGE2,
@@ -220,4 +223,5 @@ STAGE2_EMBEDDED = replace(
     lora_r=64,
     lora_alpha=128,
     renumber_share=0.5,
+    patent_balance=0.5,
 )

@@ -18,13 +18,14 @@ from __future__ import annotations
 import json
 import logging
 import random
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, DistributedSampler
 
 from patent_assets.llava import escape_description, prompt
 from training.tokenizer import IMAGE
@@ -290,6 +291,38 @@ class PatentLMMDataset(Dataset):
             **self._text_inputs([human, {**gpt, "value": description}]),
             **encode_words(self.processor, {**ocr, "words": words}, self.ocr_max_tokens),
         }
+
+
+def patent_balanced_weights(image_ids: Sequence[str], balance: float) -> list[float]:
+    """Each figure's draw weight, (figures of its patent) ** -`balance`: 0 draws every figure alike,
+    1 every patent alike, 0.5 between (square-root sampling). A figure whose id names no patent
+    (`patent_assets.patentdesc.IMAGE_ID_PATTERN`) is a patent of its own."""
+    from patent_assets.patentdesc import IMAGE_ID_PATTERN
+
+    if balance < 0:
+        raise ValueError(f"patent_balance must be >= 0, got {balance}")
+    patents = [(m["patent"] if (m := IMAGE_ID_PATTERN.fullmatch(i)) else i) for i in image_ids]
+    counts = Counter(patents)
+    return [counts[patent] ** -balance for patent in patents]
+
+
+class WeightedDistributedSampler(DistributedSampler):
+    """DistributedSampler's shards and epochs, with each epoch drawn with replacement by `weights`.
+
+    The order is a function of (seed, epoch), as DistributedSampler's: a resumed run skips into
+    the same epoch. Each rank takes every `num_replicas`-th draw."""
+
+    def __init__(self, dataset: Dataset, weights: Sequence[float], **kwargs: Any):
+        super().__init__(dataset, **kwargs)
+        if len(weights) != len(dataset):  # type: ignore[arg-type]
+            raise ValueError(f"{len(weights)} weights for {len(dataset)} items")  # type: ignore[arg-type]
+        self.weights = torch.as_tensor(weights, dtype=torch.double)
+
+    def __iter__(self):
+        generator = torch.Generator()
+        generator.manual_seed(self.seed + self.epoch)
+        draws = torch.multinomial(self.weights, self.total_size, replacement=True, generator=generator)
+        return iter(draws[self.rank : self.total_size : self.num_replicas].tolist())
 
 
 class PatentLMMCollator:

@@ -7,8 +7,8 @@
   as captioning, and it is strong on real design patents, whose brief descriptions are
   formulaic ("FIG. 3 is a front elevational view thereof;"). The encoder is the registry's
   champion, or the pretrained backbone untouched before there is one.
-- `ocr_label`: the training pool's commonest description with its FIG number left open ("FIG. n
-  is a front view thereof;" on real design grants), filled in with the first FIG label the
+- `ocr_label`: the description the most patents of the training pool write, with its FIG number
+  left open ("FIG. n is a front view thereof;" on real design grants), filled in with the first FIG label the
   sheet's OCR words print (`patent_assets.alignment.label_words`; FIG. 1 where they print none).
   What the OCR alone gives, with no description model: a model that copies the label but writes
   worse than the commonest sentence around it has not learnt the view.
@@ -17,7 +17,6 @@
 from __future__ import annotations
 
 import re
-from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -36,15 +35,24 @@ def constant_descriptions(image_ids: Sequence[str], text: str = CONSTANT_DESCRIP
     return dict.fromkeys(image_ids, text)
 
 
-def commonest_sentence(texts: Sequence[str]) -> str | None:
-    """What follows "FIG. n" in the commonest of `texts` that start with one figure's number
-    (" is a front view thereof;"); ties go to the first seen. None if none starts so."""
-    rests = Counter(m["rest"] for m in map(_LEADING_LABEL_RE.match, texts) if m is not None)
-    return rests.most_common(1)[0][0] if rests else None
+def commonest_sentence(texts: Mapping[str, str]) -> str | None:
+    """What follows "FIG. n" in the description (of `texts`, image id -> text) that the most patents
+    write (" is a front view thereof;"), counting each patent once: a grant of 60 sheets that repeats
+    its own sentence does not outvote the others. Ties go to the first seen; None if no text
+    starts with one figure's number."""
+    from patent_assets.patentdesc import IMAGE_ID_PATTERN
+
+    writers: dict[str, set[str]] = {}
+    for image_id, text in texts.items():
+        match = _LEADING_LABEL_RE.match(text)
+        if match is not None:
+            patent = m["patent"] if (m := IMAGE_ID_PATTERN.fullmatch(image_id)) else image_id
+            writers.setdefault(match["rest"], set()).add(patent)
+    return max(writers, key=lambda rest: len(writers[rest])) if writers else None
 
 
 def ocr_label_descriptions(
-    ocr_words: Mapping[str, Sequence[str]], pool_texts: Sequence[str]
+    ocr_words: Mapping[str, Sequence[str]], pool_texts: Mapping[str, str]
 ) -> dict[str, str]:
     """For each image id, the pool's commonest sentence (`commonest_sentence`; else the constant's)
     about the first FIG label its OCR words print (FIG. 1 where they print none)."""

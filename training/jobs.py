@@ -714,7 +714,7 @@ def _baseline_descriptions(
             figures_jsonl = Path(cfg.figures_jsonl) if cfg.figures_jsonl else None
             _, pool_refs, _ = split_figures(Path(cfg.train_jsons[kind]), figures_jsonl)
             texts["ocr_label"][kind] = baselines.ocr_label_descriptions(
-                {f.image_id: _ocr_words(f.ocr) for f in figures}, list(pool_refs.values())
+                {f.image_id: _ocr_words(f.ocr) for f in figures}, pool_refs
             )
     return texts
 

@@ -60,6 +60,7 @@ def train_config(
         ocr_copy_read=preset.ocr_copy_read,
         ocr_copy_word=preset.ocr_copy_word,
         renumber_share=settings.renumber_share,
+        patent_balance=settings.patent_balance,
         epochs=settings.num_epochs,
         lr=settings.learning_rate,
         projector_lr=settings.projector_lr,

@@ -100,6 +100,9 @@ class TrainConfig:
     inputs: str = "full"  # an ablation trains on "image_blind" or "no_ocr" inputs (training.data)
     # share of training reads whose FIG labels are renumbered (training.data.PatentLMMDataset)
     renumber_share: float = 0.0
+    # figures drawn with weight (figures of their patent) ** -patent_balance; 0: every figure once
+    # an epoch (training.data.patent_balanced_weights)
+    patent_balance: float = 0.0
 
     def __post_init__(self) -> None:
         if self.stage not in (1, 2):
@@ -124,6 +127,8 @@ class TrainConfig:
             )
         if self.checkpoint_every_steps < 1 or self.per_device_batch < 1 or self.grad_accum < 1:
             raise ValueError("checkpoint_every_steps, per_device_batch and grad_accum must be >= 1")
+        if self.patent_balance < 0:
+            raise ValueError(f"patent_balance must be >= 0, got {self.patent_balance}")
 
     @classmethod
     def from_json(cls, path: Path) -> TrainConfig:
@@ -467,7 +472,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
     # Data: each rank reads its shard; an epoch is a whole number of optimizer steps.
     train_set, val_set, collate = build_datasets(cfg, model)
-    sampler = DistributedSampler(train_set, shuffle=True, seed=cfg.seed, drop_last=True)
+    sampler = train_sampler(train_set, cfg)
     micro_per_epoch = len(sampler) // cfg.per_device_batch
     steps_per_epoch = micro_per_epoch // cfg.grad_accum
     if steps_per_epoch == 0:
@@ -588,6 +593,18 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             sink.event(f"done: model in {final}", **summary)
             sink.materialization({k: v for k, v in summary.items() if v is not None})
     return summary
+
+
+def train_sampler(train_set: Any, cfg: TrainConfig) -> DistributedSampler:
+    """Each rank's share of an epoch: a permutation, or with `patent_balance` draws that give the
+    figures of large patents less weight each (a grant of 62 sheets would otherwise set the style)."""
+    from training.data import WeightedDistributedSampler, patent_balanced_weights
+
+    if not cfg.patent_balance:
+        return DistributedSampler(train_set, shuffle=True, seed=cfg.seed, drop_last=True)
+    ids = [str(entry.get("id", "")) for entry in train_set.entries]
+    weights = patent_balanced_weights(ids, cfg.patent_balance)
+    return WeightedDistributedSampler(train_set, weights, seed=cfg.seed, drop_last=True)
 
 
 def val_loader(val_set: Dataset, collate: Any, cfg: TrainConfig) -> DataLoader:
