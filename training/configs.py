@@ -195,6 +195,9 @@ STAGE2 = StageConfig(
 # On the real-drawing benchmark's fold with USD0911448 and USD0911449 (124 sheets, FIG. 1 to
 # FIG. 92) the share of first labels printed on the sheet went from 0.60 to 0.72 with it and the
 # pointer's selective read (seed 0); over 3 seeds and all folds, design 0.63 -> 0.73 (README).
+# Each patent is drawn alike (patent_balance 1): two game-housing grants hold 113 of the 336 real
+# sheets, and trained on them the model wrote their "of the game piece of FIG. n" on other grants.
+# Seed 0, design ROUGE-L, folds 0 / 1: 0.437 / 0.465 unbalanced, 0.481 / 0.473 at 0.5, 0.537 / 0.508 at 1.
 STAGE1_EMBEDDED = replace(
     STAGE1,
     num_epochs=5,
@@ -203,7 +206,7 @@ STAGE1_EMBEDDED = replace(
     bf16=False,
     gradient_checkpointing=False,
     renumber_share=0.5,
-    patent_balance=0.5,
+    patent_balance=1.0,
 )
 STAGE2_EMBEDDED = replace(
     STAGE2,
@@ -223,5 +226,5 @@ STAGE2_EMBEDDED = replace(
     lora_r=64,
     lora_alpha=128,
     renumber_share=0.5,
-    patent_balance=0.5,
+    patent_balance=1.0,
 )
