@@ -68,6 +68,12 @@ def image_id_problem(image_id: object) -> str | None:
     return None
 
 
+def patent_or_own_id(image_id: str) -> str:
+    """The patent of `image_id`, or the id itself where it names none (a figure of its own)."""
+    match = IMAGE_ID_PATTERN.fullmatch(image_id)
+    return match.group("patent") if match else image_id
+
+
 def patent_id_of(image_id: str) -> str:
     """`"US11036663B2__2"` -> `"US11036663B2"`."""
     match = IMAGE_ID_PATTERN.fullmatch(image_id)

@@ -297,11 +297,11 @@ def patent_balanced_weights(image_ids: Sequence[str], balance: float) -> list[fl
     """Each figure's draw weight, (figures of its patent) ** -`balance`: 0 draws every figure alike,
     1 every patent alike, 0.5 between (square-root sampling). A figure whose id names no patent
     (`patent_assets.patentdesc.IMAGE_ID_PATTERN`) is a patent of its own."""
-    from patent_assets.patentdesc import IMAGE_ID_PATTERN
+    from patent_assets.patentdesc import patent_or_own_id
 
     if balance < 0:
         raise ValueError(f"patent_balance must be >= 0, got {balance}")
-    patents = [(m["patent"] if (m := IMAGE_ID_PATTERN.fullmatch(i)) else i) for i in image_ids]
+    patents = [patent_or_own_id(image_id) for image_id in image_ids]
     counts = Counter(patents)
     return [counts[patent] ** -balance for patent in patents]
 

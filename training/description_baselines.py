@@ -7,9 +7,10 @@
   as captioning, and it is strong on real design patents, whose brief descriptions are
   formulaic ("FIG. 3 is a front elevational view thereof;"). The encoder is the registry's
   champion, or the pretrained backbone untouched before there is one.
-- `ocr_label`: the description the most patents of the training pool write, with its FIG number
-  left open ("FIG. n is a front view thereof;" on real design grants), filled in with the first FIG label the
-  sheet's OCR words print (`patent_assets.alignment.label_words`; FIG. 1 where they print none).
+- `ocr_label`: the description the most patents of the training pool write, with its FIG
+  number left open ("FIG. n is a front view thereof;" on real design grants), filled in with the
+  first FIG label the sheet's OCR words print (`patent_assets.alignment.label_words`; FIG. 1
+  where they print none).
   What the OCR alone gives, with no description model: a model that copies the label but writes
   worse than the commonest sentence around it has not learnt the view.
 """
@@ -40,14 +41,13 @@ def commonest_sentence(texts: Mapping[str, str]) -> str | None:
     write (" is a front view thereof;"), counting each patent once: a grant of 60 sheets that repeats
     its own sentence does not outvote the others. Ties go to the first seen; None if no text
     starts with one figure's number."""
-    from patent_assets.patentdesc import IMAGE_ID_PATTERN
+    from patent_assets.patentdesc import patent_or_own_id
 
     writers: dict[str, set[str]] = {}
     for image_id, text in texts.items():
         match = _LEADING_LABEL_RE.match(text)
         if match is not None:
-            patent = m["patent"] if (m := IMAGE_ID_PATTERN.fullmatch(image_id)) else image_id
-            writers.setdefault(match["rest"], set()).add(patent)
+            writers.setdefault(match["rest"], set()).add(patent_or_own_id(image_id))
     return max(writers, key=lambda rest: len(writers[rest])) if writers else None
 
 

@@ -710,8 +710,8 @@ def _baseline_descriptions(
             texts["nearest_neighbour"][kind] = described
     if "ocr_label" in cfg.baselines:
         texts["ocr_label"] = {}
+        figures_jsonl = Path(cfg.figures_jsonl) if cfg.figures_jsonl else None
         for kind, figures in figures_by_kind.items():
-            figures_jsonl = Path(cfg.figures_jsonl) if cfg.figures_jsonl else None
             _, pool_refs, _ = split_figures(Path(cfg.train_jsons[kind]), figures_jsonl)
             texts["ocr_label"][kind] = baselines.ocr_label_descriptions(
                 {f.image_id: _ocr_words(f.ocr) for f in figures}, pool_refs
