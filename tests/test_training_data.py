@@ -314,11 +314,6 @@ def test_patent_balance_weighs_each_figure_by_its_patents_size() -> None:
     assert patent_balanced_weights(ids, 1.0) == [0.25] * 4 + [1.0, 1.0]
     with pytest.raises(ValueError, match="patent_balance"):
         patent_balanced_weights(ids, -1.0)
-    # within each source: the patents of a source alike, each source keeping its share of figures
-    sources = dict.fromkeys(ids[:5], "real") | {"odd": "synthetic"}
-    within = patent_balanced_weights(ids, 1.0, sources)
-    assert sum(within[:5]) == pytest.approx(5.0) and within[5] == pytest.approx(1.0)
-    assert within[4] == pytest.approx(4 * within[0])  # the one-sheet patent weighs as the four sheets
 
 
 def test_weighted_sampler_draws_patents_alike_and_shards_one_order_per_epoch() -> None:

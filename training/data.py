@@ -19,7 +19,7 @@ import json
 import logging
 import random
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -293,31 +293,17 @@ class PatentLMMDataset(Dataset):
         }
 
 
-def patent_balanced_weights(
-    image_ids: Sequence[str], balance: float, sources: Mapping[str, str] | None = None
-) -> list[float]:
+def patent_balanced_weights(image_ids: Sequence[str], balance: float) -> list[float]:
     """Each figure's draw weight, (figures of its patent) ** -`balance`: 0 draws every figure alike,
     1 every patent alike, 0.5 between (square-root sampling). A figure whose id names no patent
-    (`patent_assets.patentdesc.IMAGE_ID_PATTERN`) is a patent of its own.
-
-    With `sources` (image id -> source, e.g. "real" / "synthetic"), the balance acts within each
-    source, and each keeps its share of the figures: many small synthetic patents do not outweigh
-    the real grants (in `make run`, balancing across sources made the model write the synthetic
-    "bracket 20 according to an embodiment" on real sheets)."""
+    (`patent_assets.patentdesc.IMAGE_ID_PATTERN`) is a patent of its own."""
     from patent_assets.patentdesc import patent_or_own_id
 
     if balance < 0:
         raise ValueError(f"patent_balance must be >= 0, got {balance}")
     patents = [patent_or_own_id(image_id) for image_id in image_ids]
     counts = Counter(patents)
-    weights = [counts[patent] ** -balance for patent in patents]
-    if sources is None:
-        return weights
-    source_of = [sources.get(image_id, "") for image_id in image_ids]
-    figures, mass = Counter(source_of), Counter()
-    for source, weight in zip(source_of, weights, strict=True):
-        mass[source] += weight
-    return [w * figures[s] / mass[s] for w, s in zip(weights, source_of, strict=True)]
+    return [counts[patent] ** -balance for patent in patents]
 
 
 class WeightedDistributedSampler(DistributedSampler):
@@ -412,36 +398,14 @@ def image_paths_from_figures(figures_jsonl: Path) -> dict[str, Path]:
     """`image_id` -> `image_path` from figures.jsonl (relative paths are taken from its folder)."""
     figures_jsonl = Path(figures_jsonl)
     paths: dict[str, Path] = {}
-    for number, record in _figure_records(figures_jsonl):
-        try:
-            path = Path(record["image_path"])
-            paths[record["image_id"]] = path if path.is_absolute() else figures_jsonl.parent / path
-        except (KeyError, TypeError) as error:
-            logger.warning("%s line %d left out: %s", figures_jsonl, number, error)
-    return paths
-
-
-def sources_from_figures(figures_jsonl: Path) -> dict[str, str]:
-    """`image_id` -> "synthetic" or "real" (figures.jsonl's `synthetic` flag)."""
-    return {
-        str(record["image_id"]): "synthetic" if record.get("synthetic") else "real"
-        for _, record in _figure_records(Path(figures_jsonl))
-        if "image_id" in record
-    }
-
-
-def _figure_records(figures_jsonl: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, record) of figures.jsonl; a line that is not a JSON object is logged and skipped."""
     with figures_jsonl.open(encoding="utf-8") as handle:
         for number, line in enumerate(handle, 1):
             if not line.strip():
                 continue
             try:
                 record = json.loads(line)
-            except json.JSONDecodeError as error:
+                path = Path(record["image_path"])
+                paths[record["image_id"]] = path if path.is_absolute() else figures_jsonl.parent / path
+            except (json.JSONDecodeError, KeyError) as error:
                 logger.warning("%s line %d left out: %s", figures_jsonl, number, error)
-                continue
-            if not isinstance(record, dict):
-                logger.warning("%s line %d left out: not a JSON object", figures_jsonl, number)
-                continue
-            yield number, record
+    return paths

@@ -598,14 +598,12 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 def train_sampler(train_set: Any, cfg: TrainConfig) -> DistributedSampler:
     """Each rank's share of an epoch: a permutation, or with `patent_balance` draws that give the
     figures of large patents less weight each (a grant of 62 sheets would otherwise set the style)."""
-    from training.data import WeightedDistributedSampler, patent_balanced_weights, sources_from_figures
+    from training.data import WeightedDistributedSampler, patent_balanced_weights
 
     if not cfg.patent_balance:
         return DistributedSampler(train_set, shuffle=True, seed=cfg.seed, drop_last=True)
     ids = [str(entry.get("id", "")) for entry in train_set.entries]
-    figures = Path(cfg.images_root) if cfg.images_root else None
-    sources = sources_from_figures(figures) if figures and figures.suffix == ".jsonl" else None
-    weights = patent_balanced_weights(ids, cfg.patent_balance, sources)
+    weights = patent_balanced_weights(ids, cfg.patent_balance)
     return WeightedDistributedSampler(train_set, weights, seed=cfg.seed, drop_last=True)
 
 
