@@ -230,26 +230,17 @@ def test_configs_are_read_strictly(tmp_path: Path) -> None:
         jobs.GenerateJob.from_json(_config(tmp_path / "c.json", **base, resume=1))
     with pytest.raises(ValueError, match=r"figures_jsonl"):
         jobs.GenerateJob.from_json(_config(tmp_path / "d.json", out_dir="o", model_dir="m"))
-    with pytest.raises(ValueError, match=r"ablations \['blind'\]"):
-        jobs.EvaluateJob.from_json(
-            _config(
-                tmp_path / "e.json",
-                out_dir="o",
-                model_dir="m",
-                test_jsons={"brief": "b"},
-                ablations={"blind": None},
-            )
-        )
-    with pytest.raises(ValueError, match=r"the ocr_label baseline needs train_jsons for kinds \['brief'\]"):
-        jobs.EvaluateJob.from_json(
-            _config(
-                tmp_path / "g.json",
-                out_dir="o",
-                model_dir="m",
-                test_jsons={"brief": "b"},
-                baselines=["ocr_label"],
-            )
-        )
+    evaluate = {"out_dir": "o", "model_dir": "m", "test_jsons": {"brief": "b"}}
+    for name, bad, error in (
+        ("e.json", {"ablations": {"blind": None}}, r"ablations \['blind'\]"),
+        (
+            "g.json",
+            {"baselines": ["ocr_label"]},
+            r"the ocr_label baseline needs train_jsons for kinds \['brief'\]",
+        ),
+    ):
+        with pytest.raises(ValueError, match=error):
+            jobs.EvaluateJob.from_json(_config(tmp_path / name, **evaluate, **bad))
     config = jobs.GenerateJob.from_json(_config(tmp_path / "f.json", **base, kind="detailed", limit=None))
     assert (config.kind, config.resume, config.batch_size) == ("detailed", True, 8)
 
