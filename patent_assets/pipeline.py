@@ -63,7 +63,7 @@ def read_step_summary(out_dir: Path) -> dict[str, Any]:
 
 
 # Bump when a step's output would change for the same input, so the cache below is not reused.
-STEP_VERSION = "4"
+STEP_VERSION = "5"
 
 
 def inputs_hash(*paths: Path) -> str:
@@ -334,7 +334,13 @@ def build_figures(
                     f"{doc.patent_id} {label}", f"not aligned: {reason}", stage="alignment", source=doc.source
                 )
             )
-        records.extend(_figure_records(doc, sheets, sheet_ocr, result, release))
+        # What the label scan reads beyond the text layer reaches the description model's OCR words.
+        model_ocr = {
+            num: alignment.with_label_reads(pngs[num], words, cache_dir=cache_dir)
+            for num, words in sheet_ocr.items()
+            if result.by_sheet.get(num)
+        }
+        records.extend(_figure_records(doc, sheets, model_ocr, result, release))
     write_jsonl(out_dir / FIGURES, records)
     counts = {
         "figures": len(records),
@@ -449,7 +455,9 @@ def patentdesc_figures(
                 grant_date="",
                 classifications=[],
                 title="",
-                ocr=run.results.get(png.path, OcrWords()),
+                ocr=alignment.with_label_reads(png.path, run.results[png.path], cache_dir=cache_dir)
+                if png.path in run.results
+                else OcrWords(),
                 image_sha256=png.sha256,
             )
         )

@@ -24,11 +24,12 @@ from patent_assets.alignment import (
     scan_sheet,
     scan_sheets,
     scan_words,
+    with_label_reads,
 )
 from patent_assets.documents import DrawingSheet, GrantDocument
 from patent_assets.figrefs import label_key, shift_figure_numbers
 from patent_assets.images import sheet_to_png
-from patent_assets.ocr import ocr_images
+from patent_assets.ocr import ocr_image, ocr_images
 from patent_assets.records import OcrWords
 from patent_assets.uspto_xml import parse_grant
 
@@ -187,6 +188,18 @@ def test_a_label_whose_number_the_text_layer_lost_is_read_again(design_run: Desi
     # read again from the plain pixels, gives "Fig. 6".
     razor = design_run.alignments["USD0907292-20210105"]
     assert razor.detected[6] == ["FIG. 6"] and razor.evidence["FIG. 6"] == "ocr"
+
+
+def test_the_label_read_again_reaches_the_model_ocr_words(design_run: DesignRun) -> None:
+    # The description model copies labels from the sheet's OCR words: the "Fig. 6" that only the
+    # region re-read gives must be among them, in place of the text layer's "Ig".
+    razor = next(g for g in design_run.grants if g.entry["patent_dir"] == "USD0907292-20210105")
+    upright = design_run.ocr[razor.pngs[6]]
+    assert "6" not in [text for _, text in label_words(upright.words)]
+    completed = with_label_reads(razor.pngs[6], upright, cache_dir=design_run.cache)
+    assert [text for _, text in label_words(completed.words)][:2] == ["FIG.", "6"]
+    assert len(completed.words) == len(completed.boxes) == len(upright.words)  # replaced, not added
+    assert completed.words.count("FIG.6") == 1 and upright.words != completed.words
 
 
 def _truth(entry: dict) -> dict[int, set[str]]:
@@ -351,6 +364,17 @@ def test_synthetic_sheets_several_figs_and_rotated_labels(tmp_path: Path) -> Non
     assert alignment.by_sheet == {1: ["FIG. 1", "FIG. 2A", "FIG. 2B"], 2: ["FIG. 3"]}
     assert set(alignment.evidence.values()) == {"ocr"} and alignment.rate_ocr == 1.0
     assert alignment.sentences_by_sheet[1][1] == "FIGS. 2A and 2B are sections;"
+
+
+def test_a_turned_label_joins_the_ocr_words_at_its_place_on_the_upright_sheet(tmp_path: Path) -> None:
+    turned = _sheet(tmp_path / "t.png", [("FIG. 3", (1200, 900), 90)])  # x 1200-1310, y 900-1320
+    upright = ocr_image(turned)
+    completed = with_label_reads(turned, upright)
+    assert completed.words == [*upright.words, "FIG.3"]
+    x0, y0, x1, y1 = completed.boxes[-1]  # 0-1000 of the 1700 x 2200 sheet: 706-771, 409-600
+    assert 690 <= x0 < x1 <= 790 and 395 <= y0 < y1 <= 615
+    blank = _sheet(tmp_path / "b.png", [])
+    assert with_label_reads(blank, ocr_image(blank)).words == []
 
 
 def test_printed_parts_of_a_figure_the_text_names_whole(tmp_path: Path) -> None:

@@ -12,7 +12,8 @@ to the vision encoder with the image, never into the prompt. Outputs keep Patent
 `<`/`>` (`[[`/`]]`), as the references do.
 
 - `describe_images`: any PNG or TIFF (1-bit CCITT G4 included) read as stored, OCR by tesseract
-  (`patent_assets.ocr.ocr_image`; no text found is empty OCR, not an error);
+  (`patent_assets.ocr.ocr_image` and the labels `patent_assets.alignment.with_label_reads` adds, as
+  the pipeline reads its sheets; no text found is empty OCR, not an error);
 - `describe_split`: the entries of a LLaVA JSON (test split) with the OCR stored in each entry, as
   in training, in file order, to PatentLMM's output `{image_id: text}` JSON.
 
@@ -252,9 +253,12 @@ def _read_image(path: Path) -> Image.Image:
 def _ocr_of(figure: Figure, image: Image.Image) -> OcrWords | Mapping[str, Any]:
     if figure.ocr is not None:
         return figure.ocr
+    from patent_assets.alignment import with_label_reads
     from patent_assets.ocr import ocr_image
 
-    return ocr_image(figure.image_path)  # empty words when tesseract reads nothing
+    # As the pipeline reads its sheets: the text layer, then the labels only the label scan reads.
+    # Empty words when tesseract reads nothing.
+    return with_label_reads(figure.image_path, ocr_image(figure.image_path))
 
 
 def describe_figures(
