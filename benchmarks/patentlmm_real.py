@@ -6,7 +6,7 @@
 The real figures are every grant and application with drawings in `--realdata` (34 design
 grants of 2021, two utility applications of 2025), ingested by the pipeline's own steps. Their
 sibling groups (the split key of `patent_assets.splits`) are dealt into `--folds` folds per seed,
-so that every real patent is a test patent once per seed. For each fold the tiny embedded
+the utility ones to different folds, so that every real patent is a test patent once per seed. For each fold the tiny embedded
 PatentLMM is trained as `make run` trains it (tokenizer, PatentLLaMA on the training patents'
 text and the shipped weekly full text, stage 1, stage 2, the pipeline's job code and settings),
 on the other folds' real figures and on `--home`'s synthetic figures (what `make run` left),
@@ -94,13 +94,31 @@ def weekly_text(work: Path) -> Path:
 
 
 def deal_folds(records: list[dict[str, Any]], folds: int, seed: int) -> dict[str, int]:
-    """patent_id -> fold; a sibling group stays in one fold (its designs are near-duplicates)."""
+    """patent_id -> fold; a sibling group stays in one fold (its designs are near-duplicates).
+
+    Groups are dealt round the folds in a shuffled order, and the utility groups then go to
+    consecutive folds from where the first one fell, so that every fold trains on some utility
+    sheets, as a pipeline fed the weekly releases does (dealt with the design groups, both utility
+    applications fell in one fold on seeds 0 and 2, whose models had never seen a utility sheet).
+    The design groups' folds are those of the plain deal. (scikit-learn's StratifiedGroupKFold
+    gave the same folds for every seed: its shuffle only breaks ties.)"""
     groups: dict[str, set[str]] = {}
+    kinds: dict[str, str] = {}
     for row in records:
-        groups.setdefault(split_key(FigureRecord.from_dict(row)), set()).add(row["patent_id"])
+        key = split_key(FigureRecord.from_dict(row))
+        groups.setdefault(key, set()).add(row["patent_id"])
+        kinds[key] = kind_of(row)
     keys = sorted(groups)
     random.Random(seed).shuffle(keys)
-    return {patent: i % folds for i, key in enumerate(keys) for patent in groups[key]}
+    fold_of_key = {key: i % folds for i, key in enumerate(keys)}
+    utility = [key for key in keys if kinds[key] == "utility"]
+    for k, key in enumerate(utility):
+        fold_of_key[key] = (fold_of_key[utility[0]] + k) % folds
+    return {patent: fold_of_key[key] for key in keys for patent in groups[key]}
+
+
+def kind_of(record: dict[str, Any]) -> str:
+    return "design" if record["patent_id"].startswith("USD") else "utility"
 
 
 def run_job(command: str, config: dict[str, Any], path: Path) -> dict[str, Any]:
@@ -282,7 +300,7 @@ def main(argv: list[str] | None = None) -> None:
         *real_documents,
         *([] if args.without_synthetic else synthetic_documents(args.home)),
     ]
-    kinds = {r["image_id"]: "design" if r["patent_id"].startswith("USD") else "utility" for r in real}
+    kinds = {r["image_id"]: kind_of(r) for r in real}
     labels = {r["image_id"]: r.get("figure_labels", []) for r in real}
     per_seed = []
     for seed in args.seeds:
