@@ -12,7 +12,13 @@ from patent_assets.figrefs import first_label_key, label_key
 from tests.test_training_data import make_toy_llava, make_toy_tokenizer
 from training.attention import choose_attention
 from training.configs import TINY
-from training.data import PatentLMMCollator, PatentLMMDataset
+from training.data import (
+    PatentLMMCollator,
+    PatentLMMDataset,
+    encode_ocr,
+    expand_image_tokens,
+    prompt_ids,
+)
 from training.modeling import (
     PatentLMMForConditionalGeneration,
     PatentLMMOcrPointer,
@@ -304,6 +310,59 @@ def test_the_selective_read_is_what_follows_the_input_token_on_the_sheet() -> No
     on_sheet = PatentLMMOcrPointer.on_sheet(inputs, ids, copyable)
     read = PatentLMMOcrPointer.selective_read(on_sheet, following)
     assert read[0, :, 0].tolist() == [(2.0 + 6.0) / 2, 3.0, 0.0, 0.0]
+
+
+def test_the_pair_read_finds_the_copied_token_by_the_token_before_it() -> None:
+    """The sheet reads "FIG. 27 10. x" as FIG, ., 2, 7, 10, ., x: after the input "." that follows
+    "FIG" the read is at the label's "." only; after a "." whose previous token the sheet never
+    puts before a ".", at every "."; a token with no previous one (-1) is read alone."""
+    ids = torch.tensor([[70, 80, 20, 7, 100, 80, 90]])  # FIG . 2 7 10 . x
+    copyable = torch.ones_like(ids, dtype=torch.bool)
+    inputs = torch.tensor([[80, 80, 80, 20]])
+    previous = torch.tensor([[70, 55, -1, 80]])
+    on_sheet = PatentLMMOcrPointer.on_sheet(inputs, ids, copyable, previous)
+    assert on_sheet[0].int().tolist() == [
+        [0, 1, 0, 0, 0, 0, 0],
+        [0, 1, 0, 0, 0, 1, 0],
+        [0, 1, 0, 0, 0, 1, 0],
+        [0, 0, 1, 0, 0, 0, 0],
+    ]
+
+
+def test_cached_generation_reads_as_the_whole_sequence_does(toy) -> None:
+    """Each generated step with the KV cache (one new token, its previous one passed along) gives
+    the log-probabilities a forward pass over the whole sequence gives at that position. The sheet
+    prints two "." (after "FIG" and after "10"); the answer is forced to " FIG . 7 . ...", so the
+    pair read after each "." depends on the token before it."""
+    model = _model(toy, seed=2).eval()
+    assert model.config.ocr_copy_pair  # TINY reads by pairs
+    tokenizer, processor = toy["tokenizer"], toy["processor"]
+    ocr = {
+        "words": ["FIG.", "7", "10.", "x"],
+        "boxes": [[10, 10, 40, 30], [45, 10, 60, 30], [100, 10, 140, 30], [200, 10, 220, 30]],
+    }
+    with Image.open(toy["dataset"].image_paths[0]) as image:
+        image_inputs = {k: v[None] for k, v in encode_ocr(processor, image, ocr, TINY.ocr_max_tokens).items()}
+    ids = expand_image_tokens(
+        prompt_ids(tokenizer, "brief"), model.config.image_token_id, model.config.num_image_features
+    )
+    answer = tokenizer(" FIG. 7. FIG. 10.", add_special_tokens=False)["input_ids"]
+    prompt = torch.tensor([ids])
+    with torch.no_grad():
+        out = model.generate(
+            input_ids=prompt,
+            attention_mask=torch.ones_like(prompt),
+            **image_inputs,
+            max_new_tokens=len(answer),
+            prefix_allowed_tokens_fn=lambda _, sequence: [answer[len(sequence) - len(ids)]],
+            do_sample=False,
+            output_logits=True,
+            return_dict_in_generate=True,
+        )
+        assert out.sequences[0, len(ids) :].tolist() == answer
+        whole = model(input_ids=out.sequences, attention_mask=torch.ones_like(out.sequences), **image_inputs)
+    steps = torch.stack(out.logits, dim=1)[0]
+    assert torch.allclose(steps, whole.logits[0, len(ids) - 1 : -1], atol=1e-4)
 
 
 def test_the_word_gate_knows_where_the_copied_word_goes_on(toy) -> None:

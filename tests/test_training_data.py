@@ -312,8 +312,13 @@ def test_patent_balance_weighs_each_figure_by_its_patents_size() -> None:
     assert patent_balanced_weights(ids, 0.0) == [1.0] * 6
     assert patent_balanced_weights(ids, 0.5) == [0.5] * 4 + [1.0, 1.0]  # 4 ** -0.5
     assert patent_balanced_weights(ids, 1.0) == [0.25] * 4 + [1.0, 1.0]
+    # A cap of 2: the patent of 4 is drawn as one of 2, smaller ones as they are.
+    assert patent_balanced_weights(ids, 0.0, cap=2) == [0.5] * 4 + [1.0, 1.0]
+    assert patent_balanced_weights(ids, 0.0, cap=8) == [1.0] * 6
     with pytest.raises(ValueError, match="patent_balance"):
         patent_balanced_weights(ids, -1.0)
+    with pytest.raises(ValueError, match="patent_cap"):
+        patent_balanced_weights(ids, 0.0, cap=-1)
 
 
 def test_weighted_sampler_draws_patents_alike_and_shards_one_order_per_epoch() -> None:

@@ -66,6 +66,9 @@ class ModelPreset:
     ocr_copy_read: bool = False
     # With the read, the gate learns to keep copying while the copied token's OCR word goes on.
     ocr_copy_word: bool = False
+    # With the read, the copied token is found on the sheet by the pair (token before it, token), not
+    # the token alone: the "." after "FIG" is the label's, not every "." the sheet prints.
+    ocr_copy_pair: bool = False
     # Local checkpoint directories (production); None: random initialisation.
     encoder_dir: str | None = None
     lm_dir: str | None = None
@@ -111,6 +114,7 @@ TINY = ModelPreset(
     ocr_copy=True,
     ocr_copy_read=True,
     ocr_copy_word=True,
+    ocr_copy_pair=True,
 )
 
 # PatentLMM: PatentMME (LayoutLMv3-large, 384 px) + LLaVA-1.5-7B, PatentLLaMA LoRA. The directories
@@ -157,6 +161,9 @@ class StageConfig:
     renumber_share: float = 0.0
     # figures drawn with weight (figures of their patent) ** -patent_balance; 0, PatentLMM's: each once
     patent_balance: float = 0.0
+    # and times min(1, patent_cap / figures of their patent): a larger patent is drawn as one of
+    # patent_cap figures; 0: no cap
+    patent_cap: int = 0
 
     @property
     def uses_lora(self) -> bool:

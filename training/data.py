@@ -293,17 +293,19 @@ class PatentLMMDataset(Dataset):
         }
 
 
-def patent_balanced_weights(image_ids: Sequence[str], balance: float) -> list[float]:
+def patent_balanced_weights(image_ids: Sequence[str], balance: float, cap: int = 0) -> list[float]:
     """Each figure's draw weight, (figures of its patent) ** -`balance`: 0 draws every figure alike,
-    1 every patent alike, 0.5 between (square-root sampling). A figure whose id names no patent
-    (`patent_assets.patentdesc.IMAGE_ID_PATTERN`) is a patent of its own."""
+    1 every patent alike, 0.5 between (square-root sampling); times min(1, `cap` / figures of its
+    patent) with a `cap`, so that a patent of more figures is drawn as often as one of `cap`
+    (0: no cap). A figure whose id names no patent (`patent_assets.patentdesc.IMAGE_ID_PATTERN`)
+    is a patent of its own."""
     from patent_assets.patentdesc import patent_or_own_id
 
-    if balance < 0:
-        raise ValueError(f"patent_balance must be >= 0, got {balance}")
+    if balance < 0 or cap < 0:
+        raise ValueError(f"patent_balance and patent_cap must be >= 0, got {balance}, {cap}")
     patents = [patent_or_own_id(image_id) for image_id in image_ids]
     counts = Counter(patents)
-    return [counts[patent] ** -balance for patent in patents]
+    return [counts[p] ** -balance * (min(1.0, cap / counts[p]) if cap else 1.0) for p in patents]
 
 
 class WeightedDistributedSampler(DistributedSampler):

@@ -73,6 +73,7 @@ class PatentLMMConfig(PreTrainedConfig):
     ocr_copy: bool = False
     ocr_copy_read: bool = False
     ocr_copy_word: bool = False
+    ocr_copy_pair: bool = False
     tie_word_embeddings: bool = False
 
     @property
@@ -113,6 +114,12 @@ class PatentLMMOcrPointer(nn.Module):
     copied is followed, in its own OCR word (same box), by another piece. With the read alone, after
     "FIG. 2" of a sheet's "FIG. 27" the attention was on the "7" but the gate, learnt mostly on
     labels of one token, still gave the LM's " is" 0.69 of the mass.
+
+    With `config.ocr_copy_pair` the read finds the input token on the sheet by the pair (the token
+    before it, the token): where the sheet has that pair, only there. The "." of "FIG." is on
+    most sheets more than once (a quarter of the real design sheets print another within their
+    32 OCR tokens), and the read after it, averaged over every ".", was no longer the label's
+    number.
     """
 
     def __init__(self, config: PatentLMMConfig):
@@ -126,6 +133,9 @@ class PatentLMMOcrPointer(nn.Module):
         if config.ocr_copy_word and not config.ocr_copy_read:
             raise ValueError("ocr_copy_word needs ocr_copy_read: the word gate reads where the copy is")
         self.word_gate = nn.Linear(hidden, 1) if config.ocr_copy_word else None
+        if getattr(config, "ocr_copy_pair", False) and not config.ocr_copy_read:
+            raise ValueError("ocr_copy_pair needs ocr_copy_read: the pair finds where the read reads")
+        self.pair = bool(getattr(config, "ocr_copy_pair", False))
 
     def memory(
         self,
@@ -170,14 +180,17 @@ class PatentLMMOcrPointer(nn.Module):
         logits: torch.Tensor,
         memory: tuple[torch.Tensor, ...],
         input_ids: torch.Tensor | None = None,
+        previous_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """log p(next token) = log(g * softmax(logits) + (1 - g) * copy attention on the OCR ids)."""
+        """log p(next token) = log(g * softmax(logits) + (1 - g) * copy attention on the OCR ids).
+
+        `previous_ids[:, t]` is the token before `input_ids[:, t]` (-1 where none), for the pair read."""
         keys, ids, copyable, following, word_goes_on = memory
         query, gate_logit = self.query(hidden), self.gate(hidden)
         if self.read_query is not None and self.read_gate is not None:
-            if input_ids is None:
-                raise ValueError("the OCR pointer's selective read needs input_ids")
-            on_sheet = self.on_sheet(input_ids, ids, copyable)
+            if input_ids is None or (self.pair and previous_ids is None):
+                raise ValueError("the OCR pointer's selective read needs input_ids (and previous_ids)")
+            on_sheet = self.on_sheet(input_ids, ids, copyable, previous_ids if self.pair else None)
             read = self.selective_read(on_sheet, following).to(hidden.dtype)
             query, gate_logit = query + self.read_query(read), gate_logit + self.read_gate(read)
             if self.word_gate is not None:
@@ -194,9 +207,22 @@ class PatentLMMOcrPointer(nn.Module):
         return probs.clamp_min(1e-12).log()
 
     @staticmethod
-    def on_sheet(input_ids: torch.Tensor, ids: torch.Tensor, copyable: torch.Tensor) -> torch.Tensor:
-        """(batch, positions, OCR tokens): 1 where the input token is that copyable OCR token."""
-        return (input_ids[:, :, None] == ids[:, None, :]) & copyable[:, None, :]
+    def on_sheet(
+        input_ids: torch.Tensor,
+        ids: torch.Tensor,
+        copyable: torch.Tensor,
+        previous_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """(batch, positions, OCR tokens): 1 where the input token is that copyable OCR token; with
+        `previous_ids`, only where the OCR token before it is the input's previous token too, in
+        the rows where the sheet has that pair."""
+        single = (input_ids[:, :, None] == ids[:, None, :]) & copyable[:, None, :]
+        if previous_ids is None:
+            return single
+        before = torch.full_like(ids, -1)
+        before[:, 1:] = torch.where(copyable[:, :-1], ids[:, :-1], -1)
+        pair = single & (previous_ids[:, :, None] == before[:, None, :])
+        return torch.where(pair.any(dim=-1, keepdim=True), pair, single)
 
     @staticmethod
     def selective_read(on_sheet: torch.Tensor, following: torch.Tensor) -> torch.Tensor:
@@ -295,8 +321,11 @@ class PatentLMMForConditionalGeneration(PatentLMMPreTrainedModel, GenerationMixi
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         copy_memory: tuple[torch.Tensor, ...] | None = None,
+        previous_input_ids: torch.LongTensor | None = None,
         **kwargs: Any,
     ) -> CausalLMOutputWithPast:
+        """`previous_input_ids` (batch, 1): the token before `input_ids[:, 0]`, which generation
+        with a cache passes for the OCR pointer's pair read (`ocr_copy_pair`)."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
         if inputs_embeds is None:
@@ -339,11 +368,18 @@ class PatentLMMForConditionalGeneration(PatentLMMPreTrainedModel, GenerationMixi
             **kwargs,
         )
         hidden = slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)
+        previous = None
+        if input_ids is not None:
+            previous = torch.full_like(input_ids, -1)
+            previous[:, 1:] = input_ids[:, :-1]
+            if previous_input_ids is not None:
+                previous[:, :1] = previous_input_ids.to(previous.device)
+
+        def kept(ids: torch.Tensor | None) -> torch.Tensor | None:
+            return None if ids is None else slice_logits_to_keep(ids[..., None], logits_to_keep)[..., 0]
+
         log_probs = self.ocr_pointer.log_probs(
-            hidden,
-            self.language_model.lm_head(hidden),
-            copy_memory,
-            None if input_ids is None else slice_logits_to_keep(input_ids[..., None], logits_to_keep)[..., 0],
+            hidden, self.language_model.lm_head(hidden), copy_memory, kept(input_ids), kept(previous)
         )
         loss = None
         if labels is not None:
@@ -395,6 +431,11 @@ class PatentLMMForConditionalGeneration(PatentLMMPreTrainedModel, GenerationMixi
                 model_inputs.pop(key, None)
         if kwargs.get("copy_memory") is not None:
             model_inputs["copy_memory"] = kwargs["copy_memory"]
+        # The pointer's pair read needs the token before the first one this step takes.
+        full = args[0] if args else kwargs.get("input_ids")
+        step = model_inputs.get("input_ids")
+        if full is not None and step is not None and full.shape[1] > step.shape[1]:
+            model_inputs["previous_input_ids"] = full[:, -step.shape[1] - 1 : -step.shape[1]]
         return model_inputs
 
     def _update_model_kwargs_for_generation(
@@ -682,6 +723,7 @@ def tiny_config(preset: ModelPreset, tokenizer: Any, ocr_vocab_size: int) -> Pat
         ocr_copy=preset.ocr_copy,
         ocr_copy_read=preset.ocr_copy_read,
         ocr_copy_word=preset.ocr_copy_word,
+        ocr_copy_pair=preset.ocr_copy_pair,
     )
 
 
@@ -700,6 +742,7 @@ def build_model(preset: ModelPreset, tokenizer_dir: Path | None = None) -> Paten
             ocr_copy=preset.ocr_copy,
             ocr_copy_read=preset.ocr_copy_read,
             ocr_copy_word=preset.ocr_copy_word,
+            ocr_copy_pair=preset.ocr_copy_pair,
         )
     tokenizer = load_lm_tokenizer(tokenizer_dir)
     processor = load_ocr_processor(tokenizer_dir)

@@ -68,6 +68,7 @@ class TrainConfig:
     ocr_copy: bool = False  # a model built from components gets the OCR pointer (ModelPreset.ocr_copy)
     ocr_copy_read: bool = False  # and its selective read (ModelPreset.ocr_copy_read)
     ocr_copy_word: bool = False  # and its word gate (ModelPreset.ocr_copy_word)
+    ocr_copy_pair: bool = False  # and its read by token pairs (ModelPreset.ocr_copy_pair)
     # Optimisation (PatentLMM's values live in training.configs; these defaults are small).
     epochs: int = 1
     lr: float = 1e-3
@@ -103,6 +104,8 @@ class TrainConfig:
     # figures drawn with weight (figures of their patent) ** -patent_balance; 0: every figure once
     # an epoch (training.data.patent_balanced_weights)
     patent_balance: float = 0.0
+    # and times min(1, patent_cap / figures of their patent); 0: no cap
+    patent_cap: int = 0
 
     def __post_init__(self) -> None:
         if self.stage not in (1, 2):
@@ -127,8 +130,10 @@ class TrainConfig:
             )
         if self.checkpoint_every_steps < 1 or self.per_device_batch < 1 or self.grad_accum < 1:
             raise ValueError("checkpoint_every_steps, per_device_batch and grad_accum must be >= 1")
-        if self.patent_balance < 0:
-            raise ValueError(f"patent_balance must be >= 0, got {self.patent_balance}")
+        if self.patent_balance < 0 or self.patent_cap < 0:
+            raise ValueError(
+                f"patent_balance and patent_cap must be >= 0, got {self.patent_balance}, {self.patent_cap}"
+            )
 
     @classmethod
     def from_json(cls, path: Path) -> TrainConfig:
@@ -220,6 +225,7 @@ def build_model(cfg: TrainConfig) -> Any:
             ocr_copy=cfg.ocr_copy,
             ocr_copy_read=cfg.ocr_copy_read,
             ocr_copy_word=cfg.ocr_copy_word,
+            ocr_copy_pair=cfg.ocr_copy_pair,
         )
     else:
         model = modeling.build_model(PRESETS[cfg.model_preset], tokenizer_dir(cfg))
@@ -600,10 +606,10 @@ def train_sampler(train_set: Any, cfg: TrainConfig) -> DistributedSampler:
     figures of large patents less weight each (a grant of 62 sheets would otherwise set the style)."""
     from training.data import WeightedDistributedSampler, patent_balanced_weights
 
-    if not cfg.patent_balance:
+    if not cfg.patent_balance and not cfg.patent_cap:
         return DistributedSampler(train_set, shuffle=True, seed=cfg.seed, drop_last=True)
     ids = [str(entry.get("id", "")) for entry in train_set.entries]
-    weights = patent_balanced_weights(ids, cfg.patent_balance)
+    weights = patent_balanced_weights(ids, cfg.patent_balance, cfg.patent_cap)
     return WeightedDistributedSampler(train_set, weights, seed=cfg.seed, drop_last=True)
 
 
