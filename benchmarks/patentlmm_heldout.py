@@ -43,7 +43,12 @@ def held_out_figures(realdata: Path, work: Path, trained_keys: set[str]) -> list
         with quiet():
             pipeline.ingest([realdata / name], out, cache_dir=work / "ocr-cache")
         rows += [row | {"synthetic": False} for row in read_jsonl(out / pipeline.FIGURES)]
-    return [row for row in rows if split_key(FigureRecord.from_dict(row)) not in trained_keys]
+    return [row for row in rows if group_of(row) not in trained_keys]
+
+
+def group_of(row: dict) -> str:
+    """The sibling group (split key) of a figure row, with or without its "split" field."""
+    return split_key(FigureRecord.from_dict({k: v for k, v in row.items() if k != "split"}))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -60,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
     if not (champion / "config.json").exists() or not home_figures.exists():
         raise SystemExit(f"no champion or figure dataset under {args.home}: run `make run` first")
     trained = [row for row in read_jsonl(home_figures) if row["split"] == "train"]
-    trained_keys = {split_key(FigureRecord.from_dict(row)) for row in trained}
+    trained_keys = {group_of(row) for row in trained}
     held_out = held_out_figures(args.realdata, args.work, trained_keys)
     log(
         f"{len(held_out)} held-out real figures of {len({r['patent_id'] for r in held_out})} patents; "
