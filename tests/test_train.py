@@ -251,8 +251,9 @@ def test_bad_config_key_is_an_error(tmp_path: Path) -> None:
     )
     with pytest.raises(ValueError, match="unknown TrainConfig keys \\['epoch'\\]"):
         TrainConfig.from_json(path)
-    with pytest.raises(ValueError, match="patent_balance must be >= 0"):
-        TrainConfig(stage=1, train_json="x", out_dir="o", model_preset="tiny", patent_balance=-0.5)
+    for bad in ({"patent_balance": -0.5}, {"patent_cap": -1}):
+        with pytest.raises(ValueError, match="patent_balance and patent_cap must be >= 0"):
+            TrainConfig(stage=1, train_json="x", out_dir="o", model_preset="tiny", **bad)
 
 
 def test_launch_commands(tmp_path: Path) -> None:
