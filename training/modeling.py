@@ -133,9 +133,9 @@ class PatentLMMOcrPointer(nn.Module):
         if config.ocr_copy_word and not config.ocr_copy_read:
             raise ValueError("ocr_copy_word needs ocr_copy_read: the word gate reads where the copy is")
         self.word_gate = nn.Linear(hidden, 1) if config.ocr_copy_word else None
-        if getattr(config, "ocr_copy_pair", False) and not config.ocr_copy_read:
+        if config.ocr_copy_pair and not config.ocr_copy_read:
             raise ValueError("ocr_copy_pair needs ocr_copy_read: the pair finds where the read reads")
-        self.pair = bool(getattr(config, "ocr_copy_pair", False))
+        self.pair = config.ocr_copy_pair
 
     def memory(
         self,
