@@ -15,7 +15,6 @@ One trained model, so no spread: `benchmarks/patentlmm_real.py` is the cross-val
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import sys
 import time
@@ -25,7 +24,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from patentlmm_real import SYSTEMS, evaluate_fold, kind_of, log, pooled_scores, quiet  # noqa: E402
+from patentlmm_real import (  # noqa: E402
+    SYSTEMS,
+    base_parser,
+    evaluate_fold,
+    kind_of,
+    log,
+    pooled_scores,
+    quiet,
+)
 
 from patent_assets import dataset, pipeline  # noqa: E402
 from patent_assets.records import FigureRecord, read_jsonl, write_jsonl  # noqa: E402
@@ -52,13 +59,7 @@ def group_of(row: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--home", type=Path, default=ROOT / ".patentflow")
-    parser.add_argument("--realdata", type=Path, default=ROOT.parent / "shared" / "realdata")
-    parser.add_argument("--work", type=Path, default=ROOT / ".patentflow" / "bench-patentlmm-heldout")
-    args = parser.parse_args(argv)
+    args = base_parser(__doc__, "bench-patentlmm-heldout").parse_args(argv)
     started = time.perf_counter()
     champion = args.home / "store" / "models" / "champion"
     home_figures = args.home / "data" / "dataset" / "figures" / pipeline.FIGURES

@@ -271,13 +271,19 @@ def table(per_seed: list[dict]) -> list[str]:
     return lines
 
 
-def main(argv: list[str] | None = None) -> None:
+def base_parser(description: str | None, work: str) -> argparse.ArgumentParser:
+    """--home (what `make run` left), --realdata and --work (`.patentflow/<work>`): the PatentLMM benchmarks' arguments."""
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--home", type=Path, default=ROOT / ".patentflow")
     parser.add_argument("--realdata", type=Path, default=ROOT.parent / "shared" / "realdata")
-    parser.add_argument("--work", type=Path, default=ROOT / ".patentflow" / "bench-patentlmm-real")
+    parser.add_argument("--work", type=Path, default=ROOT / ".patentflow" / work)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = base_parser(__doc__, "bench-patentlmm-real")
     parser.add_argument("--folds", type=int, default=3)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument(
