@@ -34,6 +34,9 @@ from patent_assets.records import OcrWords, atomic_write
 OCR_DPI = 200
 TESSERACT_CONFIG = "--psm 11"  # sparse text: labels and numerals scattered over the sheet
 REGION_CONFIG = "--psm 6"  # one block: a label region holds a word and its number, maybe on two lines
+# A label's number read again with only the characters a label prints: on the real design sheets
+# this reads the "11" the text layer gave as "1 |", "57" as "5/7", "41" as "4]".
+LABEL_NUMBER_CONFIG = f"{REGION_CONFIG} -c tessedit_char_whitelist=FIGUREfigure.,0123456789"
 # Bump when the text layer or the config changes, so cached results are recomputed.
 CACHE_VERSION = f"v1-{OCR_DPI}-psm11"
 # The "fine" pass, a second chance for sheets whose labels the first pass left in doubt: a text
@@ -147,7 +150,9 @@ _REGION_RIGHT, _REGION_BELOW = 6.0, 1.6
 _REGION_HEIGHT = 40
 
 
-def ocr_region(png: Path, box: tuple[int, int, int, int], *, rotation: int = 0) -> OcrWords:
+def ocr_region(
+    png: Path, box: tuple[int, int, int, int], *, rotation: int = 0, config: str = REGION_CONFIG
+) -> OcrWords:
     """Tesseract on the original pixels around one word (a FIG word whose number was not read).
 
     `box` is 0-1000 of the image turned by `rotation`. The text layer can lose a label's number
@@ -178,7 +183,7 @@ def ocr_region(png: Path, box: tuple[int, int, int, int], *, rotation: int = 0) 
     crop = crop.resize(
         (max(1, round(crop.width * scale)), max(1, round(crop.height * scale))), Image.Resampling.LANCZOS
     )
-    return ocr_layer(crop, config=REGION_CONFIG)
+    return ocr_layer(crop, config=config)
 
 
 def file_sha256(path: Path) -> str:

@@ -21,6 +21,7 @@ from patent_assets.alignment import (
     detect_labels,
     label_words,
     renumber_label_words,
+    reread_label_numbers,
     scan_sheet,
     scan_sheets,
     scan_words,
@@ -200,6 +201,22 @@ def test_the_label_read_again_reaches_the_model_ocr_words(design_run: DesignRun)
     assert [text for _, text in label_words(completed.words)][:2] == ["FIG.", "6"]
     assert len(completed.words) == len(completed.boxes) == len(upright.words)  # replaced, not added
     assert completed.words.count("FIG.6") == 1 and upright.words != completed.words
+
+
+def test_a_label_number_the_text_layer_misread_is_read_again(design_run: DesignRun) -> None:
+    # USD0909824 sheet 1 prints "FIG. 1"; the text layer reads "FIG. 14". Read again with only the
+    # characters a label prints, the number is 1, and that is what the model's OCR words hold.
+    grant = next(g for g in design_run.grants if g.entry["patent_dir"] == "USD0909824-20210209")
+    upright = design_run.ocr[grant.pngs[1]]
+    assert [text for _, text in label_words(upright.words)][:2] == ["FIG.", "14"]
+    reread, boxes = reread_label_numbers(grant.pngs[1], upright)
+    assert [text for _, text in label_words(reread.words)][:2] == ["FIG.", "1"]
+    assert len(boxes) == 1 and len(reread.words) == len(upright.words)
+    completed = with_label_reads(grant.pngs[1], upright, cache_dir=design_run.cache)
+    assert completed.words == reread.words  # the scan's "FIG. 14" does not come back
+    # A label the text layer read right stays as it is (sheet 2 prints "FIG. 2").
+    second = design_run.ocr[grant.pngs[2]]
+    assert reread_label_numbers(grant.pngs[2], second) == (second, [])
 
 
 def _truth(entry: dict) -> dict[int, set[str]]:
