@@ -58,10 +58,6 @@ class SyntheticConfig:
     design_share: float = 0.4  # share of design (S1) grants; the rest are utility (B2/B1)
     landscape_share: float = 0.2  # share of utility sheets drawn landscape
     two_figure_share: float = 0.4  # share of utility sheets holding two FIGs
-    # Share of design grants filed under the Hague Agreement: bare reproduction numbers ("1.2") on
-    # the sheets, "1.2 : Front" in the description. 3 of the 34 real design grants of
-    # ../shared/realdata; more here, so that a small run trains on the form at all.
-    hague_share: float = 0.2
 
     def __post_init__(self) -> None:
         if self.releases < 0 or self.patents_per_release < 1:
@@ -72,8 +68,6 @@ class SyntheticConfig:
             )
         if self.max_sheets_per_patent < 1:
             raise ValueError(f"max_sheets_per_patent must be >= 1, got {self.max_sheets_per_patent}")
-        if not 0.0 <= self.hague_share <= 1.0:
-            raise ValueError(f"hague_share must be in [0, 1], got {self.hague_share}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -580,17 +574,6 @@ VIEWS: dict[str, tuple[np.ndarray, str]] = {
     "rear_perspective": (rot_x(np.radians(25)) @ rot_z(np.radians(145)), "rear perspective view"),
 }
 VIEW_ORDER = ("perspective", "front", "top", "right", "rear", "left", "bottom", "rear_perspective")
-# A Hague design's words for its reproductions ("1.3 : Back").
-HAGUE_VIEW_WORDS = {
-    "perspective": "Perspective",
-    "front": "Front",
-    "top": "Top",
-    "right": "Right",
-    "rear": "Back",
-    "left": "Left",
-    "bottom": "Bottom",
-    "rear_perspective": "Perspective",
-}
 
 
 @dataclass
@@ -756,11 +739,6 @@ def plan_patent(
     groups = _figure_groups(rng, n_figures, style)
     keys = [key for group in groups for key in group]
     label_prefix = "Fig." if rng.random() < 0.2 else "FIG."
-    # Drawn from a generator of its own, so that the other patents of a release stay as they were.
-    hague = design and not sole and np.random.default_rng([object_seed, 2]).random() < config.hague_share
-    if hague:
-        keys = [f"1.{number}" for number in range(1, n_figures + 1)]
-        groups, label_prefix = [[key] for key in keys], ""
     views = list(VIEW_ORDER[: max(n_figures, 1)])
     while len(views) < n_figures:
         views.append(VIEW_ORDER[len(views) % len(VIEW_ORDER)])
@@ -772,7 +750,7 @@ def plan_patent(
             shown = sorted(
                 rng.choice(shown, size=min(len(shown), int(rng.integers(2, 4))), replace=False).tolist()
             )
-        label = "" if sole else f"{label_prefix} {key}".strip()
+        label = "" if sole else f"{label_prefix} {key}"
         figures.append(FigurePlan(label, "" if sole else key, view, [] if design else shown))
     sheets, cursor = [], 0
     for num, (count, is_landscape) in enumerate(zip(per_sheet, landscape, strict=True), start=1):
@@ -792,9 +770,6 @@ def plan_patent(
             if design
             else f"The FIGURE is a {what} of {article} {noun} **{base}** according to an embodiment."
         )
-    elif hague:  # as the real ones: the product's name, then one line per reproduction
-        brief.append(f"1. {title}")
-        brief += [f"[[{figure.key} ]]: {HAGUE_VIEW_WORDS[figure.view]}" for figure in figures]
     elif design:
         for i, key in enumerate(keys):
             end = "." if i == len(keys) - 1 else ("; and" if i == len(keys) - 2 else ";")
