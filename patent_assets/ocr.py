@@ -153,7 +153,8 @@ _REGION_HEIGHT = 40
 def ocr_region(
     png: Path, box: tuple[int, int, int, int], *, rotation: int = 0, config: str = REGION_CONFIG
 ) -> OcrWords:
-    """Tesseract on the original pixels around one word (a FIG word whose number was not read).
+    """Tesseract on the original pixels around one word (a FIG word whose number was not read or is
+    read again, with `config` LABEL_NUMBER_CONFIG).
 
     `box` is 0-1000 of the image turned by `rotation`. The text layer can lose a label's number
     (it touches a stroke, or dashed lines crowd it); the plain pixels, enlarged and read as one
