@@ -4,7 +4,7 @@
 
 Reads what `make run` left under `--home`: the figure dataset (with each sheet's aligned FIG
 labels) and the last stage-2 training config. Each variant retrains stage 2 from the same
-stage-1 model with the config's fields overridden (the pipeline's own `training/train.py`,
+stage-1 model with the config's fields overridden (the pipeline's own `training/describe/train.py`,
 launched as the asset launches it), describes every figure (`generate`, the first 24 tokens:
 the first FIG label comes first) and scores `printed_label_rate` on the training and test
 sheets, real and synthetic apart. "make run" is the pipeline's own stage-2 model, as trained.
@@ -27,9 +27,10 @@ sys.path.insert(0, str(ROOT))
 
 from patent_assets.figrefs import first_label_key  # noqa: E402
 from patent_assets.records import read_jsonl  # noqa: E402
-from training import jobs  # noqa: E402
-from training.launch import run_training  # noqa: E402
-from training.metrics import printed_label_rate  # noqa: E402
+from training import entry  # noqa: E402
+from training.describe.commands import GENERATED_FILE  # noqa: E402
+from training.describe.distributed import run_training  # noqa: E402
+from training.describe.metrics import printed_label_rate  # noqa: E402
 
 
 def train_quietly(config: Path) -> None:
@@ -48,8 +49,8 @@ def describe(model_dir: Path, tokenizer_dir: str, figures_jsonl: Path, out: Path
     config.parent.mkdir(parents=True, exist_ok=True)
     options = {"out_dir": str(out), "model_dir": str(model_dir), "figures_jsonl": str(figures_jsonl)}
     config.write_text(json.dumps({**options, "tokenizer_dir": tokenizer_dir, "max_new_tokens": 24}))
-    jobs.run("generate", config)
-    return json.loads((out / jobs.GENERATED_FILE).read_text())
+    entry.run("generate", config)
+    return json.loads((out / GENERATED_FILE).read_text())
 
 
 def rows_for(name: str, generated: dict[str, str], figures: dict[str, dict[str, Any]]) -> list[str]:

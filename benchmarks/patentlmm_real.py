@@ -42,13 +42,14 @@ from patent_assets.records import (  # noqa: E402
     write_jsonl,
 )
 from patent_assets.splits import split_key  # noqa: E402
-from training import jobs, plans  # noqa: E402
-from training.configs import TINY  # noqa: E402
-from training.description_baselines import BASELINES  # noqa: E402
-from training.launch import run_training  # noqa: E402
-from training.metrics import printed_label_rate, score_descriptions  # noqa: E402
-from training.patent_llama import read_patent_texts  # noqa: E402
-from training.tokenizer import corpus_from_llava, train_tokenizer  # noqa: E402
+from training import entry  # noqa: E402
+from training.describe import plans  # noqa: E402
+from training.describe.baselines import BASELINES  # noqa: E402
+from training.describe.configs import TINY  # noqa: E402
+from training.describe.distributed import run_training  # noqa: E402
+from training.describe.metrics import printed_label_rate, score_descriptions  # noqa: E402
+from training.describe.patent_llama import read_patent_texts  # noqa: E402
+from training.describe.tokenizer import corpus_from_llava, train_tokenizer  # noqa: E402
 
 REAL_SOURCES = (
     "design_patents_with_drawings_2021",
@@ -125,7 +126,7 @@ def run_job(command: str, config: dict[str, Any], path: Path) -> dict[str, Any]:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(config))
     with quiet():
-        return jobs.run(command, path)
+        return entry.run(command, path)
 
 
 def train_fold(fold_dir: Path, documents: list[Path], seed: int) -> Path:
@@ -186,7 +187,7 @@ def train_fold(fold_dir: Path, documents: list[Path], seed: int) -> Path:
 
 def evaluate_fold(fold_dir: Path, model: Path, work: Path) -> Path:
     out = fold_dir / "evaluation"
-    if not (out / jobs.METRICS_FILE).exists():
+    if not (out / entry.METRICS_FILE).exists():
         llava = fold_dir / "llava_json"
         config = {
             "out_dir": str(out),

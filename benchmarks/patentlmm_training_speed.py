@@ -4,7 +4,7 @@
 
 Reads what `make run` left under `--home` (the figure dataset, the tokenizer, PatentMME and
 PatentLLaMA of its last run) and trains each stage for `--steps` optimizer steps with the
-pipeline's own configs (`training.plans.train_config`, the tiny preset) and launcher (torchrun,
+pipeline's own configs (`training.describe.plans.train_config`, the tiny preset) and launcher (torchrun,
 DeepSpeed ZeRO-2 on gloo), with and without the OCR pointer (`ModelPreset.ocr_copy`); stage 2
 starts from the same variant's stage-1 model. A last row trains stage 2 again with the dataset's
 item cache off (`TrainConfig.item_cache_mb=0`: every step decodes and resizes its sheets). The
@@ -29,9 +29,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from patent_assets.records import read_jsonl  # noqa: E402
-from training import plans  # noqa: E402
-from training.configs import TINY  # noqa: E402
-from training.launch import run_training  # noqa: E402
+from training.describe import plans  # noqa: E402
+from training.describe.configs import TINY  # noqa: E402
+from training.describe.distributed import run_training  # noqa: E402
 
 
 def train_quietly(config: Path) -> None:

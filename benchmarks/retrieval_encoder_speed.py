@@ -23,9 +23,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from training.retrieval_features import compute_prefix_features, embed_prefix_features  # noqa: E402
-from training.retrieval_model import build_encoder, embed_images, preset  # noqa: E402
-from training.retrieval_train import RetrievalLosses  # noqa: E402
+from training.retrieval.features import compute_prefix_features, embed_prefix_features  # noqa: E402
+from training.retrieval.model import build_encoder, embed_images, preset  # noqa: E402
+from training.retrieval.train import RetrievalLosses  # noqa: E402
 
 
 def images_of(folder: Path, count: int) -> list[Path]:

@@ -45,7 +45,7 @@ import numpy as np
 from tqdm import tqdm
 
 from patent_assets.records import atomic_write
-from training.retrieval_index import FigureIndex, IndexKind, IndexOptions
+from training.retrieval.faiss_index import FigureIndex, IndexKind, IndexOptions
 
 KINDS: tuple[IndexKind, ...] = ("flat", "ivf", "hnsw", "ivfpq")
 BENCHED = (*KINDS, "ivfpq-refine")  # the last: kind ivfpq with IndexOptions.refine

@@ -33,9 +33,9 @@ sys.path.insert(0, str(ROOT))
 
 from patent_assets import pipeline, splits  # noqa: E402
 from patent_assets.records import FigureRecord, read_jsonl  # noqa: E402
-from training.retrieval_eval import embed_figures, evaluate_embeddings  # noqa: E402
-from training.retrieval_model import build_encoder, fuse_with_thumbnails, ink_thumbnails, load_encoder, preset  # noqa: E402
-from training.retrieval_train import RetrievalTrainConfig, train_retrieval_encoder  # noqa: E402
+from training.retrieval.evaluate import embed_figures, evaluate_embeddings  # noqa: E402
+from training.retrieval.model import build_encoder, fuse_with_thumbnails, ink_thumbnails, load_encoder, preset  # noqa: E402
+from training.retrieval.train import RetrievalTrainConfig, train_retrieval_encoder  # noqa: E402
 
 DESIGN_FOLDERS = ("design_patents_with_drawings_2021", "design_patents_with_drawings_2021_more")
 UTILITY_FOLDER = "applications_with_drawings_2025"

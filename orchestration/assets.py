@@ -42,7 +42,7 @@ def uspto_release(
     release_source: ReleaseSource,
     dvc: DataVersioning,
 ) -> dg.MaterializeResult:
-    out_dir = home.release_dir(context.partition_key, "raw")
+    out_dir = home.home.release_dir(context.partition_key, "raw")
     fetched = release_source.fetch(context.partition_key, home.home.root / "downloads")
     target = out_dir / fetched.name
     if not target.exists() or target.stat().st_size != fetched.stat().st_size:
@@ -77,8 +77,8 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 def release_documents(
     context: dg.AssetExecutionContext, home: PatentflowHome, dvc: DataVersioning
 ) -> dg.MaterializeResult:
-    raw = sorted(home.release_dir(context.partition_key, "raw").iterdir())
-    result = pipeline.parse_sources(raw, home.release_dir(context.partition_key, "documents"))
+    raw = sorted(home.home.release_dir(context.partition_key, "raw").iterdir())
+    result = pipeline.parse_sources(raw, home.home.release_dir(context.partition_key, "documents"))
     return dg.MaterializeResult(metadata=step_metadata(result) | _version(context, dvc, result.out_dir))
 
 
@@ -94,7 +94,7 @@ def sheet_images(
 ) -> dg.MaterializeResult:
     key = context.partition_key
     result = pipeline.convert_sheets(
-        home.release_dir(key, "documents"), home.release_dir(key, "sheet_images")
+        home.home.release_dir(key, "documents"), home.home.release_dir(key, "sheet_images")
     )
     return dg.MaterializeResult(metadata=step_metadata(result) | _version(context, dvc, result.out_dir))
 
@@ -111,7 +111,7 @@ def sheet_ocr(
 ) -> dg.MaterializeResult:
     key = context.partition_key
     result = pipeline.ocr_sheets(
-        home.release_dir(key, "sheet_images"), home.release_dir(key, "ocr"), home.ocr_cache
+        home.home.release_dir(key, "sheet_images"), home.home.release_dir(key, "ocr"), home.home.ocr_cache
     )
     return dg.MaterializeResult(metadata=step_metadata(result) | _version(context, dvc, result.out_dir))
 
@@ -128,12 +128,12 @@ def release_figures(
 ) -> dg.MaterializeResult:
     key = context.partition_key
     result = pipeline.build_figures(
-        home.release_dir(key, "documents"),
-        home.release_dir(key, "sheet_images"),
-        home.release_dir(key, "ocr"),
-        home.release_dir(key, "figures"),
+        home.home.release_dir(key, "documents"),
+        home.home.release_dir(key, "sheet_images"),
+        home.home.release_dir(key, "ocr"),
+        home.home.release_dir(key, "figures"),
         release=key,
-        cache_dir=home.ocr_cache,  # the extra OCR passes (turned sheets, second chances), as sheet_ocr's
+        cache_dir=home.home.ocr_cache,  # the extra OCR passes (turned sheets, second chances), as sheet_ocr's
     )
     records = read_figures(result.out_dir / pipeline.FIGURES)
     metadata = step_metadata(result) | {"sample": sample_figure_markdown(records)}
@@ -150,7 +150,7 @@ def release_figures(
 def figure_dataset(
     context: dg.AssetExecutionContext, home: PatentflowHome, dvc: DataVersioning
 ) -> dg.MaterializeResult:
-    built = dataset.build_dataset(home.home.data / "releases", home.dataset_dir() / "figures")
+    built = dataset.build_dataset(home.home.releases, home.home.figures_dir)
     context.log.info(
         f"releases used: {built.releases_used}; left out (not validated): {built.releases_skipped}"
     )
@@ -167,5 +167,5 @@ def figure_dataset(
 def llava_dataset(
     context: dg.AssetExecutionContext, home: PatentflowHome, dvc: DataVersioning
 ) -> dg.MaterializeResult:
-    counts = dataset.build_llava(home.dataset_dir() / "figures", home.dataset_dir())  # writes llava_json/
-    return dg.MaterializeResult(metadata=counts | _version(context, dvc, home.dataset_dir() / "llava_json"))
+    counts = dataset.build_llava(home.home.figures_dir, home.home.dataset)  # writes llava_json/
+    return dg.MaterializeResult(metadata=counts | _version(context, dvc, home.home.llava_json))

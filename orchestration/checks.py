@@ -19,12 +19,12 @@ from patent_assets.records import read_figures
 def release_figures_valid(
     context: dg.AssetCheckExecutionContext, home: PatentflowHome, dvc: DataVersioning
 ) -> dg.AssetCheckResult:
-    figures_dir = home.release_dir(context.partition_key, "figures") if _partitioned(context) else None
+    figures_dir = home.home.release_dir(context.partition_key, "figures") if _partitioned(context) else None
     if figures_dir is None:  # a check run without a partition (should not happen): nothing to validate
         return dg.AssetCheckResult(passed=False, description="no release partition given")
     summary = pipeline.read_step_summary(figures_dir)
     if summary.get("text_only_grants"):  # a full-text release: its grants are text for the LM
-        documents_dir = home.release_dir(context.partition_key, "documents")
+        documents_dir = home.home.release_dir(context.partition_key, "documents")
         report = validation.validate_documents(b.document for b in pipeline.read_bundles(documents_dir))
     else:
         report = validation.validate_figures(
@@ -47,7 +47,7 @@ def release_figures_valid(
     description="No patent straddles splits and every image id is unique across releases.",
 )
 def figure_dataset_splits_disjoint(home: PatentflowHome) -> dg.AssetCheckResult:
-    problems = dataset.split_problems(home.dataset_dir() / "figures")
+    problems = dataset.split_problems(home.home.figures_dir)
     return dg.AssetCheckResult(
         passed=not problems, metadata={"problems": len(problems), "first": "; ".join(problems[:5]) or "none"}
     )

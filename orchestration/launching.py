@@ -2,13 +2,13 @@
 # No `from __future__ import annotations`: Dagster inspects the `context` annotation at definition time.
 
 import json
-import sys
 from pathlib import Path
 
 import dagster as dg
 
 from orchestration.resources import PatentflowHome
-from training import launch
+from training import entry
+from training.describe import distributed
 
 
 def latest(context: dg.AssetExecutionContext, asset: str, key: str = "path") -> str:
@@ -26,14 +26,14 @@ def run_job(
     config_path: Path,
     extra: dict | None = None,
 ) -> dg.MaterializeResult:
-    """Run `python -m training.jobs COMMAND --config CONFIG` through Pipes; add our own metadata."""
+    """Run `python -m training COMMAND --config CONFIG` through Pipes; add our own metadata."""
     config_path.parent.mkdir(parents=True, exist_ok=True)
     config_path.write_text(json.dumps(config, indent=2))
     reported = pipes.run(
-        command=[sys.executable, "-m", "training.jobs", command, "--config", str(config_path)],
+        command=entry.command_line(command, config_path),
         context=context,
-        env=launch.training_env(),
-        cwd=str(launch.PROJECT_ROOT),
+        env=distributed.training_env(),
+        cwd=str(distributed.PROJECT_ROOT),
     ).get_materialize_result()
     return dg.MaterializeResult(metadata={**(reported.metadata or {}), **(extra or {})})
 

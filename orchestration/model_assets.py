@@ -31,9 +31,9 @@ from orchestration.resources import (
 from patent_assets import dataset, pipeline
 from patent_assets.records import atomic_write
 from patent_assets.store import ArtifactStore
-from training import launch, plans
-from training.description_baselines import BASELINES
-from training.jobs import ABLATIONS
+from training.describe import distributed, plans
+from training.describe.baselines import BASELINES
+from training.describe.commands import ABLATIONS
 
 MODEL_GROUP = "patentlmm"
 # What the challenger must beat the baselines on: the real (USPTO) test figures' brief descriptions.
@@ -54,16 +54,16 @@ EAGER = dg.AutomationCondition.eager()
 def description_tokenizer(home: PatentflowHome, settings: PatentLMMSettings) -> dg.MaterializeResult:
     from itertools import chain
 
-    from training import tokenizer
-    from training.patent_llama import read_patent_texts
+    from training.describe import tokenizer
+    from training.describe.patent_llama import read_patent_texts
 
     preset = settings.preset()
     if preset.tokenizer_dir:
         return dg.MaterializeResult(metadata={"path": preset.tokenizer_dir, "source": "checkpoint"})
-    train_jsons = sorted((home.dataset_dir() / "llava_json").glob("*_train.json"))
-    documents = dataset.validated_documents(home.home.data / "releases")
-    held_out = dataset.held_out_patents(home.dataset_dir() / "figures" / "figures.jsonl")
-    key = pipeline.inputs_hash(*documents) + ArtifactStore.hash_tree(home.dataset_dir() / "llava_json")
+    train_jsons = sorted((home.home.llava_json).glob("*_train.json"))
+    documents = dataset.validated_documents(home.home.releases)
+    held_out = dataset.held_out_patents(home.home.figures_jsonl)
+    key = pipeline.inputs_hash(*documents) + ArtifactStore.hash_tree(home.home.llava_json)
     out = home.home.store / "models" / "tokenizer" / hashlib.sha256(key.encode()).hexdigest()[:16]
     if not out.exists():  # content-addressed by its training data: re-materializing is free
         tokenizer.train_tokenizer(
@@ -96,7 +96,7 @@ def patent_mme(
 ) -> dg.MaterializeResult:
     out = work_dir(home, context)
     config = {
-        "records_jsonl": str(home.dataset_dir() / "figures" / "figures.jsonl"),
+        "records_jsonl": str(home.home.figures_jsonl),
         "tokenizer_dir": latest(context, "description_tokenizer"),
         "out_dir": str(out),
         "preset": settings.preset_name,
@@ -123,8 +123,8 @@ def patent_llama(
 ) -> dg.MaterializeResult:
     out = work_dir(home, context)
     config = {
-        "documents": [str(p) for p in dataset.validated_documents(home.home.data / "releases")],
-        "figures_jsonl": str(home.dataset_dir() / "figures" / "figures.jsonl"),
+        "documents": [str(p) for p in dataset.validated_documents(home.home.releases)],
+        "figures_jsonl": str(home.home.figures_jsonl),
         "tokenizer_dir": latest(context, "description_tokenizer"),
         "out_dir": str(out),
         "preset": settings.preset_name,
@@ -148,7 +148,7 @@ def _train_stage(
 
     out = work_dir(home, context) / input_mode
     inputs = plans.TrainingInputs(
-        dataset_dir=home.dataset_dir(),
+        dataset_dir=home.home.dataset,
         tokenizer_dir=Path(latest(context, "description_tokenizer")),
         encoder_dir=Path(latest(context, "patent_mme")),
         lm_dir=Path(latest(context, "patent_llama")),
@@ -179,15 +179,15 @@ def _train_stage(
     cfg.mlflow_run_id = run_id
     out.mkdir(parents=True, exist_ok=True)
     cfg.to_json(out / "train_config.json")
-    command = launch.launch_command(
+    command = distributed.launch_command(
         out / "train_config.json", nproc_per_node=settings.nproc_per_node or None, launcher=settings.launcher
     )  # type: ignore[arg-type]
     try:
         reported = pipes.run(
             command=command,
             context=context,
-            env=launch.training_env({"MLFLOW_TRACKING_URI": uri}),
-            cwd=str(launch.PROJECT_ROOT),
+            env=distributed.training_env({"MLFLOW_TRACKING_URI": uri}),
+            cwd=str(distributed.PROJECT_ROOT),
         ).get_materialize_result()
     except Exception:
         tracking.finish_run(run_id, status="FAILED", tracking_uri=uri)
@@ -279,12 +279,12 @@ def _evaluate(
     ablations: dict[str, str],
     baselines: dict | None = None,
 ) -> dict:
-    llava = home.dataset_dir() / "llava_json"
+    llava = home.home.llava_json
     config = {
         "out_dir": str(out),
         "model_dir": model_dir,
         "test_jsons": {"brief": str(llava / "brief_test.json")},
-        "figures_jsonl": str(home.dataset_dir() / "figures" / "figures.jsonl"),
+        "figures_jsonl": str(home.home.figures_jsonl),
         # models trained without the image / the OCR, evaluated on the inputs they trained on
         "ablations": ablations,
         "mlflow_run_id": run_id,
@@ -312,16 +312,16 @@ def _baselines(home: PatentflowHome, retrieval: RetrievalSettings, mlflow: Mlflo
         )
     return {
         "baselines": list(BASELINES),
-        "train_jsons": {"brief": str(home.dataset_dir() / "llava_json" / "brief_train.json")},
+        "train_jsons": {"brief": str(home.home.llava_json / "brief_train.json")},
         "nearest_neighbour_encoder_dir": str(encoder_dir) if encoder_dir else None,
         "untouched_preset": retrieval.preset_name,
         "encoder": retrieval.encoder_overrides(),
-        "feature_cache": str(home.feature_cache),
+        "feature_cache": str(home.home.feature_cache),
     }
 
 
 def _flat(scores: dict) -> dict[str, float]:
-    from training.metrics import LABEL_RATES, METRIC_NAMES, ORIGIN_METRICS
+    from training.describe.metrics import LABEL_RATES, METRIC_NAMES, ORIGIN_METRICS
 
     return {
         f"{kind}_{m}": float(scores[kind][m])
@@ -495,7 +495,7 @@ def generated_descriptions(
         "out_dir": str(work),
         "model_dir": str(model_dir),
         "max_new_tokens": 96,
-        "figures_jsonl": str(home.dataset_dir() / "figures" / "figures.jsonl"),
+        "figures_jsonl": str(home.home.figures_jsonl),
     }
     reported = run_job(pipes, context, "generate", config, work_dir(home, context) / "job.json")
     out = home.home.data / "generated_descriptions"

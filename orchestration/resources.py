@@ -14,33 +14,17 @@ from pathlib import Path
 import dagster as dg
 
 from patent_assets import release_source, versioning
-from patentflow.settings import Home
+from patent_assets.layout import Home
 
 
 class PatentflowHome(dg.ConfigurableResource):
-    """The root of all runtime state ($PATENTFLOW_HOME)."""
+    """The root of all runtime state ($PATENTFLOW_HOME); `home` is its layout (`patent_assets.layout.Home`)."""
 
     root: str = ""  # empty: $PATENTFLOW_HOME, else .patentflow/ in the working directory
 
     @property
     def home(self) -> Home:
         return Home(Path(self.root).resolve()) if self.root else Home.from_env()
-
-    def release_dir(self, release: str, step: str) -> Path:
-        """Where a release's step writes: data/releases/<release>/<step> (versioned by DVC)."""
-        return self.home.data / "releases" / release / step
-
-    def dataset_dir(self) -> Path:
-        return self.home.data / "dataset"
-
-    @property
-    def ocr_cache(self) -> Path:
-        return self.home.store / "ocr"
-
-    @property
-    def feature_cache(self) -> Path:
-        """Frozen-backbone features, content-addressed: shared by every run, evaluation and model."""
-        return self.home.store / "features"
 
 
 class ReleaseSource(dg.ConfigurableResource, ABC):
@@ -142,7 +126,7 @@ class MlflowTracking(dg.ConfigurableResource):
 class PatentLMMSettings(dg.ConfigurableResource):
     """Which PatentLMM to train: the tiny embedded default, or production from local checkpoints."""
 
-    preset_name: str = "tiny"  # a name in training.configs.PRESETS
+    preset_name: str = "tiny"  # a name in training.describe.configs.PRESETS
     # Production: local checkpoint directories (nothing is downloaded); empty keeps the preset's.
     encoder_dir: str = ""
     lm_dir: str = ""
@@ -152,7 +136,7 @@ class PatentLMMSettings(dg.ConfigurableResource):
     nproc_per_node: int = 0  # 0: every GPU of the machine (1 process on a CPU)
     max_steps: int = 0  # 0: the stage's own epochs
     pretrain_steps: int = 200  # PatentMME / PatentLLaMA steps in the embedded default
-    # Ablations trained beside each challenger (training.jobs.ABLATIONS). The gate needs the
+    # Ablations trained beside each challenger (training.describe.commands.ABLATIONS). The gate needs the
     # image-blind one; "no_ocr" also shows what the OCR words add (a stage-2 training more: about
     # 1.5 min of make run, where the tiny model without OCR writes the image-blind one's sentence).
     ablations: list[str] = ["image_blind"]
@@ -160,10 +144,10 @@ class PatentLMMSettings(dg.ConfigurableResource):
     # (USPTO) test figures; "brief_rougeL" judges on every test figure, synthetic ones too
     promotion_metric: str = "brief_real_rougeL"
 
-    def preset(self):  # -> training.configs.ModelPreset
+    def preset(self):  # -> training.describe.configs.ModelPreset
         from dataclasses import replace
 
-        from training.configs import PRESETS
+        from training.describe.configs import PRESETS
 
         preset = PRESETS[self.preset_name]
         paths = {
@@ -184,7 +168,7 @@ class RetrievalSettings(dg.ConfigurableResource):
     from its PyPI wheel, frozen, with a learned-whitening head fine-tuned on the training patents
     (`tiny`: a small encoder trained from scratch; any backbone by local path)."""
 
-    preset_name: str = "pretrained"  # a name in training.retrieval_model.PRESETS
+    preset_name: str = "pretrained"  # a name in training.retrieval.model.PRESETS
     backbone: str = ""  # e.g. "efficientnet-lite2", "timm:efficientnet_b0", "hf"; empty keeps the preset's
     backbone_dir: str = ""  # local pretrained weights; nothing is downloaded
     text_encoder_dir: str = ""  # a sentence-transformers directory; empty: the embedded MiniLM

@@ -29,10 +29,6 @@ RETRIEVAL_GROUP = "retrieval"
 QUERY_SPLITS = ["val", "test"]  # held-out patents; the training patents stay in the database
 
 
-def _figures_jsonl(home: PatentflowHome) -> Path:
-    return home.dataset_dir() / "figures" / "figures.jsonl"
-
-
 def _flat(metrics: dict) -> dict[str, float]:
     """{"same_patent": {"mAP": ..}, "prior_art": {..}} -> {"same_patent_mAP": .., ...}"""
     return {
@@ -76,7 +72,7 @@ def retrieval_encoder(
     uri = mlflow.uri()
     out = work_dir(home, context)
     config = {
-        "figures_jsonl": str(_figures_jsonl(home)),
+        "figures_jsonl": str(home.home.figures_jsonl),
         "out_dir": str(out),
         "preset": retrieval.preset_name,
         "encoder": retrieval.encoder_overrides(),
@@ -84,7 +80,7 @@ def retrieval_encoder(
         "text_encoder_dir": retrieval.text_encoder_dir or None,
         "eval_splits": QUERY_SPLITS,
         "trainable_blocks": retrieval.trainable_blocks,
-        "feature_cache": str(home.feature_cache),
+        "feature_cache": str(home.home.feature_cache),
         **({"epochs": retrieval.epochs} if retrieval.epochs else {}),
     }
     run_id = tracking.start_training_run(
@@ -125,13 +121,13 @@ def _evaluate(
 ) -> dict[str, dict[str, float]]:
     config = {
         "encoder_dirs": encoders,
-        "figures_jsonl": str(_figures_jsonl(home)),
+        "figures_jsonl": str(home.home.figures_jsonl),
         "out_dir": str(out),
         "query_splits": QUERY_SPLITS,
         # the backbone as pretrained, no training: what fine-tuning must improve on
         "untouched_preset": retrieval.preset_name,
         "encoder": retrieval.encoder_overrides(),
-        "feature_cache": str(home.feature_cache),
+        "feature_cache": str(home.home.feature_cache),
     }
     run_job(pipes, context, "retrieval_evaluate", config, out / "job.json")
     return {name: _flat(metrics) for name, metrics in json.loads((out / "metrics.json").read_text()).items()}
@@ -288,8 +284,9 @@ def retrieval_index(
     mlflow: MlflowTracking,
     dvc: DataVersioning,
 ) -> dg.MaterializeResult:
-    from training import figure_search, tracking
-    from training.retrieval_index import IndexOptions
+    from training import tracking
+    from training.retrieval import search_index
+    from training.retrieval.faiss_index import IndexOptions
 
     uri = mlflow.uri()
     version = tracking.get_alias_version(mlflow.retrieval_model, tracking.CHAMPION, tracking_uri=uri)
@@ -297,9 +294,9 @@ def retrieval_index(
     encoder_dir = tracking.download_model(
         model_uri, dst=home.home.store / "models" / "retrieval-champion", tracking_uri=uri
     )
-    out = home.home.data / figure_search.PIPELINE_INDEX
-    built = figure_search.build_search_index(
-        _figures_jsonl(home),
+    out = home.home.data / search_index.PIPELINE_INDEX
+    built = search_index.build_search_index(
+        home.home.figures_jsonl,
         Path(encoder_dir),
         out,
         kind=retrieval.index_kind,  # type: ignore[arg-type]
@@ -308,11 +305,11 @@ def retrieval_index(
         encoder_source=f"{model_uri} (version {version})",
         thumbnail_weight=retrieval.index_thumbnail_weight,
         thumbnail_size=retrieval.index_thumbnail_size,
-        feature_cache=home.feature_cache,
+        feature_cache=home.home.feature_cache,
     )
     version_meta = dvc.track(out, f"retrieval_index {mlflow.retrieval_model} v{version}").metadata()
     # A sample query, so the UI shows what a search returns: the newest figure against its prior art.
-    loaded = figure_search.SearchIndex.load(out)
+    loaded = search_index.SearchIndex.load(out)
     newest = loaded.figures.figures[-1]
     sample = loaded.search_image(Path(newest.image_path), k=5, before=newest.grant_date)
     counts = built.manifest["counts"]

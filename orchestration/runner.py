@@ -25,9 +25,9 @@ from orchestration.resources import LandingDirectory, PatentflowHome
 from orchestration.sensors import new_release_keys
 from patent_assets import pipeline, real_sample
 from patent_assets.dataset import release_passed
+from patent_assets.layout import Home
 from patent_assets.records import read_jsonl
-from patentflow.settings import Home
-from training.description_baselines import BASELINES
+from training.describe.baselines import BASELINES
 
 # The console shows INFO and up; every event is still in the run's log in the Dagster UI.
 QUIET = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
@@ -153,9 +153,9 @@ def run_all(
             report.retrieval = _retrieval_summary(result)
             if not result.success and not report.retrieval.get("blocked_by_check"):
                 report.failed_runs.append(f"retrain_retrieval ({result.run_id})")
-    summary = pipeline.read_step_summary(home.data / "dataset" / "figures")
+    summary = pipeline.read_step_summary(home.figures_dir)
     report.dataset = {"figures": summary.get("figures", 0), **summary.get("splits", {})}
-    report.dataset_real = _real_figures_by_split(home.data / "dataset" / "figures" / pipeline.FIGURES)
+    report.dataset_real = _real_figures_by_split(home.figures_jsonl)
     return report
 
 
@@ -283,7 +283,7 @@ def _retrieval_summary(result: dg.ExecuteInProcessResult) -> dict[str, Any]:
 
 
 def _collect_release(report: RunReport, home: Home, key: str) -> None:
-    base = home.data / "releases" / key
+    base = home.releases / key
     steps = {
         "documents": ("grants", "applications", "sheets", "skipped_non_grants"),
         "sheet_images": (),

@@ -24,6 +24,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
+from patent_assets.layout import LLAVA_DIR
 from patent_assets.records import FigureRecord, atomic_write
 
 Kind = Literal["brief", "detailed"]
@@ -108,7 +109,7 @@ def write_llava(
 
     in_splits = [record for record in records if record.image_id in splits]
     counts: dict[str, int] = {"not_in_splits": len(records) - len(in_splits)}
-    folder = Path(out_dir) / "llava_json"
+    folder = Path(out_dir) / LLAVA_DIR
     for kind in KINDS:
         counts[f"empty_{kind}"] = sum(1 for r in in_splits if not _description(r, kind).strip())
         for split in SPLITS:

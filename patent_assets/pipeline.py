@@ -23,12 +23,13 @@ from typing import Any
 
 from patent_assets import alignment, figrefs, images, ocr, patentdesc, sources
 from patent_assets.documents import GrantDocument, PatentBundle, document_from_dict, document_to_dict
+from patent_assets.layout import FIGURES_JSONL
 from patent_assets.records import FigureRecord, OcrWords, Rejection, atomic_write, read_jsonl, write_jsonl
 
 DOCUMENTS = "documents.jsonl"
 SHEETS = "sheets.jsonl"
 OCR = "ocr.jsonl"
-FIGURES = "figures.jsonl"
+FIGURES = FIGURES_JSONL
 REJECTED = "rejected.jsonl"
 SUMMARY = "summary.json"
 

@@ -39,7 +39,7 @@ from filelock import FileLock
 if TYPE_CHECKING:
     from dvc.repo import Repo
 
-    from patentflow.settings import Home
+    from patent_assets.layout import Home
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +139,7 @@ class DataRepo:
         remote_options: dict[str, str] | None = None,
     ) -> DataRepo:
         """The data repository of a PatentFlow home ($PATENTFLOW_HOME by default), initialised."""
-        from patentflow.settings import Home
+        from patent_assets.layout import Home
 
         home = home or Home.from_env()
         return cls(home.data, remote_url or str(home.dvc_remote), remote_options).open_or_init()

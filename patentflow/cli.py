@@ -20,7 +20,7 @@ from typing import Annotated
 
 import typer
 
-from patentflow.settings import Home
+from patent_assets.layout import Home
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
@@ -127,7 +127,8 @@ def describe(
 ) -> None:
     """Describe patent drawings with PatentLMM (default: the registry's champion): JSON lines
     {"image", "description"}; or, with --split, PatentLMM's batch output {image_id: text}."""
-    from training import inference, tracking
+    from training import tracking
+    from training.describe import inference
 
     if kind not in ("brief", "detailed"):
         raise typer.BadParameter("brief or detailed", param_hint="--kind")
@@ -225,8 +226,9 @@ def index(
 ) -> None:
     """Embed every figure with the encoder (default: the registry's champion) and write a FAISS
     search index: images, their text-space projections, and the patents' title + abstract."""
-    from training import figure_search, tracking
-    from training.retrieval_index import IndexOptions
+    from training import tracking
+    from training.retrieval import search_index
+    from training.retrieval.faiss_index import IndexOptions
 
     if kind not in ("flat", "ivf", "hnsw", "ivfpq"):
         raise typer.BadParameter("flat, ivf, hnsw or ivfpq", param_hint="--kind")
@@ -254,7 +256,7 @@ def index(
             err=True,
         )
         raise typer.Exit(2) from exc
-    built = figure_search.build_search_index(
+    built = search_index.build_search_index(
         figures,
         Path(encoder_dir),
         out,
@@ -269,7 +271,7 @@ def index(
     counts = built.manifest["counts"]
     typer.echo(
         f"{counts['figures']} figures of {counts['patents']} patents -> {out} ({kind}); "
-        f"{counts['rejected']} rejected -> {out / figure_search.REJECTED}"
+        f"{counts['rejected']} rejected -> {out / search_index.REJECTED}"
     )
     for key, what in (
         ("same_patent", "same-patent retrieval over this collection"),
@@ -310,8 +312,8 @@ def search(
     from dataclasses import asdict
     from datetime import date
 
-    from training import figure_search
-    from training.retrieval_index import IndexFileError, KReciprocalConfig
+    from training.retrieval import search_index
+    from training.retrieval.faiss_index import IndexFileError, KReciprocalConfig
 
     if (image is None) == (text is None):
         raise typer.BadParameter("give exactly one of --image and --text")
@@ -329,9 +331,9 @@ def search(
     if image is not None and not image.is_file():
         raise typer.BadParameter(f"{image}: not found", param_hint="--image")
     home = _home()
-    directory = index_dir or home.data / figure_search.PIPELINE_INDEX
+    directory = index_dir or home.data / search_index.PIPELINE_INDEX
     try:
-        loaded = figure_search.SearchIndex.load(directory)
+        loaded = search_index.SearchIndex.load(directory)
         if image is not None:
             hits = loaded.search_image(
                 image, k=k, before=before, rerank=KReciprocalConfig() if rerank else None

@@ -5,8 +5,10 @@ from pathlib import Path
 import pytest
 
 PROJECT = Path(__file__).resolve().parents[1]
+SHARED = PROJECT.parent / "shared"
 # The real USPTO files sit beside the project (../shared/realdata): read, never copied.
-REALDATA = PROJECT.parent / "shared" / "realdata"
+REALDATA = SHARED / "realdata"
+ALIGNMENT_SCORER = SHARED / "tools" / "score_alignment.py"
 
 
 @pytest.fixture(scope="session")

@@ -40,7 +40,7 @@ from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from patentflow.settings import Home
+from patent_assets.layout import Home
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"

@@ -1,0 +1,310 @@
+"""`patentflow index` / `patentflow search` and the library under them, on synthetic sheets."""
+
+from __future__ import annotations
+
+import json
+from datetime import date
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from patent_assets import synthetic
+from patent_assets.records import read_jsonl, write_jsonl
+from patentflow.cli import app
+from training.retrieval import search_index
+from training.retrieval.faiss_index import IndexFileError
+from training.retrieval.model import build_encoder, preset, save_encoder
+
+
+@pytest.fixture(scope="module")
+def collection(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Two weekly releases of synthetic patents as figure records, plus an untrained encoder."""
+    root = tmp_path_factory.mktemp("collection")
+    config = synthetic.SyntheticConfig(releases=2, patents_per_release=4, seed=3)
+    rows = []
+    for index in range(config.releases):
+        for patent in synthetic.plan_release(config, index).patents:
+            for sheet in patent.sheets:
+                path = root / "images" / f"{patent.stem}-D{sheet.num:05d}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                synthetic.render_sheet(patent, sheet, config).save(path)
+                rows.append(
+                    {
+                        "image_id": f"{patent.patent_id}__{sheet.num}",
+                        "patent_id": patent.patent_id,
+                        "image_path": str(path),
+                        "grant_date": patent.grant_date.isoformat(),
+                        "classifications": [f"CPC:{patent.object_class.cpc[0]}{patent.object_class.cpc[1]}"],
+                        "title": patent.title,
+                        "abstract": patent.abstract,
+                        "brief_description": f"FIG. {sheet.num} is a view of the {patent.object_class.name}.",
+                    }
+                )
+    bad = [
+        {**rows[0], "image_id": "USX__missing", "image_path": str(root / "nowhere.png")},
+        {**rows[0], "image_id": "USX__undated", "grant_date": ""},
+    ]
+    figures = root / "figures.jsonl"
+    write_jsonl(figures, rows + bad)
+    encoder = save_encoder(build_encoder(preset("tiny"), seed=0), root / "encoder")
+    index = root / "index"
+    search_index.build_search_index(figures, encoder, index)
+    return {"root": root, "figures": figures, "encoder": encoder, "index": index}
+
+
+def test_build_writes_every_part_and_rejects_bad_rows_by_name(collection: dict[str, Path]) -> None:
+    index = collection["index"]
+    manifest = json.loads((index / search_index.MANIFEST).read_text())
+    rows = list(read_jsonl(collection["figures"]))
+    assert manifest["counts"]["figures"] == len(rows) - 2
+    assert manifest["counts"]["patents"] == len({r["patent_id"] for r in rows[:-2]})
+    rejected = {r["item"]: r["reason"] for r in read_jsonl(index / search_index.REJECTED)}
+    assert set(rejected) == {"USX__missing", "USX__undated"}
+    assert "nowhere.png" in rejected["USX__missing"] and "date" in rejected["USX__undated"]
+    for part in (search_index.ENCODER, search_index.FIGURES, search_index.ALIGNED, search_index.PATENTS):
+        assert (index / part).is_dir()
+    assert manifest["evaluation"]["same_patent"]["queries"] > 0
+    assert not [p for p in index.parent.iterdir() if p.name.startswith(".index.")]  # no staging left
+
+
+def test_image_query_finds_itself_and_the_filter_keeps_only_prior_art(collection: dict[str, Path]) -> None:
+    loaded = search_index.SearchIndex.load(collection["index"])
+    newest = loaded.figures.figures[-1]
+    hits = loaded.search_image(Path(newest.image_path), k=3)
+    assert hits[0].figure_id == newest.figure_id and hits[0].score == pytest.approx(1.0, abs=1e-4)
+    prior = loaded.search_image(Path(newest.image_path), k=50, before=newest.grant_date)
+    assert prior and all(
+        date.fromisoformat(h.grant_date) < date.fromisoformat(newest.grant_date) for h in prior
+    )
+    oldest = loaded.figures.figures[0].grant_date
+    assert loaded.search_image(Path(newest.image_path), k=5, before=oldest) == []
+
+
+def test_patent_text_search_ranks_the_matching_title_first(collection: dict[str, Path]) -> None:
+    loaded = search_index.SearchIndex.load(collection["index"])
+    target = loaded.patents.figures[0]
+    hits = loaded.search_patents(target.description, k=3)
+    assert hits[0].patent_id == target.patent_id
+    figures = loaded.search_text("a drawing of a mechanical part", k=4)
+    assert len(figures) == 4 and len({h.figure_id for h in figures}) == 4
+    with pytest.raises(ValueError, match="empty"):
+        loaded.search_text("   ")
+
+
+def test_cli_index_then_search_json(
+    collection: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATENTFLOW_HOME", str(tmp_path / "home"))
+    runner = CliRunner()
+    out = tmp_path / "cli-index"
+    built = runner.invoke(
+        app,
+        [
+            "index",
+            str(collection["figures"]),
+            "--out",
+            str(out),
+            "--encoder",
+            str(collection["encoder"]),
+            "--thumbnail-weight",
+            "0.5",  # the fused index reports each part alone too
+        ],
+    )
+    assert built.exit_code == 0, built.output
+    assert "2 rejected" in built.output and "same-patent retrieval" in built.output
+    assert "the encoder alone" in built.output and "the thumbnails alone" in built.output
+    loaded = search_index.SearchIndex.load(out)
+    query = loaded.figures.figures[-1]
+    result = runner.invoke(
+        app,
+        [
+            "search",
+            "--image",
+            query.image_path,
+            "--index",
+            str(out),
+            "--k",
+            "3",
+            "--before",
+            query.grant_date,
+            "--json",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    hits = [json.loads(line) for line in result.output.splitlines() if line.startswith("{")]
+    assert len(hits) == 3 and [h["rank"] for h in hits] == [1, 2, 3]
+    assert all(h["grant_date"] < query.grant_date for h in hits)
+    assert {"figure_id", "patent_id", "grant_date", "score", "description"} <= set(hits[0])
+    text = runner.invoke(app, ["search", "--text", "vehicle wheel", "--patents", "--index", str(out)])
+    assert text.exit_code == 0 and text.output.count("\n") == min(10, len(loaded.patents.figures))
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--image", "x.png", "--text", "wheel"], "exactly one"),
+        (["--text", "wheel", "--before", "2024-13-01"], "not a date"),
+        (["--image", "missing.png"], "not found"),
+        (["--text", "wheel", "--index", "nowhere"], "not a search index"),
+        (["--text", "wheel", "--rerank"], "image queries"),
+    ],
+)
+def test_cli_search_bad_input_is_a_clear_error(
+    args: list[str], message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATENTFLOW_HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["search", *args])
+    assert result.exit_code == 2
+    assert message in result.output
+
+
+def test_cli_index_without_a_champion_says_how_to_get_one(
+    collection: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATENTFLOW_HOME", str(tmp_path / "home"))
+    result = CliRunner().invoke(app, ["index", str(collection["figures"]), "--out", str(tmp_path / "i")])
+    assert result.exit_code == 2
+    assert "cannot load encoder" in result.output and "patentflow run" in result.output
+    assert not (tmp_path / "i").exists()
+
+
+def test_loading_a_damaged_index_names_the_file(collection: dict[str, Path], tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "damaged"
+    shutil.copytree(collection["index"], copy)
+    (copy / search_index.FIGURES / "index.faiss").write_bytes(b"not faiss")
+    with pytest.raises(IndexFileError, match=r"index\.faiss"):
+        search_index.SearchIndex.load(copy)
+
+
+def test_thumbnail_fusion_scores_the_weighted_sum_of_both_cosines(collection: dict[str, Path]) -> None:
+    import numpy as np
+
+    from training.retrieval.model import embed_images, fuse_with_thumbnails, ink_thumbnails, load_encoder
+
+    images = [row["image_path"] for row in list(read_jsonl(collection["figures"]))[:2]]
+    embeddings = embed_images(load_encoder(collection["encoder"]), images).retrieval
+    thumbnails, failed = ink_thumbnails(images, 32)
+    assert not failed and thumbnails.shape == (2, 32 * 32)
+    fused = fuse_with_thumbnails(embeddings, thumbnails, 0.3)
+    expected = 0.7 * embeddings[0] @ embeddings[1] + 0.3 * thumbnails[0] @ thumbnails[1]
+    assert fused[0] @ fused[1] == pytest.approx(expected, abs=1e-5)
+    assert np.linalg.norm(fused, axis=1) == pytest.approx([1.0, 1.0], abs=1e-5)
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        fuse_with_thumbnails(embeddings, thumbnails, 1.0)
+
+
+def test_the_default_index_is_fused_and_a_blank_sheet_does_not_stop_it(
+    collection: dict[str, Path], tmp_path: Path
+) -> None:
+    from PIL import Image
+
+    blank = tmp_path / "blank.png"
+    Image.new("L", (400, 500), 255).save(blank)
+    rows = list(read_jsonl(collection["figures"]))[:-2]
+    figures = tmp_path / "figures.jsonl"
+    write_jsonl(figures, [*rows, {**rows[0], "image_id": "USX__blank", "image_path": str(blank)}])
+    out = tmp_path / "fused"
+    built = search_index.build_search_index(figures, collection["encoder"], out, thumbnail_weight=0.5)
+    assert built.manifest["figure_vectors"] == {
+        "dim": 128 + 32 * 32,
+        "thumbnail_weight": 0.5,
+        "thumbnail_size": search_index.DEFAULT_THUMBNAIL_SIZE,
+    }
+    assert built.manifest["counts"]["figures"] == len(rows) + 1
+    evaluation = built.evaluation
+    # The blank sheet is in the index and queries the fused vectors, but has no thumbnail to match.
+    assert evaluation["same_patent"]["queries"] == evaluation["same_patent_encoder"]["queries"]
+    assert evaluation["same_patent_thumbnails"]["queries"] == evaluation["same_patent"]["queries"] - 1
+    loaded = search_index.SearchIndex.load(out)
+    query = loaded.figures.figures[3]
+    hits = loaded.search_image(Path(query.image_path), k=3)
+    assert hits[0].figure_id == query.figure_id and hits[0].score == pytest.approx(1.0, abs=1e-4)
+
+
+def test_the_cli_and_the_pipeline_default_to_the_library_fusion() -> None:
+    import inspect
+
+    from orchestration.resources import RetrievalSettings
+    from patentflow.cli import index
+
+    options = inspect.signature(index).parameters
+    assert options["thumbnail_weight"].default == search_index.DEFAULT_THUMBNAIL_WEIGHT
+    assert options["thumbnail_size"].default == search_index.DEFAULT_THUMBNAIL_SIZE
+    settings = RetrievalSettings()
+    assert settings.index_thumbnail_weight == search_index.DEFAULT_THUMBNAIL_WEIGHT
+    assert settings.index_thumbnail_size == search_index.DEFAULT_THUMBNAIL_SIZE
+
+
+def test_the_build_evaluates_a_sample_of_queries_on_large_collections(
+    collection: dict[str, Path], tmp_path: Path
+) -> None:
+    built = search_index.build_search_index(
+        collection["figures"],
+        collection["encoder"],
+        tmp_path / "sampled",
+        thumbnail_weight=0.0,
+        evaluation_queries=5,
+    )
+    assert built.evaluation["same_patent"]["queries"] == 5
+    assert built.manifest["figure_vectors"] == {"dim": 128, "thumbnail_weight": 0.0, "thumbnail_size": 0}
+    with pytest.raises(ValueError, match="at least 1"):
+        search_index.build_search_index(
+            collection["figures"], collection["encoder"], tmp_path / "none", evaluation_queries=0
+        )
+
+
+def test_an_index_from_before_fusion_still_searches(collection: dict[str, Path], tmp_path: Path) -> None:
+    copy = tmp_path / "older"
+    search_index.build_search_index(collection["figures"], collection["encoder"], copy, thumbnail_weight=0.0)
+    manifest = json.loads((copy / search_index.MANIFEST).read_text())
+    del manifest["figure_vectors"]
+    (copy / search_index.MANIFEST).write_text(json.dumps(manifest))
+    loaded = search_index.SearchIndex.load(copy)
+    query = loaded.figures.figures[0]
+    assert loaded.search_image(Path(query.image_path), k=1)[0].figure_id == query.figure_id
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--thumbnail-weight", "1.5"], "[0, 1)"),
+        (["--thumbnail-weight", "0.5", "--thumbnail-size", "8"], "at least 32"),
+        (["--refine", "4"], "only with --kind ivfpq"),
+        (["--kind", "ivfpq", "--refine", "-1"], "must be 0 (off)"),
+    ],
+)
+def test_cli_index_bad_options_are_refused(
+    args: list[str],
+    message: str,
+    collection: dict[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("PATENTFLOW_HOME", str(tmp_path / "home"))
+    result = CliRunner().invoke(
+        app, ["index", str(collection["figures"]), "--out", str(tmp_path / "i"), *args]
+    )
+    assert result.exit_code == 2 and message in result.output
+    assert not (tmp_path / "i").exists()
+
+
+def test_an_index_built_from_the_feature_cache_equals_one_built_from_pixels(
+    collection: dict[str, Path], tmp_path: Path
+) -> None:
+    """The pipeline's index reads the backbone features that training and the gate cached."""
+    plain = search_index.build_search_index(collection["figures"], collection["encoder"], tmp_path / "plain")
+    cache = tmp_path / "features"
+    cached = search_index.build_search_index(
+        collection["figures"], collection["encoder"], tmp_path / "cached", feature_cache=cache
+    )
+    assert any(cache.rglob("*.npy"))
+    assert cached.manifest["counts"] == plain.manifest["counts"]
+    same_patent = cached.evaluation["same_patent"]["mAP"]
+    assert same_patent == pytest.approx(plain.evaluation["same_patent"]["mAP"], abs=0.02)
+    first = search_index.SearchIndex.load(tmp_path / "cached").figures.figures[0]
+    hits = search_index.SearchIndex.load(tmp_path / "cached").search_image(Path(first.image_path), k=1)
+    assert hits[0].figure_id == first.figure_id

@@ -1,0 +1,639 @@
+"""PatentLMM training, stage 1 (projector) or stage 2 (LoRA + projector), on DeepSpeed ZeRO.
+
+Launched outside Dagster by the DeepSpeed launcher (or torchrun), one process per GPU, or one
+process on a CPU machine (gloo):
+
+    deepspeed --num_gpus 8 -m training.describe.train --config run.json
+    torchrun --nproc_per_node 1 -m training.describe.train --config run.json      # CPU
+
+`training.describe.distributed.launch_command` builds these. The script reads top to bottom: config, distributed
+init, model (frozen for the stage), data, optimizer and schedule, DeepSpeed engine, resume, loop
+(validation at each epoch end, checkpoints every N steps and at epoch end), final HF model.
+
+Resume is automatic: if `out_dir/checkpoints/latest` exists the run continues from it, with the
+optimizer, scheduler, RNG states and data-loader position (epoch, micro-batch) restored, so a
+killed run loses at most the steps since the last checkpoint and reads the same batches again.
+
+Metrics go, on rank 0, to `out_dir/metrics.jsonl`, to MLflow when `mlflow_run_id` is set
+(tracking URI from MLFLOW_TRACKING_URI) and to Dagster Pipes when launched by Dagster.
+Errors are raised, never swallowed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import shutil
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import ExitStack, contextmanager
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+DS_CONFIGS = Path(__file__).resolve().parent / "ds_configs"
+CHECKPOINTS = "checkpoints"
+RNG_FILE = "rng_state_rank{rank}.pt"
+
+
+# ----------------------------------------------------------------------------------------------
+# Config
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class TrainConfig:
+    """Everything one training run needs; loaded from a JSON file (`TrainConfig.from_json`)."""
+
+    stage: Literal[1, 2]
+    train_json: str  # llava_json/{brief,detailed}_train.json
+    out_dir: str
+    val_json: str | None = None
+    images_root: str | None = (
+        None  # a folder of the entries' "image" files, or a figures.jsonl (None: next to the JSON)
+    )
+    # Model inputs: stage 1 builds from components; stage 2 starts from stage 1's out_dir/model.
+    tokenizer_dir: str | None = None  # has lm/ and ocr/ (training.describe.tokenizer)
+    encoder_dir: str | None = None
+    lm_dir: str | None = None
+    lora_adapter_dir: str | None = None  # e.g. PatentLLaMA, loaded into the LM at build time
+    init_model_dir: str | None = None
+    model_preset: str | None = None  # random-initialised from training.describe.configs.PRESETS (e.g. "tiny")
+    ocr_copy: bool = False  # a model built from components gets the OCR pointer (ModelPreset.ocr_copy)
+    ocr_copy_read: bool = False  # and its selective read (ModelPreset.ocr_copy_read)
+    ocr_copy_word: bool = False  # and its word gate (ModelPreset.ocr_copy_word)
+    ocr_copy_pair: bool = False  # and its read by token pairs (ModelPreset.ocr_copy_pair)
+    # Optimisation (PatentLMM's values live in training.describe.configs; these defaults are small).
+    epochs: int = 1
+    lr: float = 1e-3
+    projector_lr: float | None = None  # None: same as lr
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.03
+    schedule: Literal["cosine"] = "cosine"
+    per_device_batch: int = 2
+    grad_accum: int = 1
+    max_length: int = 512
+    zero_stage: Literal[2, 3] = 2
+    bf16: bool | Literal["auto"] = "auto"  # auto: bf16 where CUDA supports it, else fp32
+    gradient_checkpointing: bool = False
+    lora_r: int = 128
+    lora_alpha: int = 256
+    lora_dropout: float = 0.05
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+    # Bookkeeping.
+    checkpoint_every_steps: int = 100  # optimizer steps; checkpoints are also written at each epoch end
+    keep_checkpoints: int = 2
+    log_every_steps: int = 1
+    seed: int = 42
+    num_workers: int = 0
+    # built dataset items kept in memory (per process and loader worker); 0: rebuild every time
+    item_cache_mb: int = 512
+    mlflow_run_id: str | None = None
+    max_steps: int | None = None  # stop after this many optimizer steps (tests, smoke runs)
+    inputs: str = "full"  # an ablation trains on "image_blind" or "no_ocr" inputs (training.describe.data)
+    # share of training reads whose FIG labels are renumbered (training.describe.data.PatentLMMDataset)
+    renumber_share: float = 0.0
+    # figures drawn with weight (figures of their patent) ** -patent_balance; 0: every figure once
+    # an epoch (training.describe.data.patent_balanced_weights)
+    patent_balance: float = 0.0
+    # and times min(1, patent_cap / figures of their patent); 0: no cap
+    patent_cap: int = 0
+
+    def __post_init__(self) -> None:
+        if self.stage not in (1, 2):
+            raise ValueError(f"stage must be 1 or 2, got {self.stage!r}")
+        if self.zero_stage not in (2, 3):
+            raise ValueError(f"zero_stage must be 2 or 3, got {self.zero_stage!r}")
+        if self.bf16 not in (True, False, "auto"):
+            raise ValueError(f'bf16 must be true, false or "auto", got {self.bf16!r}')
+        if self.schedule != "cosine":
+            raise ValueError(f'schedule must be "cosine", got {self.schedule!r}')
+        if (
+            self.init_model_dir is None
+            and (self.encoder_dir is None or self.lm_dir is None)
+            and not self.model_preset
+        ):
+            raise ValueError(
+                "give init_model_dir, or encoder_dir and lm_dir (and tokenizer_dir), or model_preset"
+            )
+        if self.init_model_dir is not None and self.lora_adapter_dir is not None:
+            raise ValueError(
+                "lora_adapter_dir applies when building from components, not with init_model_dir"
+            )
+        if self.checkpoint_every_steps < 1 or self.per_device_batch < 1 or self.grad_accum < 1:
+            raise ValueError("checkpoint_every_steps, per_device_batch and grad_accum must be >= 1")
+        if self.patent_balance < 0 or self.patent_cap < 0:
+            raise ValueError(
+                f"patent_balance and patent_cap must be >= 0, got {self.patent_balance}, {self.patent_cap}"
+            )
+
+    @classmethod
+    def from_json(cls, path: Path) -> TrainConfig:
+        raw = json.loads(Path(path).read_text())
+        unknown = set(raw) - {f.name for f in fields(cls)}
+        if unknown:  # a typo in a key must not silently fall back to a default
+            raise ValueError(f"{path}: unknown TrainConfig keys {sorted(unknown)}")
+        return cls(**raw)
+
+    def to_json(self, path: Path) -> None:
+        Path(path).write_text(json.dumps(asdict(self), indent=2))
+
+
+# ----------------------------------------------------------------------------------------------
+# Distributed helpers
+# ----------------------------------------------------------------------------------------------
+def init_distributed() -> None:
+    """A process group through DeepSpeed: nccl on CUDA, gloo (its CPU accelerator) otherwise."""
+    import deepspeed
+    from deepspeed.accelerator import get_accelerator
+
+    if "RANK" not in os.environ:  # plain `python -m training.describe.train`: a world of one
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", "29500")
+    if torch.cuda.is_available():  # before the process group: nccl binds to the current device
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    deepspeed.init_distributed(dist_backend=get_accelerator().communication_backend_name())
+
+
+def is_main() -> bool:
+    return dist.get_rank() == 0
+
+
+def log(message: str) -> None:
+    if is_main():
+        print(f"[train] {message}", flush=True)
+
+
+def bf16_enabled(setting: bool | str) -> bool:
+    supported = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if setting == "auto":
+        return supported
+    if setting and not supported:
+        raise ValueError("bf16=true but this machine has no CUDA device with bf16 support")
+    return bool(setting)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+# ----------------------------------------------------------------------------------------------
+# Model and data (the only places that know PatentLMM)
+# ----------------------------------------------------------------------------------------------
+def build_model(cfg: TrainConfig) -> Any:
+    """PatentLMM for the stage: from stage 1's output, from component checkpoints, or a random preset."""
+    from training.describe import modeling
+    from training.describe.configs import PRESETS
+
+    dtype = torch.bfloat16 if bf16_enabled(cfg.bf16) else None  # a 7B model never exists in fp32
+    if cfg.init_model_dir is not None:  # stage 2 continues from stage 1's out_dir/model
+        model = modeling.PatentLMMForConditionalGeneration.from_pretrained(
+            cfg.init_model_dir, local_files_only=True, dtype=dtype
+        )
+    elif cfg.encoder_dir is not None and cfg.lm_dir is not None:
+        model = modeling.PatentLMMForConditionalGeneration.from_components(
+            cfg.encoder_dir,
+            cfg.lm_dir,
+            tokenizer_dir(cfg),
+            cfg.lora_adapter_dir,
+            dtype=dtype,
+            ocr_copy=cfg.ocr_copy,
+            ocr_copy_read=cfg.ocr_copy_read,
+            ocr_copy_word=cfg.ocr_copy_word,
+            ocr_copy_pair=cfg.ocr_copy_pair,
+        )
+    else:
+        model = modeling.build_model(PRESETS[cfg.model_preset], tokenizer_dir(cfg))
+    if cfg.stage == 2:  # keeps a LoRA already there (PatentLLaMA) when r and alpha agree
+        model = modeling.apply_lora(
+            model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules
+        )
+    modeling.freeze_for_stage(model, cfg.stage)  # stage 1: projector; stage 2: LoRA + projector
+    return model
+
+
+def tokenizer_dir(cfg: TrainConfig) -> Path:
+    """`tokenizer_dir`, or the tokenizer that stage 1 copied next to its model."""
+    if cfg.tokenizer_dir is not None:
+        return Path(cfg.tokenizer_dir)
+    if cfg.init_model_dir is not None and (Path(cfg.init_model_dir) / "tokenizer").is_dir():
+        return Path(cfg.init_model_dir) / "tokenizer"
+    raise ValueError("no tokenizer: set tokenizer_dir (or init_model_dir with a tokenizer/ folder)")
+
+
+def build_datasets(cfg: TrainConfig, model: Any) -> tuple[Dataset, Dataset | None, Any]:
+    """(train, val or None, collator); the OCR length and image placeholders come from the model."""
+    from training.describe.data import PatentLMMCollator, PatentLMMDataset, image_paths_from_figures
+    from training.describe.tokenizer import load_lm_tokenizer, load_ocr_processor
+
+    tokenizer = load_lm_tokenizer(tokenizer_dir(cfg))
+    processor = load_ocr_processor(tokenizer_dir(cfg))
+    images: Path | dict[str, Path] | None = None
+    if cfg.images_root is not None:
+        root = Path(cfg.images_root)
+        images = image_paths_from_figures(root) if root.suffix == ".jsonl" else root
+
+    def dataset(path: str, renumber_share: float = 0.0) -> Dataset:
+        data = PatentLMMDataset(
+            Path(path),
+            images,
+            processor,
+            tokenizer,
+            cfg.max_length,
+            model.config.ocr_max_tokens,
+            cfg.inputs,
+            cache_bytes=cfg.item_cache_mb * 2**20,
+            renumber_share=renumber_share,
+            seed=cfg.seed,
+        )
+        if data.rejected:
+            log(f"{path}: {len(data.rejected)} entries left out, e.g. {data.rejected[0]}")
+        if len(data) == 0:
+            raise ValueError(f"{path}: no usable entries ({len(data.rejected)} left out)")
+        return data
+
+    collator = PatentLMMCollator(
+        tokenizer, model.config.num_image_features, cfg.max_length, image_token_id=model.config.image_token_id
+    )
+    train = dataset(cfg.train_json, cfg.renumber_share)
+    return train, dataset(cfg.val_json) if cfg.val_json else None, collator
+
+
+def param_groups(model: Any, cfg: TrainConfig) -> list[dict[str, Any]]:
+    """The projector at projector_lr, the LoRA (stage 2) at lr; named for the lr metrics."""
+    from training.describe import modeling
+
+    groups = modeling.param_groups(model, cfg.stage, cfg.lr, cfg.projector_lr, cfg.weight_decay)
+    for group, name in zip(groups, ("projector", "lora"), strict=False):
+        group["name"] = name
+    return groups
+
+
+def deepspeed_config(cfg: TrainConfig) -> dict[str, Any]:
+    """The ZeRO JSON of `ds_configs/`, its "auto" values resolved from the TrainConfig."""
+    ds = json.loads((DS_CONFIGS / f"zero{cfg.zero_stage}.json").read_text())
+    ds["train_micro_batch_size_per_gpu"] = cfg.per_device_batch
+    ds["gradient_accumulation_steps"] = cfg.grad_accum
+    ds["bf16"] = {"enabled": bf16_enabled(cfg.bf16)}
+    return ds
+
+
+# ----------------------------------------------------------------------------------------------
+# Metrics: metrics.jsonl, MLflow, Dagster Pipes (rank 0 only)
+# ----------------------------------------------------------------------------------------------
+class MetricsSink:
+    def __init__(self, out_dir: Path, mlflow_run_id: str | None, stack: ExitStack) -> None:
+        self.path = out_dir / "metrics.jsonl"
+        self.mlflow = None
+        self.pipes = None
+        if mlflow_run_id:
+            import mlflow
+
+            mlflow.start_run(run_id=mlflow_run_id)  # tracking URI from MLFLOW_TRACKING_URI
+            # The run ends FAILED when training raised, so the orchestrator never reads it as done.
+            stack.push(lambda exc_type, *_: mlflow.end_run("FAILED" if exc_type else "FINISHED"))
+            self.mlflow = mlflow
+        from dagster_pipes import PipesEnvVarParamsLoader, open_dagster_pipes
+
+        if PipesEnvVarParamsLoader().is_dagster_pipes_process():
+            self.pipes = stack.enter_context(open_dagster_pipes())
+
+    def metrics(self, step: int, values: Mapping[str, float], **extra: Any) -> None:
+        record = {"step": step, **values, **extra, "time": time.time()}
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.mlflow is not None:
+            self.mlflow.log_metrics(dict(values), step=step)
+        if self.pipes is not None:
+            self.pipes.log.info(json.dumps({"step": step, **values}))
+
+    def event(self, message: str, **extra: Any) -> None:
+        print(f"[train] {message}", flush=True)
+        with self.path.open("a") as f:
+            f.write(json.dumps({"event": message, **extra, "time": time.time()}) + "\n")
+        if self.pipes is not None:
+            self.pipes.log.info(message)
+
+    def materialization(self, metadata: Mapping[str, Any]) -> None:
+        if self.pipes is not None:
+            self.pipes.report_asset_materialization(metadata=dict(metadata))
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints
+# ----------------------------------------------------------------------------------------------
+def latest_tag(ckpt_dir: Path) -> str | None:
+    latest = ckpt_dir / "latest"
+    return latest.read_text().strip() if latest.is_file() else None
+
+
+def save_checkpoint(engine: Any, ckpt_dir: Path, position: dict[str, Any], keep: int) -> str:
+    """Engine state plus data position; RNG per rank, written before `latest` moves to the tag."""
+    tag = f"step{position['global_step']}"
+    (ckpt_dir / tag).mkdir(parents=True, exist_ok=True)
+    torch.save(rng_state(), ckpt_dir / tag / RNG_FILE.format(rank=dist.get_rank()))
+    engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=position)  # collective; `latest` last
+    dist.barrier()
+    if is_main():
+        tags = sorted(
+            (p for p in ckpt_dir.glob("step*") if p.is_dir()), key=lambda p: int(p.name.removeprefix("step"))
+        )
+        for old in tags[:-keep]:
+            if old.name != tag:
+                shutil.rmtree(old)
+    return tag
+
+
+def load_checkpoint(engine: Any, ckpt_dir: Path) -> dict[str, Any] | None:
+    tag = latest_tag(ckpt_dir)
+    if tag is None:
+        return None
+    load_path, client_state = engine.load_checkpoint(str(ckpt_dir), tag=tag)
+    if load_path is None:
+        raise RuntimeError(f"{ckpt_dir}: `latest` names {tag!r} but DeepSpeed could not load it")
+    rng_file = ckpt_dir / tag / RNG_FILE.format(rank=dist.get_rank())
+    if rng_file.is_file():
+        set_rng_state(torch.load(rng_file, weights_only=False))
+    return {**client_state, "tag": tag}
+
+
+# ----------------------------------------------------------------------------------------------
+# Final model
+# ----------------------------------------------------------------------------------------------
+@contextmanager
+def gathered(engine: Any, zero_stage: int) -> Iterator[None]:
+    """Full parameters on every rank for saving (ZeRO-3 partitions them)."""
+    if zero_stage == 3:
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(engine.module.parameters()), modifier_rank=None):
+            yield
+    else:
+        yield
+
+
+def save_final_model(engine: Any, cfg: TrainConfig, out_dir: Path) -> Path:
+    """out_dir/model in HF format with the tokenizer in model/tokenizer, and out_dir/lora_adapter in
+    stage 2; each written to a temporary directory, then renamed into place."""
+    from training.describe.modeling import save_lora_adapter
+
+    final = out_dir / "model"
+    with gathered(engine, cfg.zero_stage):
+        if is_main():
+            model = engine.module
+            tmp = out_dir / f".model.tmp-{os.getpid()}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            model.save_pretrained(tmp)  # LoRA included: config.lora re-injects it on load
+            shutil.copytree(tokenizer_dir(cfg), tmp / "tokenizer")
+            if model.config.lora:
+                adapter_tmp = out_dir / f".lora_adapter.tmp-{os.getpid()}"
+                shutil.rmtree(adapter_tmp, ignore_errors=True)
+                save_lora_adapter(model, adapter_tmp)
+                _replace_dir(adapter_tmp, out_dir / "lora_adapter")
+            _replace_dir(tmp, final)
+    dist.barrier()
+    return final
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    """Move `new` to `target`; an old `target` is renamed away first, removed only after."""
+    old = target.with_name(f".{target.name}.old-{os.getpid()}")
+    if target.exists():
+        target.rename(old)
+    new.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# Validation
+# ----------------------------------------------------------------------------------------------
+def to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+@torch.no_grad()
+def evaluate(engine: Any, loader: DataLoader) -> float:
+    """Token-weighted mean loss over the whole validation set, reduced over ranks."""
+    engine.eval()
+    totals = torch.zeros(2, dtype=torch.float64, device=engine.device)
+    for batch in loader:
+        batch = to_device(batch, engine.device)
+        loss = engine(**batch).loss
+        n_targets = (batch["labels"][:, 1:] != -100).sum()  # the LM predicts token t+1 from t
+        totals += torch.stack([loss.double() * n_targets, n_targets.double()])
+    dist.all_reduce(totals)
+    engine.train()
+    return (totals[0] / totals[1].clamp(min=1)).item()
+
+
+# ----------------------------------------------------------------------------------------------
+# Main
+# ----------------------------------------------------------------------------------------------
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    import deepspeed
+    from transformers import get_cosine_schedule_with_warmup
+
+    init_distributed()
+    out_dir = Path(cfg.out_dir)
+    ckpt_dir = out_dir / CHECKPOINTS
+    world = dist.get_world_size()
+    if is_main():
+        out_dir.mkdir(parents=True, exist_ok=True)
+        cfg.to_json(out_dir / "train_config.json")
+    dist.barrier()
+    seed_everything(cfg.seed)
+
+    # Model, frozen for the stage.
+    model = build_model(cfg)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    n_total = sum(p.numel() for p in model.parameters())
+    log(f"stage {cfg.stage}: {n_trainable:,} of {n_total:,} parameters trainable")
+
+    # Data: each rank reads its shard; an epoch is a whole number of optimizer steps.
+    train_set, val_set, collate = build_datasets(cfg, model)
+    sampler = train_sampler(train_set, cfg)
+    micro_per_epoch = len(sampler) // cfg.per_device_batch
+    steps_per_epoch = micro_per_epoch // cfg.grad_accum
+    if steps_per_epoch == 0:
+        raise ValueError(
+            f"{cfg.train_json}: {len(train_set)} examples cannot fill one optimizer step of "
+            f"{world} ranks x {cfg.per_device_batch} x grad_accum {cfg.grad_accum}"
+        )
+    micro_per_epoch = steps_per_epoch * cfg.grad_accum  # a partial accumulation is dropped
+    total_steps = steps_per_epoch * cfg.epochs
+    if cfg.max_steps is not None:
+        total_steps = min(total_steps, cfg.max_steps)
+
+    # Optimizer (a torch one: a config-declared one JIT-compiles FusedAdam) and schedule.
+    optimizer = torch.optim.AdamW(param_groups(model, cfg), betas=(0.9, 0.999))
+    warmup = math.ceil(cfg.warmup_ratio * total_steps)
+    engine, _, _, _ = deepspeed.initialize(
+        model=model,
+        optimizer=optimizer,
+        lr_scheduler=lambda opt: get_cosine_schedule_with_warmup(opt, warmup, total_steps),
+        config=deepspeed_config(cfg),
+    )
+
+    with ExitStack() as stack:
+        sink = MetricsSink(out_dir, cfg.mlflow_run_id, stack) if is_main() else None
+
+        # Resume from the latest checkpoint, if any.
+        position = {"epoch": 0, "micro_in_epoch": 0, "global_step": 0}
+        restored = load_checkpoint(engine, ckpt_dir)
+        if restored is not None:
+            position = {k: restored[k] for k in position}
+            if sink:
+                sink.event(
+                    f"resumed from checkpoint {restored['tag']}: epoch {position['epoch']}, "
+                    f"micro-batch {position['micro_in_epoch']}, step {position['global_step']}",
+                    **position,
+                )
+        elif sink:
+            sink.event(f"starting from scratch: {total_steps} steps, {steps_per_epoch} per epoch")
+
+        global_step = position["global_step"]
+        train_loss = float("nan")
+        val_loss: float | None = None
+        engine.train()
+        while global_step < total_steps:
+            epoch, skip = position["epoch"], position["micro_in_epoch"]
+            sampler.set_epoch(epoch)
+            # Same order as an uninterrupted run; on resume, the micro-batches already used are skipped
+            # by index, without loading them.
+            indices = list(sampler)[skip * cfg.per_device_batch : micro_per_epoch * cfg.per_device_batch]
+            loader = DataLoader(
+                train_set,
+                batch_size=cfg.per_device_batch,
+                sampler=indices,
+                collate_fn=collate,
+                num_workers=cfg.num_workers,
+            )
+            window_loss, window_micro, window_tokens, window_start = 0.0, 0, 0, time.perf_counter()
+            for micro, batch in enumerate(loader, start=skip):
+                batch = to_device(batch, engine.device)
+                loss = engine(**batch).loss
+                engine.backward(loss)
+                engine.step()  # DeepSpeed steps optimizer and schedule at accumulation boundaries
+                window_loss += loss.item()
+                window_micro += 1
+                window_tokens += int(batch["attention_mask"].sum())
+                if (micro + 1) % cfg.grad_accum:
+                    continue
+                global_step += 1
+                end_of_epoch = micro + 1 == micro_per_epoch
+                if global_step % cfg.log_every_steps == 0 or end_of_epoch or global_step == total_steps:
+                    stats = torch.tensor(
+                        [window_loss, window_micro, window_tokens], dtype=torch.float64, device=engine.device
+                    )
+                    dist.all_reduce(stats)  # over ranks: mean loss, total tokens
+                    train_loss = (stats[0] / stats[1]).item()
+                    elapsed = time.perf_counter() - window_start
+                    if sink:
+                        sink.metrics(
+                            global_step,
+                            {
+                                "train/loss": train_loss,
+                                **{f"train/lr_{g['name']}": g["lr"] for g in optimizer.param_groups},
+                                "train/epoch": epoch + (micro + 1) / micro_per_epoch,
+                                "train/tokens_per_s": stats[2].item() / max(elapsed, 1e-9),
+                                "train/samples_per_s": stats[1].item()
+                                * cfg.per_device_batch
+                                / max(elapsed, 1e-9),
+                            },
+                        )
+                    window_loss, window_micro, window_tokens, window_start = 0.0, 0, 0, time.perf_counter()
+                if end_of_epoch:
+                    if val_set is not None:
+                        val_loss = evaluate(engine, val_loader(val_set, collate, cfg))
+                        if sink:
+                            sink.metrics(global_step, {"val/loss": val_loss}, epoch=epoch + 1)
+                    position = {"epoch": epoch + 1, "micro_in_epoch": 0, "global_step": global_step}
+                    tag = save_checkpoint(engine, ckpt_dir, position, cfg.keep_checkpoints)
+                    if sink:
+                        sink.event(f"checkpoint {tag} (end of epoch {epoch + 1})", **position)
+                    break
+                if global_step % cfg.checkpoint_every_steps == 0 or global_step == total_steps:
+                    position = {"epoch": epoch, "micro_in_epoch": micro + 1, "global_step": global_step}
+                    tag = save_checkpoint(engine, ckpt_dir, position, cfg.keep_checkpoints)
+                    if sink:
+                        sink.event(f"checkpoint {tag}", **position)
+                if global_step >= total_steps:
+                    break
+
+        final = save_final_model(engine, cfg, out_dir)
+        summary = {
+            "final_train_loss": train_loss,
+            "final_val_loss": val_loss,
+            "steps": global_step,
+            "checkpoint": str(ckpt_dir / (latest_tag(ckpt_dir) or "")),
+            "model_dir": str(final),
+        }
+        if sink:
+            sink.event(f"done: model in {final}", **summary)
+            sink.materialization({k: v for k, v in summary.items() if v is not None})
+    return summary
+
+
+def train_sampler(train_set: Any, cfg: TrainConfig) -> DistributedSampler:
+    """Each rank's share of an epoch: a permutation, or with `patent_balance` draws that give the
+    figures of large patents less weight each (a grant of 62 sheets would otherwise set the style)."""
+    from training.describe.data import WeightedDistributedSampler, patent_balanced_weights
+
+    if not cfg.patent_balance and not cfg.patent_cap:
+        return DistributedSampler(train_set, shuffle=True, seed=cfg.seed, drop_last=True)
+    ids = [str(entry.get("id", "")) for entry in train_set.entries]
+    weights = patent_balanced_weights(ids, cfg.patent_balance, cfg.patent_cap)
+    return WeightedDistributedSampler(train_set, weights, seed=cfg.seed, drop_last=True)
+
+
+def val_loader(val_set: Dataset, collate: Any, cfg: TrainConfig) -> DataLoader:
+    sampler = DistributedSampler(val_set, shuffle=False)  # pads with repeats to equal shards
+    return DataLoader(
+        val_set,
+        batch_size=cfg.per_device_batch,
+        sampler=sampler,
+        collate_fn=collate,
+        num_workers=cfg.num_workers,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, required=True, help="TrainConfig JSON file")
+    # The deepspeed launcher appends --local_rank; torchrun sets LOCAL_RANK instead.
+    parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.local_rank is not None:
+        os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
+    train(TrainConfig.from_json(args.config))
+
+
+if __name__ == "__main__":
+    main()

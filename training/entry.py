@@ -1,0 +1,259 @@
+"""The entry point of the out-of-process jobs the Dagster assets launch: one command per asset,
+one JSON config each, both model families behind one argv.
+
+    python -m training patent_mme         --config patent_mme.json          (training.describe)
+    python -m training patent_llama       --config patent_llama.json
+    python -m training evaluate           --config evaluate.json
+    python -m training generate           --config generate.json
+    python -m training retrieval_encoder  --config retrieval_encoder.json   (training.retrieval)
+    python -m training retrieval_evaluate --config retrieval_evaluate.json
+
+An asset writes the config, launches `command_line(...)` through `dagster.PipesSubprocessClient`
+and gets back what the command reports. Each command reads its config dataclass strictly
+(`JobConfig.from_json`: unknown keys and wrong types are errors naming the file), does the work
+through its family's library modules, writes its outputs into the config's `out_dir` (each file
+or directory renamed into place, never half-written) and, when launched by Dagster Pipes, logs
+progress and reports `report_asset_materialization(metadata=...)` through the one `Reporter`.
+Without Pipes it runs plainly. Errors propagate: a non-zero exit with a message naming the item.
+
+This module is shared by the families and is the only place that knows both: the description
+job's nearest-neighbour baseline embeds with the retrieval family's encoder, wired in here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import types
+import typing
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Literal
+
+from patent_assets.records import atomic_write
+
+logger = logging.getLogger("training")
+
+METRICS_FILE = "metrics.json"
+
+
+# ------------------------------------------------------------------------------------------ configs
+
+
+@dataclass
+class JobConfig:
+    """Base of the command configs: read from JSON, strictly."""
+
+    @classmethod
+    def from_json(cls, path: Path) -> JobConfig:
+        path = Path(path)
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as error:
+            raise ValueError(f"config {path}: cannot read JSON ({error})") from error
+        if not isinstance(raw, dict):
+            raise ValueError(f"config {path}: expected a JSON object, got {type(raw).__name__}")
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(raw) - set(known))
+        if unknown:  # a typo must not silently fall back to a default
+            raise ValueError(f"config {path}: unknown {cls.__name__} keys {unknown}")
+        hints = typing.get_type_hints(cls)
+        for key, value in raw.items():
+            if not _matches(value, hints[key]):
+                raise ValueError(f"config {path}: {key}={value!r} is not a {_type_name(hints[key])}")
+        try:
+            return cls(**raw)
+        except TypeError as error:  # a required key is missing
+            raise ValueError(f"config {path}: {error}") from error
+        except ValueError as error:
+            raise ValueError(f"config {path}: {error}") from error
+
+    def to_json(self, path: Path) -> Path:
+        with atomic_write(Path(path)) as handle:
+            json.dump(asdict(self), handle, indent=2)
+        return Path(path)
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    """Whether a JSON value fits a type hint (str, int, float, bool, None, Literal, list, dict, unions)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, arg) for arg in args)
+    if origin is Literal:
+        return value in args
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin is list:
+        return isinstance(value, list) and all(_matches(v, args[0]) for v in value)
+    if origin is dict:
+        return isinstance(value, dict) and all(_matches(v, args[1]) for v in value.values())
+    return True
+
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+# -------------------------------------------------------------------------------- Dagster Pipes
+
+
+class Reporter:
+    """Progress and results: to the log always, and to Dagster when launched by Pipes."""
+
+    def __init__(self, pipes: Any = None, asset_key: str | None = None) -> None:
+        self.pipes = pipes
+        self.asset_key = asset_key
+        self.materialized: dict[str, Any] | None = None
+
+    def log(self, message: str) -> None:
+        logger.info(message)
+        if self.pipes is not None:
+            self.pipes.log.info(message)
+
+    def materialize(self, metadata: Mapping[str, Any]) -> None:
+        self.materialized = dict(metadata)
+        logger.info("result: %s", json.dumps(self.materialized, default=str))
+        if self.pipes is not None:
+            self.pipes.report_asset_materialization(
+                metadata=pipes_metadata(metadata), asset_key=self.asset_key
+            )
+
+
+def pipes_metadata(metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """Metadata Pipes accepts: paths as path values, dicts and lists as JSON; None and NaN left out."""
+    out: dict[str, Any] = {}
+    for key, value in metadata.items():
+        if value is None or (isinstance(value, float) and not math.isfinite(value)):
+            continue
+        if isinstance(value, Path):
+            out[key] = {"raw_value": str(value), "type": "path"}
+        elif isinstance(value, dict | list | tuple):
+            out[key] = {"raw_value": json.loads(json.dumps(value, default=str)), "type": "json"}
+        else:
+            out[key] = value
+    return out
+
+
+@contextmanager
+def reporting(asset_key: str | None = None) -> Iterator[Reporter]:
+    """A Reporter connected to Dagster Pipes when the Pipes env vars are set; plain otherwise.
+
+    Inside Pipes, an exception is reported to Dagster and re-raised (the exit status is non-zero).
+    """
+    from dagster_pipes import PipesEnvVarParamsLoader, open_dagster_pipes
+
+    if not PipesEnvVarParamsLoader().is_dagster_pipes_process():
+        yield Reporter()
+        return
+    with open_dagster_pipes() as pipes:
+        yield Reporter(pipes, asset_key)
+
+
+# -------------------------------------------------------------------------------- output helpers
+
+
+def staging_dir(out_dir: Path, command: str) -> Path:
+    """A fresh scratch directory inside `out_dir` (same file system: its contents rename into place)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    staging = out_dir / f".staging-{command}-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    return staging
+
+
+def publish(new: Path, target: Path) -> Path:
+    """Move `new` (file or directory) to `target`; an old `target` is moved away first, removed after."""
+    old = target.with_name(f".{target.name}.old-{os.getpid()}")
+    if target.exists():
+        target.rename(old)
+    new.rename(target)
+    if old.is_dir():
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        old.unlink(missing_ok=True)
+    return target
+
+
+def write_json(path: Path, data: Any) -> Path:
+    with atomic_write(path) as handle:
+        json.dump(data, handle, indent=1, default=str)
+    return path
+
+
+def finite(summary: Mapping[str, Any]) -> dict[str, Any]:
+    """NaN and infinities as None: JSON has no NaN, and a missing number must read as missing."""
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in summary.items()}
+
+
+# --------------------------------------------------------------------------------------------- CLI
+
+
+def commands() -> dict[str, tuple[type[JobConfig], Callable[[Any, Reporter], dict[str, Any]]]]:
+    """Every command: its config class and its function (imported here, so a family's heavy
+    dependencies load only when one of its commands runs)."""
+    from training.describe import commands as describe
+    from training.retrieval import commands as retrieval
+    from training.retrieval.evaluate import retrieval_embedder
+
+    def evaluate(cfg: describe.EvaluateJob, report: Reporter) -> dict[str, Any]:
+        return describe.run_evaluate(cfg, report, embedder_factory=retrieval_embedder)
+
+    return {
+        "patent_mme": (describe.PatentMMEJob, describe.run_patent_mme),
+        "patent_llama": (describe.PatentLlamaJob, describe.run_patent_llama),
+        "evaluate": (describe.EvaluateJob, evaluate),
+        "generate": (describe.GenerateJob, describe.run_generate),
+        "retrieval_encoder": (retrieval.RetrievalEncoderJob, retrieval.run_retrieval_encoder),
+        "retrieval_evaluate": (retrieval.RetrievalEvaluateJob, retrieval.run_retrieval_evaluate),
+    }
+
+
+COMMAND_NAMES = (
+    "patent_mme",
+    "patent_llama",
+    "evaluate",
+    "generate",
+    "retrieval_encoder",
+    "retrieval_evaluate",
+)
+
+
+def command_line(command: str, config_path: Path) -> list[str]:
+    """argv running `command` on `config_path` with this interpreter (so the same virtualenv)."""
+    if command not in COMMAND_NAMES:
+        raise ValueError(f"unknown command {command!r}: one of {sorted(COMMAND_NAMES)}")
+    return [sys.executable, "-m", "training", command, "--config", str(Path(config_path).resolve())]
+
+
+def run(command: str, config_path: Path) -> dict[str, Any]:
+    """Run one command on a config file; report to Dagster Pipes when launched by it."""
+    config_class, function = commands()[command]
+    config = config_class.from_json(Path(config_path))
+    with reporting(getattr(config, "asset_key", None)) as report:
+        metadata = function(config, report)
+        report.materialize(metadata)
+    return metadata
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__.splitlines()[0])
+    parser.add_argument("command", choices=sorted(COMMAND_NAMES))
+    parser.add_argument("--config", type=Path, required=True, help="the command's JSON config file")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s", stream=sys.stderr)
+    run(args.command, args.config)
