@@ -5,8 +5,9 @@
                   -> (check: challenger_beats_champion) -> patentlmm_champion -> generated_descriptions
 
 Training never runs in the Dagster process: each training asset writes a JSON config and
-launches `training.*` through Dagster Pipes (the DeepSpeed launcher for the stages, so a
-machine's every GPU is used). Models go to content-addressed directories under
+launches `python -m training` through Dagster Pipes (the DeepSpeed launcher for the stages, so
+a machine's every GPU is used). The one exception is `description_tokenizer`, a BPE fit over
+the dataset's text that takes seconds and no accelerator. Models go to content-addressed directories under
 $PATENTFLOW_HOME/store/models; MLflow holds runs, curves and the registry.
 """
 # No `from __future__ import annotations`: Dagster inspects the `context` annotation at definition time.
@@ -60,7 +61,7 @@ def description_tokenizer(home: PatentflowHome, settings: PatentLMMSettings) -> 
     preset = settings.preset()
     if preset.tokenizer_dir:
         return dg.MaterializeResult(metadata={"path": preset.tokenizer_dir, "source": "checkpoint"})
-    train_jsons = sorted((home.home.llava_json).glob("*_train.json"))
+    train_jsons = sorted(home.home.llava_json.glob("*_train.json"))
     documents = dataset.validated_documents(home.home.releases)
     held_out = dataset.held_out_patents(home.home.figures_jsonl)
     key = pipeline.inputs_hash(*documents) + ArtifactStore.hash_tree(home.home.llava_json)

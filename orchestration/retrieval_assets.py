@@ -10,7 +10,9 @@ head fine-tuned with ArcFace on patent identity plus the LLM-informed alignment 
 PatentLMM's descriptions); the gate judges on the real (USPTO) held-out drawings, against the
 champion, the untouched pretrained backbone and pixel matching; MLflow holds its run and
 registry versions; the index (figures, text-space projections, patents' title + abstract, the
-encoder itself) is one DVC-versioned directory that `patentflow search` reads.
+encoder itself) is one DVC-versioned directory that `patentflow search` reads. The index is
+still embedded inside the Dagster process (the same `build_search_index` as `patentflow index`);
+on a large collection it belongs in a launched job like the encoder's.
 """
 # No `from __future__ import annotations`: Dagster inspects the `context` annotation at definition time.
 

@@ -487,18 +487,6 @@ def _same_spot(a: LabelHit, b: LabelHit) -> bool:
     return width > 0 and height > 0
 
 
-def detect_labels(
-    png: Path,
-    ocr: OcrWords | None = None,
-    *,
-    bare_numbers: bool = False,
-    sole_figure: bool = False,
-    cache_dir: Path | None = None,
-) -> list[LabelHit]:
-    """The FIG labels printed on a sheet image (upright, then turned 90/270 degrees if none were found)."""
-    return scan_sheet(png, ocr, bare_numbers=bare_numbers, sole_figure=sole_figure, cache_dir=cache_dir).hits
-
-
 # Scores of the assignment: a label placed where OCR read it gains 1 + confidence; a sheet left
 # without a label costs (drawing sheets almost always hold one); a run whose length differs from the
 # number of FIG words OCR saw on the sheet costs a little; a slight preference for even runs breaks

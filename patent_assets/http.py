@@ -428,21 +428,3 @@ def download_batch(
             outcomes[index] = future.result()
             bar.update(1)
     return [outcome for outcome in outcomes if outcome is not None]
-
-
-def download_many(
-    items: Sequence[tuple[str, Path, str | None]],
-    *,
-    concurrency: int = 8,
-    client: httpx.Client | None = None,
-    retry: RetryPolicy = DEFAULT_RETRY,
-    timeout: float = 30,
-    progress: bool | None = None,
-) -> tuple[list[DownloadResult], list[tuple[str, str]]]:
-    """Download `(url, dest, sha256 | None)` items: (results, [(url, reason)] of failures)."""
-    outcomes = download_batch(
-        items, concurrency=concurrency, client=client, retry=retry, timeout=timeout, progress=progress
-    )
-    ok = [outcome for outcome in outcomes if isinstance(outcome, DownloadResult)]
-    failed = [(outcome.url, outcome.reason) for outcome in outcomes if isinstance(outcome, DownloadError)]
-    return ok, failed

@@ -458,20 +458,3 @@ def iter_source(
         yield ctx.reject(
             path.name, "not a USPTO release shape (expected .tar[.gz], .zip, .xml or a directory)"
         )
-
-
-@dataclass
-class SourceResult:
-    bundles: list[PatentBundle]
-    rejections: list[Rejection]
-    summary: SourceSummary
-
-
-def read_source(path: Path, work_dir: Path, limits: ArchiveLimits = ArchiveLimits()) -> SourceResult:
-    """`iter_source` collected into lists (fine for tests and small releases)."""
-    summary = SourceSummary()
-    bundles: list[PatentBundle] = []
-    rejections: list[Rejection] = []
-    for item in iter_source(path, work_dir, limits, summary):
-        (rejections if isinstance(item, Rejection) else bundles).append(item)
-    return SourceResult(bundles, rejections, summary)

@@ -5,6 +5,7 @@ patentflow ingest SOURCE... --out DIR  the data steps on any path, without Dagst
 patentflow synthesize --out DIR        write the synthetic weekly releases
 patentflow ui                          the Dagster UI on 127.0.0.1
 patentflow restore PATH --commit C     bring back the exact data of a past materialization
+patentflow describe IMAGE...           a description of each drawing (default model: the champion)
 patentflow index FIGURES.jsonl --out DIR   a search index over ingested figures (champion encoder)
 patentflow search (--image P | --text T)   prior-art search of an index (default: the pipeline's)
 """

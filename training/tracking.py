@@ -1,4 +1,4 @@
-"""MLflow tracking and model registry for PatentLMM training runs.
+"""MLflow tracking and model registry of both model families: PatentLMM and the figure-search encoder.
 
 The store is SQLite under `$PATENTFLOW_HOME/mlflow/mlflow.db` with artifacts beside it in
 `$PATENTFLOW_HOME/mlflow/artifacts` (the plain `./mlruns` file store is deprecated);
@@ -400,11 +400,6 @@ def register_model(
     return int(version.version)
 
 
-def set_alias(name: str, alias: str, version: int, tracking_uri: str | None = None) -> None:
-    """Point `alias` of registered model `name` at `version` (moving it if already set)."""
-    _client(tracking_uri).set_registered_model_alias(name, alias, str(version))
-
-
 def get_alias_version(name: str, alias: str, tracking_uri: str | None = None) -> int | None:
     """The version `alias` points at, or None when the alias (or the model) does not exist."""
     try:
@@ -414,11 +409,6 @@ def get_alias_version(name: str, alias: str, tracking_uri: str | None = None) ->
             return None
         raise
     return int(version.version)
-
-
-def version_tags(name: str, version: int, tracking_uri: str | None = None) -> dict[str, str]:
-    """The tags of one model version."""
-    return dict(_client(tracking_uri).get_model_version(name, str(version)).tags)
 
 
 def download_model(uri: str | Path, dst: Path | None = None, tracking_uri: str | None = None) -> Path:

@@ -50,7 +50,9 @@ def test_asset_graph_matches_snapshot() -> None:
     current = graph_description(defs)
     if os.environ.get("UPDATE_SNAPSHOTS"):
         SNAPSHOT.write_text(json.dumps(current, indent=2, sort_keys=True) + "\n")
-    assert SNAPSHOT.exists(), "no snapshot yet: run UPDATE_SNAPSHOTS=1 pytest tests/orchestration/test_asset_graph.py"
+    assert SNAPSHOT.exists(), (
+        "no snapshot yet: run UPDATE_SNAPSHOTS=1 pytest tests/orchestration/test_asset_graph.py"
+    )
     assert current == json.loads(SNAPSHOT.read_text()), (
         "the asset graph changed: if deliberate, run UPDATE_SNAPSHOTS=1 pytest tests/orchestration/test_asset_graph.py"
     )

@@ -18,7 +18,6 @@ from patent_assets.alignment import (
     LabelHit,
     SheetScan,
     align_figures,
-    detect_labels,
     label_words,
     renumber_label_words,
     reread_label_numbers,
@@ -366,8 +365,8 @@ def test_synthetic_sheets_several_figs_and_rotated_labels(tmp_path: Path) -> Non
         [("FIG. 1", (300, 700), 0), ("FIG. 2A", (300, 1500), 0), ("FIG. 2B", (1000, 1500), 0)],
     )
     turned = _sheet(tmp_path / "s2.png", [("FIG. 3", (1200, 900), 90)])  # reads bottom to top
-    assert {hit.key for hit in detect_labels(first)} == {"1", "2A", "2B"}
-    hits = detect_labels(turned)
+    assert {hit.key for hit in scan_sheet(first).hits} == {"1", "2A", "2B"}
+    hits = scan_sheet(turned).hits
     assert [(hit.key, hit.rotation) for hit in hits] == [("3", 270)]
     document = GrantDocument(
         "US1234567B2",

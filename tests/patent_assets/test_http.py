@@ -10,9 +10,10 @@ import pytest
 
 from patent_assets.http import (
     DownloadError,
+    DownloadResult,
     RetryPolicy,
     download,
-    download_many,
+    download_batch,
     part_path,
     request,
 )
@@ -205,7 +206,15 @@ def test_a_present_verified_file_is_not_fetched(server: TestServer, tmp_path: Pa
     assert result.attempts == 0 and server.count("/here.bin") == 0
 
 
-def test_download_many_bounds_concurrency_and_reports_failures(server: TestServer, tmp_path: Path) -> None:
+def download_many(items: list, **options: object) -> tuple[list[DownloadResult], list[tuple[str, str]]]:
+    """`download_batch` split into (results, [(url, reason)] of failures)."""
+    outcomes = download_batch(items, **options)
+    ok = [outcome for outcome in outcomes if isinstance(outcome, DownloadResult)]
+    failed = [(outcome.url, outcome.reason) for outcome in outcomes if isinstance(outcome, DownloadError)]
+    return ok, failed
+
+
+def test_download_batch_bounds_concurrency_and_reports_failures(server: TestServer, tmp_path: Path) -> None:
     items = []
     for n in range(12):
         body = BODY + bytes([n])
@@ -232,7 +241,7 @@ def test_download_many_bounds_concurrency_and_reports_failures(server: TestServe
     assert (tmp_path / "f3.bin").read_bytes() == BODY + bytes([3])
 
 
-def test_download_many_refuses_two_items_with_one_destination(server: TestServer, tmp_path: Path) -> None:
+def test_download_batch_refuses_two_items_with_one_destination(server: TestServer, tmp_path: Path) -> None:
     first = server.add("/one.bin", b"one")
     second = server.add("/two.bin", b"two")
     ok, failed = download_many(

@@ -7,18 +7,37 @@ import json
 import shutil
 import tarfile
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from patent_assets.documents import PatentBundle
 from patent_assets.records import Rejection
 from patent_assets.sources import (
     ArchiveLimits,
     SourceSummary,
     iter_source,
-    read_source,
     release_key,
 )
+
+
+@dataclass
+class SourceResult:
+    bundles: list[PatentBundle]
+    rejections: list[Rejection]
+    summary: SourceSummary
+
+
+def read_source(path: Path, work_dir: Path, limits: ArchiveLimits | None = None) -> SourceResult:
+    """`iter_source` collected into lists (the library streams; these releases are small)."""
+    summary = SourceSummary()
+    bundles: list[PatentBundle] = []
+    rejections: list[Rejection] = []
+    for item in iter_source(path, work_dir, limits or ArchiveLimits(), summary):
+        (rejections if isinstance(item, Rejection) else bundles).append(item)
+    return SourceResult(bundles, rejections, summary)
+
 
 DESIGN_DIR = "design_patents_with_drawings_2021"
 WEEK = "I20210105"
@@ -116,6 +135,7 @@ def test_flat_directory(realdata: Path, tmp_path: Path) -> None:
 def test_single_patent_zip_sheets_in_subfolder_matched_case_insensitively(
     realdata: Path, tmp_path: Path
 ) -> None:
+
     folder = _grant_dirs(realdata)[0]
     zip_path = tmp_path / f"{folder.name}.ZIP"
     zip_path.write_bytes(_patent_zip_bytes(folder, lower_sheets=True, skip="-D00002.TIF"))

@@ -22,6 +22,11 @@ from tests.http_server import Fault, serve
 from training import tracking
 from training.tracking import TrackingUnavailable
 
+
+def _version_tags(store: str, name: str, version: int) -> dict[str, str]:
+    return dict(MlflowClient(tracking_uri=store).get_model_version(name, str(version)).tags)
+
+
 # STACK.md: ~22 s on a fresh database; well past that, the server is broken, not slow.
 SERVER_START_LIMIT_S = 120.0
 
@@ -137,7 +142,7 @@ def test_register_promote_and_download_by_alias(store: str, tmp_path: Path) -> N
     applied = tracking.promote(name, first, tracking.Decision(False, "not compared"), tracking_uri=store)
     assert applied.promote and applied.reason == "first version"
     assert tracking.get_alias_version(name, tracking.CHAMPION, tracking_uri=store) == 1
-    assert tracking.version_tags(name, first, tracking_uri=store)["promotion_decision"] == "promoted"
+    assert _version_tags(store, name, first)["promotion_decision"] == "promoted"
 
     champion_scores = {"bleu4": 0.30, "rougeL": 0.50}
     worse = new_version("worse")
@@ -145,7 +150,7 @@ def test_register_promote_and_download_by_alias(store: str, tmp_path: Path) -> N
     tracking.promote(name, worse, decision, tracking_uri=store)
     assert tracking.get_alias_version(name, tracking.CHAMPION, tracking_uri=store) == first
     assert tracking.get_alias_version(name, tracking.CHALLENGER, tracking_uri=store) == worse
-    tags = tracking.version_tags(name, worse, tracking_uri=store)
+    tags = _version_tags(store, name, worse)
     assert tags["promotion_decision"] == "rejected"
     assert "does not beat champion" in tags["promotion_reason"]
     assert tags["promotion_metric"] == "bleu4"
@@ -159,7 +164,7 @@ def test_register_promote_and_download_by_alias(store: str, tmp_path: Path) -> N
     assert decision.promote
     tracking.promote(name, better, decision, tracking_uri=store)
     assert tracking.get_alias_version(name, tracking.CHAMPION, tracking_uri=store) == better == 3
-    assert tracking.version_tags(name, better, tracking_uri=store)["promotion_decision"] == "promoted"
+    assert _version_tags(store, name, better)["promotion_decision"] == "promoted"
 
     local = tracking.download_model(f"models:/{name}@champion", tracking_uri=store)
     assert json.loads((local / "config.json").read_text())["marker"] == "better"
@@ -171,7 +176,7 @@ def test_register_promote_and_download_by_alias(store: str, tmp_path: Path) -> N
     stamp = (cache / "config.json").stat().st_mtime_ns
     tracking.download_model(f"models:/{name}@champion", cache, tracking_uri=store)
     assert (cache / "config.json").stat().st_mtime_ns == stamp
-    tracking.set_alias(name, tracking.CHAMPION, first, tracking_uri=store)
+    MlflowClient(tracking_uri=store).set_registered_model_alias(name, tracking.CHAMPION, str(first))
     tracking.download_model(f"models:/{name}@champion", cache, tracking_uri=store)
     assert json.loads((cache / "config.json").read_text())["marker"] == "first"
     assert (
