@@ -66,7 +66,7 @@ def ingest(
     missing = [str(s) for s in sources if not s.exists()]
     if missing:
         raise typer.BadParameter(f"not found: {', '.join(missing)}", param_hint="SOURCE")
-    summary = pipeline.ingest(sources, out, cache_dir=_home().store / "ocr", workers=workers)
+    summary = pipeline.ingest(sources, out, cache_dir=_home().ocr_cache, workers=workers)
     typer.echo(json.dumps(summary.as_dict(), indent=2))
     typer.echo(
         f"{summary.figures} figures -> {out / pipeline.FIGURES}; "

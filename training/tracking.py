@@ -523,6 +523,11 @@ def compare(
         return Decision(
             True, reason + f", margin {gain:.6g} > {min_delta:g})", primary, challenger, champion, details
         )
+    if gain == 0:  # the same model, or one no better: said plainly, since a tie keeps the champion
+        reason = (
+            f"challenger {primary} {challenger:.6g} ties with champion {champion:.6g}: a tie does not promote"
+        )
+        return Decision(False, reason, primary, challenger, champion, details)
     reason = (
         f"challenger {primary} {challenger:.6g} does not beat champion {champion:.6g} ({better} is better"
     )

@@ -118,7 +118,7 @@ def test_run_lands_the_sample_beside_the_synthetic_releases_once(tmp_path: Path)
     assert fill_empty_landing(landing, synthetic_releases=1, patents_per_release=1, echo=lambda _: None) == []
 
 
-def test_landed_sample_ingests_as_real_grants(tmp_path: Path) -> None:
+def test_landed_sample_ingests_as_real_grants(tmp_path: Path, ocr_cache: Path) -> None:
     release = real_sample.land(tmp_path / "landing")
     assert LandingDirectoryReleases(tmp_path / "landing").list_releases()[0].key == real_sample.RELEASE_NAME
     # the release as `release_documents` parses it: every grant, none marked synthetic
@@ -127,7 +127,9 @@ def test_landed_sample_ingests_as_real_grants(tmp_path: Path) -> None:
     assert parsed.counts["grants"] == 16 and parsed.counts["sheets"] == 102 and not parsed.rejected
     assert {(d["document_kind"], d["synthetic"]) for d in documents} == {("grant", False)}
     # and two of its grants all the way to figure records (OCR of the whole sample takes a minute)
-    summary = pipeline.ingest([release / name for name in SMALL_GRANTS], tmp_path / "out", workers=2)
+    summary = pipeline.ingest(
+        [release / name for name in SMALL_GRANTS], tmp_path / "out", cache_dir=ocr_cache, workers=2
+    )
     records = read_figures(tmp_path / "out" / pipeline.FIGURES)
     assert summary.figures == len(records) == 3  # every sheet but the front pages (D00000)
     assert {(r.patent_id, r.sheet) for r in records} == {

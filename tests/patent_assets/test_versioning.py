@@ -7,7 +7,6 @@ import shutil
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -252,26 +251,23 @@ def test_s3_remote_is_configuration_only(tmp_path: Path) -> None:
     assert ".dvc/config.local" not in git(repo.root, "ls-files")
 
 
-def test_track_time_for_a_100_file_directory(home: Home, repo: DataRepo) -> None:
+def test_a_100_file_directory_is_one_version_and_tracking_it_unchanged_commits_nothing(
+    home: Home, repo: DataRepo
+) -> None:
+    """(How long tracking takes is measured by benchmarks/data_pipeline.py, not asserted here.)"""
     write_release(home.data / "figures" / "big", 100, "timing")
-    start = time.perf_counter()
     version = repo.track("figures/big", "100 files")
-    first = time.perf_counter() - start
-    start = time.perf_counter()
-    repo.track("figures/big", "100 files again")
-    unchanged = time.perf_counter() - start
-    print(f"track+push of 100 files: {first:.2f} s first, {unchanged:.2f} s unchanged")
-    assert version.nfiles == 100
-    assert first < 30 and unchanged < 30  # loose: catches a hang or per-file process spawning
+    again = repo.track("figures/big", "100 files again")
+    assert version.nfiles == 100 and version.md5.endswith(".dir")
+    assert (again.md5, again.commit) == (version.md5, version.commit)
 
 
 def test_s3_compatible_remote_against_a_local_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The same code against an S3 API: moto's server on 127.0.0.1, DVC through dvc-s3."""
-    pytest.importorskip("dvc_s3", reason="S3 remotes need the dvc-s3 package (pip install dvc-s3)")
-    moto_server = pytest.importorskip(
-        "moto.server", reason="the local S3 server needs moto[server] (pip install 'moto[server]')"
-    )
+    # dvc-s3 and moto[server] are declared dependencies: a missing one fails here, never skips
     import boto3
+    import dvc_s3  # noqa: F401
+    from moto import server as moto_server
 
     # Access keys come from the environment, as in production; moto accepts any.
     for name, value in {

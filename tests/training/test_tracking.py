@@ -204,7 +204,8 @@ def test_registry_bad_input_gets_clear_errors(store: str, tmp_path: Path) -> Non
 
 def test_compare_rules() -> None:
     champion = {"bleu4": 0.30, "loss": 2.0}
-    assert not tracking.compare({"bleu4": 0.30}, champion, "bleu4").promote  # a tie keeps the champion
+    tie = tracking.compare({"bleu4": 0.30}, champion, "bleu4")
+    assert not tie.promote and "ties with champion" in tie.reason  # a tie keeps the champion
     assert not tracking.compare({"bleu4": 0.305}, champion, "bleu4", min_delta=0.01).promote
     assert tracking.compare({"bleu4": 0.32}, champion, "bleu4", min_delta=0.01).promote
     assert tracking.compare({"loss": 1.9}, champion, "loss", higher_is_better=False).promote
