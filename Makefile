@@ -25,7 +25,8 @@ run: setup
 
 test: setup
 	./scripts/ensure-system-deps.sh --test
-	$(BIN)/pytest
+	# one worker per core; a test file's tests stay on one worker, so module fixtures are built once
+	$(BIN)/pytest -n auto --dist loadfile
 
 ui: setup
 	$(BIN)/patentflow ui
