@@ -28,6 +28,7 @@ import random
 import statistics
 import sys
 import time
+from dataclasses import replace
 from itertools import chain
 from pathlib import Path
 from typing import Any
@@ -173,10 +174,9 @@ def train_fold(fold_dir: Path, documents: list[Path], seed: int) -> Path:
     for stage in (1, 2):
         out = fold_dir / f"stage{stage}"
         if not (out / "model" / "config.json").exists():
-            config = plans.train_config(stage, inputs, out, TINY, init_model_dir=model)
-            config.seed = seed
+            config = replace(plans.train_config(stage, inputs, out, TINY, init_model_dir=model), seed=seed)
             if not json.loads(Path(config.val_json).read_text()):  # real only: no val patents
-                config.val_json = None
+                config = replace(config, val_json=None)
             out.mkdir(parents=True, exist_ok=True)
             config.to_json(out / "train_config.json")
             with quiet():

@@ -14,7 +14,7 @@ $PATENTFLOW_HOME/store/models; MLflow holds runs, curves and the registry.
 
 import hashlib
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import dagster as dg
@@ -177,7 +177,7 @@ def _train_stage(
         git_commit=tracking.read_git_commit(),
         tracking_uri=uri,
     )
-    cfg.mlflow_run_id = run_id
+    cfg = replace(cfg, mlflow_run_id=run_id)
     out.mkdir(parents=True, exist_ok=True)
     cfg.to_json(out / "train_config.json")
     command = distributed.launch_command(

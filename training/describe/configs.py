@@ -136,58 +136,76 @@ PRESETS: dict[str, ModelPreset] = {preset.name: preset for preset in (TINY, PROD
 
 @dataclass(frozen=True)
 class StageConfig:
-    """One training stage. Stage 1 trains the projector only; stage 2 LoRA + projector."""
+    """How one training stage runs. Stage 1 trains the projector only; stage 2 LoRA + projector.
+
+    `training.describe.train.TrainConfig` is this plus what the stage trains on, so these names are
+    the keys of the JSON config a launched training reads: nothing renames them on the way.
+    PatentLMM's values are STAGE1 and STAGE2 below; the defaults are small.
+    """
 
     stage: Literal[1, 2]
-    kind: Kind = "brief"
-    learning_rate: float = 1e-3
-    projector_lr: float | None = None  # None: the projector uses `learning_rate`
-    lr_scheduler: str = "cosine"
-    warmup_ratio: float = 0.03
+    epochs: int = 1
+    max_steps: int | None = None  # stop after this many optimizer steps (smoke runs); None: whole epochs
+    lr: float = 1e-3
+    projector_lr: float | None = None  # None: the projector uses `lr`
     weight_decay: float = 0.0
-    num_epochs: int = 1
-    max_steps: int | None = None  # caps the run (the embedded default); None: whole epochs
-    per_device_batch_size: int = 12
-    gradient_accumulation_steps: int = 8
-    bf16: bool = True
-    zero_stage: int = 2
-    gradient_checkpointing: bool = True
-    eval_each_epoch: bool = False
-    lora_r: int = 0
-    lora_alpha: int = 0
+    warmup_ratio: float = 0.03
+    schedule: Literal["cosine"] = "cosine"
+    per_device_batch: int = 2
+    grad_accum: int = 1
+    zero_stage: Literal[2, 3] = 2
+    bf16: bool | Literal["auto"] = "auto"  # auto: bf16 where CUDA supports it, else fp32
+    gradient_checkpointing: bool = False
+    # LoRA on the LM in stage 2; stage 1 trains none and ignores these
+    lora_r: int = 128
+    lora_alpha: int = 256
     lora_dropout: float = 0.05
-    lora_target_modules: tuple[str, ...] = field(default=LLAMA_LORA_TARGETS)
+    lora_target_modules: list[str] = field(default_factory=lambda: list(LLAMA_LORA_TARGETS))
     # share of training reads with renumbered FIG labels (training.describe.data.PatentLMMDataset); not PatentLMM's
     renumber_share: float = 0.0
     # figures drawn with weight (figures of their patent) ** -patent_balance; 0, PatentLMM's: each once
+    # an epoch (training.describe.data.patent_balanced_weights)
     patent_balance: float = 0.0
     # and times min(1, patent_cap / figures of their patent): a larger patent is drawn as one of
     # patent_cap figures; 0: no cap
     patent_cap: int = 0
 
-    @property
-    def uses_lora(self) -> bool:
-        return self.stage == 2 and self.lora_r > 0
+    def __post_init__(self) -> None:
+        if self.stage not in (1, 2):
+            raise ValueError(f"stage must be 1 or 2, got {self.stage!r}")
+        if self.zero_stage not in (2, 3):
+            raise ValueError(f"zero_stage must be 2 or 3, got {self.zero_stage!r}")
+        if self.bf16 not in (True, False, "auto"):
+            raise ValueError(f'bf16 must be true, false or "auto", got {self.bf16!r}')
+        if self.schedule != "cosine":
+            raise ValueError(f'schedule must be "cosine", got {self.schedule!r}')
+        if self.per_device_batch < 1 or self.grad_accum < 1:
+            raise ValueError("per_device_batch and grad_accum must be >= 1")
+        if self.patent_balance < 0 or self.patent_cap < 0:
+            raise ValueError(
+                f"patent_balance and patent_cap must be >= 0, got {self.patent_balance}, {self.patent_cap}"
+            )
 
 
 STAGE1 = StageConfig(
     stage=1,
-    kind="brief",
-    learning_rate=1e-3,
-    num_epochs=1,
-    per_device_batch_size=12,
-    gradient_accumulation_steps=8,
+    lr=1e-3,
+    epochs=1,
+    per_device_batch=12,
+    grad_accum=8,
+    gradient_checkpointing=True,
 )
 
+# PatentLMM trains one stage-2 model per kind of description (plans.train_config's `kind`) and
+# validates at each epoch end, as every training here does when it has a val_json.
 STAGE2 = StageConfig(
     stage=2,
-    kind="brief",  # PatentLMM trains one stage-2 model per kind: replace(STAGE2, kind="detailed")
-    learning_rate=2e-4,
+    lr=2e-4,
     projector_lr=2e-5,
-    num_epochs=25,
-    per_device_batch_size=8,
-    gradient_accumulation_steps=8,
-    eval_each_epoch=True,
+    epochs=25,
+    per_device_batch=8,
+    grad_accum=8,
+    gradient_checkpointing=True,
     lora_r=128,
     lora_alpha=256,
 )
@@ -213,9 +231,9 @@ STAGE2 = StageConfig(
 # 0.249 / 0.505 / labels 0.923 against 0.257 / 0.507 / 0.933 balanced, so balanced draws stay.
 STAGE1_EMBEDDED = replace(
     STAGE1,
-    num_epochs=5,
-    per_device_batch_size=4,
-    gradient_accumulation_steps=1,
+    epochs=5,
+    per_device_batch=4,
+    grad_accum=1,
     bf16=False,
     gradient_checkpointing=False,
     renumber_share=0.5,
@@ -223,14 +241,14 @@ STAGE1_EMBEDDED = replace(
 )
 STAGE2_EMBEDDED = replace(
     STAGE2,
-    learning_rate=1e-3,
+    lr=1e-3,
     projector_lr=1e-3,
     # with ~65 synthetic training figures, 25 epochs (the paper's) left the tiny model at the
     # text-only mode (no better than the image-blind ablation) and 40 learnt to read the sheet;
     # with the real grants the set is twice that, so 20 epochs give those 40 epochs' steps
-    num_epochs=20,
-    per_device_batch_size=4,
-    gradient_accumulation_steps=1,
+    epochs=20,
+    per_device_batch=4,
+    grad_accum=1,
     bf16=False,
     gradient_checkpointing=False,
     # r 64 is full rank for the tiny LM's 64-wide layers; on one fold of the real-drawing benchmark

@@ -7,7 +7,7 @@ settings of `configs`), so a Dagster asset and a person at the command line writ
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from patent_assets.layout import FIGURES_DIR, FIGURES_JSONL, LLAVA_DIR
@@ -16,6 +16,7 @@ from training.describe.configs import (
     STAGE1_EMBEDDED,
     STAGE2,
     STAGE2_EMBEDDED,
+    Kind,
     ModelPreset,
     StageConfig,
 )
@@ -43,20 +44,22 @@ def train_config(
     out_dir: Path,
     preset: ModelPreset,
     *,
+    kind: Kind = "brief",
     init_model_dir: Path | None = None,
     mlflow_run_id: str | None = None,
     max_steps: int | None = None,
     input_mode: str = "full",
 ) -> TrainConfig:
-    """Stage 1 builds from the components and trains the projector on brief descriptions;
-    stage 2 starts from stage 1's model and trains LoRA + projector."""
+    """Stage 1 builds from the components and trains the projector; stage 2 starts from stage 1's
+    model and trains LoRA + projector; both on the `kind` descriptions (PatentLMM: brief)."""
     settings = stage_settings(stage, embedded=not preset.from_checkpoints)
+    settings = replace(settings, max_steps=max_steps or settings.max_steps)
     llava = inputs.dataset_dir / LLAVA_DIR
     from_parts = stage == 1 or init_model_dir is None
     return TrainConfig(
-        stage=stage,  # type: ignore[arg-type]
-        train_json=str(llava / f"{settings.kind}_train.json"),
-        val_json=str(llava / f"{settings.kind}_val.json"),
+        **asdict(settings),  # the stage's settings under their own names: TrainConfig is a StageConfig
+        train_json=str(llava / f"{kind}_train.json"),
+        val_json=str(llava / f"{kind}_val.json"),
         images_root=str(inputs.dataset_dir / FIGURES_DIR / FIGURES_JSONL),
         out_dir=str(out_dir),
         tokenizer_dir=str(inputs.tokenizer_dir),
@@ -68,25 +71,8 @@ def train_config(
         ocr_copy_read=preset.ocr_copy_read,
         ocr_copy_word=preset.ocr_copy_word,
         ocr_copy_pair=preset.ocr_copy_pair,
-        renumber_share=settings.renumber_share,
-        patent_balance=settings.patent_balance,
-        patent_cap=settings.patent_cap,
-        epochs=settings.num_epochs,
-        lr=settings.learning_rate,
-        projector_lr=settings.projector_lr,
-        warmup_ratio=settings.warmup_ratio,
-        per_device_batch=settings.per_device_batch_size,
-        grad_accum=settings.gradient_accumulation_steps,
         max_length=preset.max_length,
-        zero_stage=settings.zero_stage,  # type: ignore[arg-type]
-        bf16="auto" if settings.bf16 else False,
-        gradient_checkpointing=settings.gradient_checkpointing,
-        lora_r=settings.lora_r or 128,
-        lora_alpha=settings.lora_alpha or 256,
-        lora_dropout=settings.lora_dropout,
-        lora_target_modules=list(settings.lora_target_modules),
         checkpoint_every_steps=50,
         mlflow_run_id=mlflow_run_id,
-        max_steps=max_steps or settings.max_steps,
         inputs=input_mode,
     )

@@ -30,14 +30,16 @@ import shutil
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from training.describe.configs import StageConfig
 
 DS_CONFIGS = Path(__file__).resolve().parent / "ds_configs"
 CHECKPOINTS = "checkpoints"
@@ -47,11 +49,14 @@ RNG_FILE = "rng_state_rank{rank}.pt"
 # ----------------------------------------------------------------------------------------------
 # Config
 # ----------------------------------------------------------------------------------------------
-@dataclass
-class TrainConfig:
-    """Everything one training run needs; loaded from a JSON file (`TrainConfig.from_json`)."""
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig(StageConfig):
+    """Everything one training run needs; loaded from a JSON file (`TrainConfig.from_json`).
 
-    stage: Literal[1, 2]
+    How the stage trains is `StageConfig`'s fields, inherited (`training.describe.plans` passes a
+    stage's settings through as they are); what it trains on and from are the fields below.
+    """
+
     train_json: str  # llava_json/{brief,detailed}_train.json
     out_dir: str
     val_json: str | None = None
@@ -69,25 +74,7 @@ class TrainConfig:
     ocr_copy_read: bool = False  # and its selective read (ModelPreset.ocr_copy_read)
     ocr_copy_word: bool = False  # and its word gate (ModelPreset.ocr_copy_word)
     ocr_copy_pair: bool = False  # and its read by token pairs (ModelPreset.ocr_copy_pair)
-    # Optimisation (PatentLMM's values live in training.describe.configs; these defaults are small).
-    epochs: int = 1
-    lr: float = 1e-3
-    projector_lr: float | None = None  # None: same as lr
-    weight_decay: float = 0.0
-    warmup_ratio: float = 0.03
-    schedule: Literal["cosine"] = "cosine"
-    per_device_batch: int = 2
-    grad_accum: int = 1
     max_length: int = 512
-    zero_stage: Literal[2, 3] = 2
-    bf16: bool | Literal["auto"] = "auto"  # auto: bf16 where CUDA supports it, else fp32
-    gradient_checkpointing: bool = False
-    lora_r: int = 128
-    lora_alpha: int = 256
-    lora_dropout: float = 0.05
-    lora_target_modules: list[str] = field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-    )
     # Bookkeeping.
     checkpoint_every_steps: int = 100  # optimizer steps; checkpoints are also written at each epoch end
     keep_checkpoints: int = 2
@@ -97,25 +84,10 @@ class TrainConfig:
     # built dataset items kept in memory (per process and loader worker); 0: rebuild every time
     item_cache_mb: int = 512
     mlflow_run_id: str | None = None
-    max_steps: int | None = None  # stop after this many optimizer steps (tests, smoke runs)
     inputs: str = "full"  # an ablation trains on "image_blind" or "no_ocr" inputs (training.describe.data)
-    # share of training reads whose FIG labels are renumbered (training.describe.data.PatentLMMDataset)
-    renumber_share: float = 0.0
-    # figures drawn with weight (figures of their patent) ** -patent_balance; 0: every figure once
-    # an epoch (training.describe.data.patent_balanced_weights)
-    patent_balance: float = 0.0
-    # and times min(1, patent_cap / figures of their patent); 0: no cap
-    patent_cap: int = 0
 
     def __post_init__(self) -> None:
-        if self.stage not in (1, 2):
-            raise ValueError(f"stage must be 1 or 2, got {self.stage!r}")
-        if self.zero_stage not in (2, 3):
-            raise ValueError(f"zero_stage must be 2 or 3, got {self.zero_stage!r}")
-        if self.bf16 not in (True, False, "auto"):
-            raise ValueError(f'bf16 must be true, false or "auto", got {self.bf16!r}')
-        if self.schedule != "cosine":
-            raise ValueError(f'schedule must be "cosine", got {self.schedule!r}')
+        super().__post_init__()
         if (
             self.init_model_dir is None
             and (self.encoder_dir is None or self.lm_dir is None)
@@ -128,12 +100,8 @@ class TrainConfig:
             raise ValueError(
                 "lora_adapter_dir applies when building from components, not with init_model_dir"
             )
-        if self.checkpoint_every_steps < 1 or self.per_device_batch < 1 or self.grad_accum < 1:
-            raise ValueError("checkpoint_every_steps, per_device_batch and grad_accum must be >= 1")
-        if self.patent_balance < 0 or self.patent_cap < 0:
-            raise ValueError(
-                f"patent_balance and patent_cap must be >= 0, got {self.patent_balance}, {self.patent_cap}"
-            )
+        if self.checkpoint_every_steps < 1:
+            raise ValueError("checkpoint_every_steps must be >= 1")
 
     @classmethod
     def from_json(cls, path: Path) -> TrainConfig:

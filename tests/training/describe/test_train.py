@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import fields
 from pathlib import Path
 
 import psutil
@@ -21,6 +22,8 @@ import torch
 from PIL import Image, ImageDraw
 from safetensors.torch import load_file
 
+from training.describe import plans
+from training.describe.configs import PRODUCTION, STAGE1, STAGE2_EMBEDDED, TINY, StageConfig
 from training.describe.distributed import PROJECT_ROOT, launch_command, training_env
 from training.describe.tokenizer import corpus_from_llava, train_tokenizer
 from training.describe.train import TrainConfig
@@ -254,6 +257,23 @@ def test_bad_config_key_is_an_error(tmp_path: Path) -> None:
     for bad in ({"patent_balance": -0.5}, {"patent_cap": -1}):
         with pytest.raises(ValueError, match="patent_balance and patent_cap must be >= 0"):
             TrainConfig(stage=1, train_json="x", out_dir="o", model_preset="tiny", **bad)
+
+
+def test_a_stage_reaches_the_training_config_under_its_own_names(tmp_path: Path) -> None:
+    """TrainConfig is a StageConfig: every stage setting arrives as it is, with nothing renamed."""
+    inputs = plans.TrainingInputs(tmp_path, tmp_path / "tok", tmp_path / "enc", tmp_path / "lm")
+    stage1 = plans.train_config(1, inputs, tmp_path / "o1", PRODUCTION)
+    stage2 = plans.train_config(2, inputs, tmp_path / "o2", TINY, init_model_dir=tmp_path / "m", max_steps=3)
+    for name in (f.name for f in fields(StageConfig)):
+        assert getattr(stage1, name) == getattr(STAGE1, name), name
+        if name != "max_steps":
+            assert getattr(stage2, name) == getattr(STAGE2_EMBEDDED, name), name
+    assert stage2.max_steps == 3 and stage2.train_json.endswith("brief_train.json")
+    stage2.to_json(tmp_path / "stage2.json")
+    assert TrainConfig.from_json(tmp_path / "stage2.json") == stage2
+    assert plans.train_config(1, inputs, tmp_path, TINY, kind="detailed").val_json.endswith(
+        "detailed_val.json"
+    )
 
 
 def test_launch_commands(tmp_path: Path) -> None:
