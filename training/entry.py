@@ -33,7 +33,7 @@ import types
 import typing
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -50,6 +50,10 @@ METRICS_FILE = "metrics.json"
 @dataclass
 class JobConfig:
     """Base of the command configs: read from JSON, strictly."""
+
+    # the asset a Pipes multi-asset reports for; None: the one asset in scope. Keyword-only, so
+    # that a subclass's required fields may follow it.
+    asset_key: str | None = field(default=None, kw_only=True)
 
     @classmethod
     def from_json(cls, path: Path) -> JobConfig:
@@ -244,7 +248,7 @@ def run(command: str, config_path: Path) -> dict[str, Any]:
     """Run one command on a config file; report to Dagster Pipes when launched by it."""
     config_class, function = commands()[command]
     config = config_class.from_json(Path(config_path))
-    with reporting(getattr(config, "asset_key", None)) as report:
+    with reporting(config.asset_key) as report:
         metadata = function(config, report)
         report.materialize(metadata)
     return metadata

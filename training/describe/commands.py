@@ -39,7 +39,6 @@ class PatentMMEJob(JobConfig):
     batch_size: int = 4
     seed: int = 0
     codebook_size: int | None = None
-    asset_key: str | None = None  # for a Pipes multi-asset; None: the one asset in scope
 
 
 @dataclass
@@ -70,7 +69,6 @@ class PatentLlamaJob(JobConfig):
     block_size: int = 128
     held_out_fraction: float = 0.1
     seed: int = 0
-    asset_key: str | None = None
 
 
 @dataclass
@@ -112,7 +110,6 @@ class EvaluateJob(JobConfig):
     mlflow_run_id: str | None = None
     tracking_uri: str | None = None  # None: MLFLOW_TRACKING_URI or $PATENTFLOW_HOME's store
     samples: int = 4  # test figures per kind logged with image, prediction and reference
-    asset_key: str | None = None
 
     def __post_init__(self) -> None:
         if not self.test_jsons:
@@ -155,7 +152,6 @@ class GenerateJob(JobConfig):
     ocr: Literal["records", "tesseract"] = "records"
     resume: bool = True
     limit: int | None = None
-    asset_key: str | None = None
 
 
 def _preset(name: str) -> Any:

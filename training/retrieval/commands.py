@@ -44,7 +44,6 @@ class RetrievalEncoderJob(JobConfig):
     mlflow_run_id: str | None = None
     tracking_uri: str | None = None
     num_threads: int | None = None
-    asset_key: str | None = None
 
 
 @dataclass
@@ -69,7 +68,6 @@ class RetrievalEvaluateJob(JobConfig):
     encoder: dict[str, Any] = field(default_factory=dict)
     pixel_baseline: bool = True
     feature_cache: str | None = None
-    asset_key: str | None = None
 
 
 def run_retrieval_encoder(cfg: RetrievalEncoderJob, report: Reporter) -> dict[str, Any]:
