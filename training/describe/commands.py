@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from patent_assets.llava import KINDS
 from patent_assets.records import Rejection, read_jsonl, write_jsonl
+from training.describe.configs import PatentLlamaPretraining, PatentMMEPretraining
 from training.entry import METRICS_FILE, JobConfig, Reporter, finite, publish, staging_dir, write_json
 
 GENERATED_FILE = "generated_descriptions.json"
@@ -20,9 +21,12 @@ EmbedderFactory = Callable[[Path | None, str, Mapping[str, Any], Path | None], t
 ABLATIONS = ("image_blind", "no_ocr")
 
 
-@dataclass
-class PatentMMEJob(JobConfig):
-    """The vision encoder: load `checkpoint_dir` (production, pretraining skipped) or pretrain one.
+# The pretraining jobs' configs are their library's options plus paths (keyword-only, so that the
+# required paths may follow the options' defaults): the library is handed the job's config itself.
+@dataclass(kw_only=True)
+class PatentMMEJob(PatentMMEPretraining, JobConfig):
+    """The vision encoder: load `checkpoint_dir` (production, pretraining skipped) or pretrain one
+    (how: the `PatentMMEPretraining` fields).
 
     Outputs: `out_dir/encoder` and `out_dir/pretraining` (when pretrained), `out_dir/rejected.jsonl`,
     `out_dir/patent_mme.json` (the summary, written last).
@@ -33,17 +37,11 @@ class PatentMMEJob(JobConfig):
     records_jsonl: str | None = None  # figures.jsonl: the sheets to pretrain on
     tokenizer_dir: str | None = None
     preset: str = "tiny"
-    steps: int | None = None
-    epochs: int | None = None
-    lr: float = 5e-4
-    batch_size: int = 4
-    seed: int = 0
-    codebook_size: int | None = None
 
 
-@dataclass
-class PatentLlamaJob(JobConfig):
-    """Causal-LM pretraining on patent text (PatentLLaMA's role).
+@dataclass(kw_only=True)
+class PatentLlamaJob(PatentLlamaPretraining, JobConfig):
+    """Causal-LM pretraining on patent text (PatentLLaMA's role; how: the `PatentLlamaPretraining` fields).
 
     From scratch at the preset's size without `base_model_dir`; LoRA on the base model with it
     (`lora` None: LoRA exactly when a base model is given). Outputs: `out_dir/lm` and/or
@@ -58,17 +56,6 @@ class PatentLlamaJob(JobConfig):
     preset: str = "tiny"
     base_model_dir: str | None = None
     lora: bool | None = None
-    lora_r: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.05
-    merge: bool = False
-    steps: int | None = None
-    epochs: int | None = None
-    lr: float = 1e-3
-    batch_size: int = 8
-    block_size: int = 128
-    held_out_fraction: float = 0.1
-    seed: int = 0
 
 
 @dataclass
@@ -187,17 +174,7 @@ def run_patent_mme(cfg: PatentMMEJob, report: Reporter) -> dict[str, Any]:
         staging = staging_dir(out_dir, "patent_mme")
         try:
             result = load_or_pretrain(
-                None,
-                Path(cfg.records_jsonl),
-                Path(cfg.tokenizer_dir),
-                staging,
-                _preset(cfg.preset),
-                steps=cfg.steps,
-                epochs=cfg.epochs,
-                lr=cfg.lr,
-                batch_size=cfg.batch_size,
-                seed=cfg.seed,
-                codebook_size=cfg.codebook_size,
+                None, Path(cfg.records_jsonl), Path(cfg.tokenizer_dir), staging, _preset(cfg.preset), cfg
             )
             moved = {child.name: publish(child, out_dir / child.name) for child in list(staging.iterdir())}
         finally:
@@ -246,17 +223,7 @@ def run_patent_llama(cfg: PatentLlamaJob, report: Reporter) -> dict[str, Any]:
             _preset(cfg.preset),
             base_model_dir=Path(cfg.base_model_dir) if cfg.base_model_dir else None,
             lora=lora,
-            lora_r=cfg.lora_r,
-            lora_alpha=cfg.lora_alpha,
-            lora_dropout=cfg.lora_dropout,
-            merge=cfg.merge,
-            steps=cfg.steps,
-            epochs=cfg.epochs,
-            lr=cfg.lr,
-            batch_size=cfg.batch_size,
-            block_size=cfg.block_size,
-            held_out_fraction=cfg.held_out_fraction,
-            seed=cfg.seed,
+            options=cfg,
         )
         moved = {child.name: publish(child, out_dir / child.name) for child in list(staging.iterdir())}
     finally:

@@ -1,9 +1,10 @@
-"""Model presets and stage configs: a tiny and a 7B PatentLMM are the same code with different values.
+"""Model presets and training configs: a tiny and a 7B PatentLMM are the same code with different values.
 
 `ModelPreset` says what the model is (sizes for a random-initialised model, or local directories of
 real checkpoints); `StageConfig` says how a training stage runs. The production values are
 PatentLMM's (vl2g/PatentLMM job files, see ANCHORS.md); the `*_EMBEDDED` stage configs shrink them
-so the embedded default trains on 2 CPU cores in minutes.
+so the embedded default trains on 2 CPU cores in minutes. `PatentMMEPretraining` and
+`PatentLlamaPretraining` say how the encoder and the LM pretrain; their jobs' configs are them.
 """
 
 from __future__ import annotations
@@ -259,3 +260,36 @@ STAGE2_EMBEDDED = replace(
     renumber_share=0.5,
     patent_balance=1.0,
 )
+
+
+@dataclass
+class PatentMMEPretraining:
+    """How PatentMME pretrains (`patent_mme.pretrain_patent_mme`); the patent_mme job's config
+    (`commands.PatentMMEJob`) is this plus its paths, so the names are the job's JSON keys."""
+
+    steps: int | None = None  # None: `epochs` (default one) over the sheets
+    epochs: int | None = None
+    lr: float = 5e-4
+    batch_size: int = 4
+    seed: int = 0
+    codebook_size: int | None = None  # None: the paper's 16384 for an encoder 512 wide or more, else 64
+    warmup_ratio: float = 0.05
+
+
+@dataclass
+class PatentLlamaPretraining:
+    """How PatentLLaMA pretrains (`patent_llama.pretrain_patent_llama`); the patent_llama job's config
+    (`commands.PatentLlamaJob`) is this plus its paths, so the names are the job's JSON keys."""
+
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    merge: bool = False  # LoRA: also save the base model with the adapter merged in
+    steps: int | None = None  # None: `epochs` (default one) over the packed blocks
+    epochs: int | None = None
+    lr: float = 1e-3
+    batch_size: int = 8
+    block_size: int = 128
+    held_out_fraction: float = 0.1  # of the documents, whole, for the perplexity before and after
+    warmup_ratio: float = 0.05
+    seed: int = 0

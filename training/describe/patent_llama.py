@@ -38,7 +38,7 @@ from patent_assets.pipeline import DOCUMENTS
 from patent_assets.records import read_jsonl
 
 from .attention import choose_attention
-from .configs import LLAMA_LORA_TARGETS, TINY, ModelPreset
+from .configs import LLAMA_LORA_TARGETS, TINY, ModelPreset, PatentLlamaPretraining
 from .modeling import lm_config
 from .tokenizer import load_lm_tokenizer
 
@@ -173,35 +173,25 @@ def pretrain_patent_llama(
     *,
     base_model_dir: Path | None = None,
     lora: bool = False,
-    lora_r: int = 8,
-    lora_alpha: int = 16,
-    lora_dropout: float = 0.05,
-    merge: bool = False,
-    steps: int | None = None,
-    epochs: int | None = None,
-    lr: float = 1e-3,
-    batch_size: int = 8,
-    block_size: int = 128,
-    held_out_fraction: float = 0.1,
-    warmup_ratio: float = 0.05,
-    seed: int = 0,
+    options: PatentLlamaPretraining | None = None,
 ) -> PretrainResult:
     """Causal-LM pretraining on patent text; returns where the model went and its held-out perplexity.
 
     Without `base_model_dir`, a tiny Llama of `preset`'s size is trained from scratch (`out_dir/lm`).
     With it, the local checkpoint is loaded; `lora=True` trains a LoRA adapter (`out_dir/adapter`,
-    plus `out_dir/lm` merged when `merge`), `lora=False` trains every weight (`out_dir/lm`).
-    Give `steps` or `epochs` (default one epoch over the packed blocks).
+    plus `out_dir/lm` merged when `options.merge`), `lora=False` trains every weight (`out_dir/lm`).
+    `options` says how long and how (default: `PatentLlamaPretraining()`, one epoch over the packed blocks).
     """
     started = time.perf_counter()
-    random.seed(seed)
-    torch.manual_seed(seed)
+    options = options if options is not None else PatentLlamaPretraining()
+    random.seed(options.seed)
+    torch.manual_seed(options.seed)
     tokenizer = load_lm_tokenizer(Path(tokenizer_dir))
-    train_texts, held_texts = split_held_out(list(texts), held_out_fraction)
+    train_texts, held_texts = split_held_out(list(texts), options.held_out_fraction)
     if not train_texts:
         raise ValueError("no patent text to train on")
-    train_blocks = pack_blocks(train_texts, tokenizer, block_size)
-    held_blocks = pack_blocks(held_texts, tokenizer, block_size) if held_texts else None
+    train_blocks = pack_blocks(train_texts, tokenizer, options.block_size)
+    held_blocks = pack_blocks(held_texts, tokenizer, options.block_size) if held_texts else None
 
     if base_model_dir is None:
         if lora:
@@ -220,9 +210,9 @@ def pretrain_patent_llama(
         model = get_peft_model(
             model,
             LoraConfig(
-                r=lora_r,
-                lora_alpha=lora_alpha,
-                lora_dropout=lora_dropout,
+                r=options.lora_r,
+                lora_alpha=options.lora_alpha,
+                lora_dropout=options.lora_dropout,
                 target_modules=list(LLAMA_LORA_TARGETS),
                 bias="none",
                 task_type="CAUSAL_LM",
@@ -230,12 +220,14 @@ def pretrain_patent_llama(
         )
 
     ppl_before = perplexity(model, held_blocks) if held_blocks is not None else math.nan
+    batch_size = options.batch_size
     batches_per_epoch = math.ceil(len(train_blocks) / batch_size)
-    total_steps = steps if steps is not None else (epochs or 1) * batches_per_epoch
+    total_steps = options.steps if options.steps is not None else (options.epochs or 1) * batches_per_epoch
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=0.0 if lora else 0.01)
-    scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(warmup_ratio * total_steps), total_steps)
-    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(trainable, lr=options.lr, weight_decay=0.0 if lora else 0.01)
+    warmup = math.ceil(options.warmup_ratio * total_steps)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, warmup, total_steps)
+    generator = torch.Generator().manual_seed(options.seed)
     losses: list[float] = []
 
     model.train()
@@ -266,7 +258,7 @@ def pretrain_patent_llama(
     if lora:
         adapter_dir = out_dir / ADAPTER_SUBDIR
         model.save_pretrained(str(adapter_dir))
-        if merge:
+        if options.merge:
             lm_dir = out_dir / LM_SUBDIR
             model.merge_and_unload().save_pretrained(lm_dir)
     else:

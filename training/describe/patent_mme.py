@@ -56,7 +56,7 @@ from transformers.utils import ModelOutput
 from patent_assets.alignment import scan_words
 from patent_assets.records import OcrWords, Rejection, read_jsonl, write_jsonl
 
-from .configs import TINY, ModelPreset
+from .configs import TINY, ModelPreset, PatentMMEPretraining
 from .modeling import encoder_config
 from .tokenizer import load_ocr_processor
 
@@ -441,23 +441,18 @@ def pretrain_patent_mme(
     tokenizer_dir: Path,
     out_dir: Path,
     preset: ModelPreset = TINY,
-    *,
-    steps: int | None = None,
-    epochs: int | None = None,
-    lr: float = 5e-4,
-    batch_size: int = 4,
-    seed: int = 0,
-    codebook_size: int | None = None,
-    warmup_ratio: float = 0.05,
+    options: PatentMMEPretraining | None = None,
 ) -> PretrainResult:
     """Pretrain a random-initialised LayoutLMv3 of `preset`'s size on the sheets of figures.jsonl.
 
-    `tokenizer_dir` holds the OCR processor (`training.describe.tokenizer`'s `ocr/` directory). Give `steps`
-    or `epochs` (default one epoch). Writes `out_dir/encoder` (LayoutLMv3Model),
-    `out_dir/pretraining` (heads + codebook) and `out_dir/rejected.jsonl` (sheets left out).
+    `tokenizer_dir` holds the OCR processor (`training.describe.tokenizer`'s `ocr/` directory).
+    `options` says how long and how (default: `PatentMMEPretraining()`, one epoch). Writes
+    `out_dir/encoder` (LayoutLMv3Model), `out_dir/pretraining` (heads + codebook) and
+    `out_dir/rejected.jsonl` (sheets left out).
     """
     started = time.perf_counter()
-    _seed_everything(seed)
+    options = options if options is not None else PatentMMEPretraining()
+    _seed_everything(options.seed)
     processor = load_ocr_processor(Path(tokenizer_dir))
     tokenizer = processor.tokenizer
     if tokenizer.mask_token_id is None:
@@ -465,7 +460,7 @@ def pretrain_patent_mme(
     config = PatentMMEConfig(
         encoder_config=encoder_config(preset, len(tokenizer), pad_token_id=tokenizer.pad_token_id),
         # The paper's 16384 codes at full size; a tiny model on a handful of sheets gets fewer.
-        codebook_size=codebook_size or (16384 if preset.vision_hidden_size >= 512 else 64),
+        codebook_size=options.codebook_size or (16384 if preset.vision_hidden_size >= 512 else 64),
     )
     examples, rejected = load_sheets(Path(records_jsonl), processor, config)
     if not examples:
@@ -473,14 +468,16 @@ def pretrain_patent_mme(
 
     model = PatentMMEForPretraining(config)
     ink_patches = torch.cat([ex.patch_pixels[ex.ink] for ex in examples])
-    model.codebook.copy_(fit_codebook(ink_patches, config.codebook_size, seed=seed))
+    model.codebook.copy_(fit_codebook(ink_patches, config.codebook_size, seed=options.seed))
     codes = [_nearest(ex.patch_pixels, model.codebook) for ex in examples]
 
+    batch_size = options.batch_size
     batches_per_epoch = math.ceil(len(examples) / batch_size)
-    total_steps = steps if steps is not None else (epochs or 1) * batches_per_epoch
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(warmup_ratio * total_steps), total_steps)
-    generator = torch.Generator().manual_seed(seed)
+    total_steps = options.steps if options.steps is not None else (options.epochs or 1) * batches_per_epoch
+    optimizer = torch.optim.AdamW(model.parameters(), lr=options.lr, weight_decay=0.01)
+    warmup = math.ceil(options.warmup_ratio * total_steps)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, warmup, total_steps)
+    generator = torch.Generator().manual_seed(options.seed)
     losses: dict[str, list[float]] = {"total": [], "mlm": [], "mim": [], "patch": []}
 
     model.train()
@@ -560,7 +557,7 @@ def load_or_pretrain(
     tokenizer_dir: Path | None = None,
     out_dir: Path | None = None,
     preset: ModelPreset = TINY,
-    **train_options: Any,
+    options: PatentMMEPretraining | None = None,
 ) -> PretrainResult:
     """Production: load the configured PatentMME / LayoutLMv3 checkpoint and skip pretraining.
 
@@ -572,4 +569,4 @@ def load_or_pretrain(
         return PretrainResult(encoder_dir=Path(checkpoint_dir), pretraining_dir=None, pretrained=False)
     if records_jsonl is None or tokenizer_dir is None or out_dir is None:
         raise ValueError("without a checkpoint, pretraining needs records_jsonl, tokenizer_dir and out_dir")
-    return pretrain_patent_mme(records_jsonl, tokenizer_dir, out_dir, preset, **train_options)
+    return pretrain_patent_mme(records_jsonl, tokenizer_dir, out_dir, preset, options)

@@ -13,7 +13,7 @@ from transformers import LlamaForCausalLM
 
 from patent_assets.documents import GrantDocument, document_from_dict, document_text, document_to_dict
 from patent_assets.records import write_jsonl
-from training.describe.configs import TINY
+from training.describe.configs import TINY, PatentLlamaPretraining
 from training.describe.patent_llama import (
     pack_blocks,
     pretrain_patent_llama,
@@ -65,7 +65,7 @@ def scratch(corpus, tmp_path_factory: pytest.TempPathFactory):
     texts, tokenizer_dir = corpus
     out = tmp_path_factory.mktemp("llama-out")
     return pretrain_patent_llama(
-        texts, tokenizer_dir, out, TINY, steps=60, lr=3e-3, batch_size=8, block_size=64
+        texts, tokenizer_dir, out, TINY, options=PatentLlamaPretraining(steps=60, lr=3e-3, block_size=64)
     )
 
 
@@ -125,11 +125,7 @@ def test_lora_saves_an_adapter_that_peft_loads_and_that_changes_outputs(
         tmp_path,
         base_model_dir=scratch.lm_dir,
         lora=True,
-        merge=True,
-        steps=15,
-        lr=1e-2,
-        batch_size=8,
-        block_size=64,
+        options=PatentLlamaPretraining(merge=True, steps=15, lr=1e-2, block_size=64),
     )
     assert (result.adapter_dir / "adapter_config.json").is_file()
     assert result.perplexity_after < result.perplexity_before
@@ -153,9 +149,9 @@ def test_lora_saves_an_adapter_that_peft_loads_and_that_changes_outputs(
 def test_bad_configurations_fail_clearly(corpus, tmp_path: Path) -> None:
     texts, tokenizer_dir = corpus
     with pytest.raises(ValueError, match="LoRA needs a base model"):
-        pretrain_patent_llama(texts, tokenizer_dir, tmp_path, lora=True, steps=1)
+        pretrain_patent_llama(texts, tokenizer_dir, tmp_path, lora=True)
     with pytest.raises(FileNotFoundError, match=r"no config\.json"):
-        pretrain_patent_llama(texts, tokenizer_dir, tmp_path, base_model_dir=tmp_path / "missing", steps=1)
+        pretrain_patent_llama(texts, tokenizer_dir, tmp_path, base_model_dir=tmp_path / "missing")
 
 
 def test_only_validated_releases_and_training_patents_give_text(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from PIL import Image, ImageDraw
 from transformers import LayoutLMv3Model
 
 from patent_assets.records import OcrWords, write_jsonl
-from training.describe.configs import TINY
+from training.describe.configs import TINY, PatentMMEPretraining
 from training.describe.patent_mme import (
     PATCH_CLASSES,
     PatentMMEConfig,
@@ -86,10 +86,7 @@ def pretrained(sheets: tuple[Path, Path], tmp_path_factory: pytest.TempPathFacto
         tokenizer_dir,
         tmp_path_factory.mktemp("mme-out"),
         TINY,
-        steps=40,
-        lr=2e-3,
-        batch_size=3,
-        seed=0,
+        PatentMMEPretraining(steps=40, lr=2e-3, batch_size=3, seed=0),
     )
 
 
