@@ -212,6 +212,7 @@ def commands() -> dict[str, tuple[type[JobConfig], Callable[[Any, Reporter], dic
     dependencies load only when one of its commands runs)."""
     from training.describe import commands as describe
     from training.retrieval import commands as retrieval
+    from training.retrieval.configs import RetrievalTrainConfig
     from training.retrieval.evaluate import retrieval_embedder
 
     def evaluate(cfg: describe.EvaluateJob, report: Reporter) -> dict[str, Any]:
@@ -222,7 +223,7 @@ def commands() -> dict[str, tuple[type[JobConfig], Callable[[Any, Reporter], dic
         "patent_llama": (describe.PatentLlamaJob, describe.run_patent_llama),
         "evaluate": (describe.EvaluateJob, evaluate),
         "generate": (describe.GenerateJob, describe.run_generate),
-        "retrieval_encoder": (retrieval.RetrievalEncoderJob, retrieval.run_retrieval_encoder),
+        "retrieval_encoder": (RetrievalTrainConfig, retrieval.run_retrieval_encoder),
         "retrieval_evaluate": (retrieval.RetrievalEvaluateJob, retrieval.run_retrieval_evaluate),
     }
 

@@ -1,49 +1,14 @@
-"""The figure-retrieval jobs `training.entry` runs: train the encoder, evaluate encoders."""
+"""The figure-retrieval jobs `training.entry` runs: train the encoder (its config is
+`training.retrieval.configs.RetrievalTrainConfig`), evaluate encoders."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from training.entry import METRICS_FILE, JobConfig, Reporter, write_json
-
-
-@dataclass
-class RetrievalEncoderJob(JobConfig):
-    """The figure-retrieval encoder: ArcFace on patent identity plus the LLM-informed alignment.
-
-    Fields mirror `training.retrieval.train.RetrievalTrainConfig`. Outputs (`out_dir`): `encoder`,
-    `metrics.jsonl` (per step), `summary.json` (untrained and trained retrieval metrics),
-    `checkpoint` (resumed from when present).
-    """
-
-    figures_jsonl: str
-    out_dir: str
-    preset: str = "tiny"
-    encoder: dict[str, Any] = field(default_factory=dict)
-    generated_descriptions: str | None = None
-    text_encoder_dir: str | None = None
-    train_splits: list[str] = field(default_factory=lambda: ["train"])
-    eval_splits: list[str] = field(default_factory=lambda: ["val", "test"])
-    epochs: int = 30
-    batch_size: int = 16
-    views_per_patent: int = 2
-    lr: float = 2e-3
-    weight_decay: float = 0.05
-    seed: int = 0
-    losses: list[str] = field(default_factory=lambda: ["arcface", "clip", "cls", "cat"])
-    arcface_scale: float = 20.0
-    arcface_margin: float = 0.5  # radians
-    trainable_blocks: int | None = None
-    feature_cache: str | None = None
-    backbone_lr_scale: float = 0.1
-    whitening_shrinkage: float | None = None
-    head_lr_scale: float = 0.1
-    feature_erase_probability: float = 0.5
-    mlflow_run_id: str | None = None
-    tracking_uri: str | None = None
-    num_threads: int | None = None
+from training.retrieval.configs import RetrievalTrainConfig
 
 
 @dataclass
@@ -70,12 +35,12 @@ class RetrievalEvaluateJob(JobConfig):
     feature_cache: str | None = None
 
 
-def run_retrieval_encoder(cfg: RetrievalEncoderJob, report: Reporter) -> dict[str, Any]:
-    from training.retrieval.train import RetrievalTrainConfig, train_retrieval_encoder
+def run_retrieval_encoder(cfg: RetrievalTrainConfig, report: Reporter) -> dict[str, Any]:
+    """The job's config is the training's (`training.retrieval.configs`): handed over as it is."""
+    from training.retrieval.train import train_retrieval_encoder
 
-    options = {key: value for key, value in asdict(cfg).items() if key != "asset_key"}
     report.log(f"retrieval_encoder: training a {cfg.preset} encoder on {cfg.figures_jsonl}")
-    summary = train_retrieval_encoder(RetrievalTrainConfig(**options), report)
+    summary = train_retrieval_encoder(cfg, report)
     trained, untrained = summary["trained"], summary["untrained"]
     return {
         "encoder_dir": Path(summary["encoder_dir"]),

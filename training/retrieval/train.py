@@ -31,7 +31,7 @@ import json
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -42,88 +42,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from patent_assets.records import FigureRecord, atomic_write, read_jsonl, write_jsonl
+from training.retrieval.configs import LOSSES, RetrievalTrainConfig
 from training.retrieval.evaluate import evaluate_encoder, figure_class, image_path_of
 from training.retrieval.features import PrefixFeatures, compute_prefix_features
 from training.retrieval.model import FigureEncoder, build_encoder, preprocess_image, preset, save_encoder
 
 __all__ = ["RetrievalTrainConfig", "figure_class", "train_retrieval_encoder"]
 
-LOSSES = ("arcface", "clip", "cls", "cat")
 CHECKPOINT_FILE = "state.pt"
-
-
-@dataclass
-class RetrievalTrainConfig:
-    figures_jsonl: str
-    out_dir: str
-    preset: str = "tiny"
-    encoder: dict[str, Any] = field(default_factory=dict)  # EncoderConfig overrides of the preset
-    generated_descriptions: str | None = None  # {image_id: text} JSON; None: brief descriptions only
-    text_encoder_dir: str | None = None  # None: the embedded all-MiniLM-L6-v2
-    train_splits: Sequence[str] = ("train",)
-    eval_splits: Sequence[str] = ("val", "test")
-    # Model selection: every `select_every` epochs the same-patent mAP of the figures of these
-    # splits (searching them and the training figures only) is measured and the best epoch's
-    # weights are kept. Empty: the last epoch's weights.
-    select_splits: Sequence[str] = ()
-    select_every: int = 5
-    epochs: int = 30
-    batch_size: int = 16  # P patents x K views
-    views_per_patent: int = 2  # K
-    lr: float = 2e-3
-    # Strong regularisation: the embedded default has 19 training patents; with erasing and grid
-    # masks at 0.5 and weight decay 1e-4 the encoder memorised them (held-out mAP barely moved).
-    weight_decay: float = 0.05
-    warmup_fraction: float = 0.05
-    seed: int = 0
-    losses: Sequence[str] = LOSSES
-    arcface_scale: float = 20.0
-    arcface_margin: float = 0.5  # radians, as papers state it
-    erase_probability: float = 0.8
-    grid_mask_probability: float = 0.8
-    mlflow_run_id: str | None = None
-    tracking_uri: str | None = None
-    num_threads: int | None = None  # torch CPU threads; None: torch's default
-    # Fine-tuning a pretrained backbone. None: the whole encoder trains from pixels (training from
-    # scratch, the `tiny` preset). 0: the backbone stays frozen, its pooled features are computed
-    # once per image (cached by content in `feature_cache`) and the head trains on them; k > 0:
-    # the last k blocks of an EfficientNet-Lite train too, at `backbone_lr_scale` x lr, on cached
-    # block inputs, with BatchNorm statistics frozen (batches of 16 cannot re-estimate them).
-    trainable_blocks: int | None = None
-    feature_cache: str | None = None  # None: out_dir/feature_cache
-    backbone_lr_scale: float = 0.1
-    # A "whitening" head starts as the learned whitening of the training patents' figures
-    # (closed form, `learn_whitening`) and ArcFace's class centres as their whitened means, so
-    # training starts from what pretraining gives rather than from a random projection.
-    # Shrinkage of the pairs' covariance towards its mean variance; None: chosen among
-    # SHRINKAGE_CANDIDATES by cross-validation over the training patents (`select_whitening_shrinkage`).
-    whitening_shrinkage: float | None = None
-    head_lr_scale: float = 0.1  # the whitening-initialised head trains at this x lr
-    feature_erase_probability: float = 0.5  # trainable_blocks > 0: erase a rectangle of the block input
-    device: str = "auto"  # "auto": the GPU when there is one, else the CPU; or "cpu", "cuda", "cuda:1"
-
-    def __post_init__(self) -> None:
-        unknown = sorted(set(self.losses) - set(LOSSES))
-        if unknown or not self.losses:
-            raise ValueError(f"losses {list(self.losses)}: choose one or more of {list(LOSSES)}")
-        if self.batch_size % self.views_per_patent:
-            raise ValueError(
-                f"batch_size {self.batch_size} is not a multiple of views_per_patent {self.views_per_patent}"
-            )
-        reported = sorted(set(self.select_splits) & (set(self.eval_splits) | set(self.train_splits)))
-        if reported:
-            raise ValueError(
-                f"select_splits {list(self.select_splits)}: {reported} is also trained on or reported"
-                " (eval_splits); select on a split of its own"
-            )
-        if self.select_every < 1:
-            raise ValueError(f"select_every must be >= 1, got {self.select_every}")
-        if self.trainable_blocks is not None and self.trainable_blocks < 0:
-            raise ValueError(f"trainable_blocks must be None or >= 0, got {self.trainable_blocks}")
-        if self.whitening_shrinkage is not None and not 0.0 <= self.whitening_shrinkage <= 1.0:
-            raise ValueError(f"whitening_shrinkage must be in [0, 1], got {self.whitening_shrinkage}")
-        if self.epochs < 0 or self.lr <= 0:
-            raise ValueError(f"need epochs >= 0 and lr > 0, got {self.epochs}, {self.lr}")
 
 
 def arcface_margin_degrees(radians: float) -> float:
@@ -749,8 +675,8 @@ def train_retrieval_encoder(cfg: RetrievalTrainConfig, report: Any = None) -> di
     generator = torch.Generator().manual_seed(cfg.seed)
     start_epoch, step = 0, 0
     best: dict[str, Any] | None = None  # {"epoch", "score", "model"} of model selection
-    run_config = {**asdict(cfg), "train_splits": list(cfg.train_splits), "eval_splits": list(cfg.eval_splits)}
-    run_config["losses"] = list(cfg.losses)
+    # MLflow's params: how it trains; where Dagster Pipes reports is none of that
+    run_config = {key: value for key, value in asdict(cfg).items() if key != "asset_key"}
     if checkpoint_path.is_file():
         state = torch.load(checkpoint_path, weights_only=False, map_location="cpu")
         if state["encoder_config"] != encoder_config.to_dict() or state["patents"] != patents:

@@ -297,6 +297,20 @@ def _run_job(command: str, config: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+def test_the_job_config_is_the_training_config_read_strictly(tmp_path):
+    """Every training setting is a key of the retrieval_encoder job, under its own name."""
+    assert entry.commands()["retrieval_encoder"][0] is RetrievalTrainConfig
+    path = tmp_path / "job.json"
+    path.write_text(
+        json.dumps({"figures_jsonl": "f", "out_dir": "o", "select_splits": ["x"], "device": "cpu"})
+    )
+    config = RetrievalTrainConfig.from_json(path)
+    assert (config.select_splits, config.device, config.train_splits) == (["x"], "cpu", ["train"])
+    path.write_text(json.dumps({"figures_jsonl": "f", "out_dir": "o", "train_splits": "train"}))
+    with pytest.raises(ValueError, match=r"train_splits='train' is not a list"):
+        RetrievalTrainConfig.from_json(path)
+
+
 def test_job_command_end_to_end(sheets, tmp_path):
     config = {
         "figures_jsonl": str(sheets),
