@@ -1,7 +1,6 @@
 """Helpers of the training assets: read an upstream asset's metadata, launch a job through Pipes."""
 # No `from __future__ import annotations`: Dagster inspects the `context` annotation at definition time.
 
-import json
 from pathlib import Path
 
 import dagster as dg
@@ -22,13 +21,16 @@ def run_job(
     pipes: dg.PipesSubprocessClient,
     context: dg.AssetExecutionContext,
     command: str,
-    config: dict,
+    config: entry.JobConfig,
     config_path: Path,
     extra: dict | None = None,
 ) -> dg.MaterializeResult:
-    """Run `python -m training COMMAND --config CONFIG` through Pipes; add our own metadata."""
+    """Run `python -m training COMMAND --config CONFIG` through Pipes; add our own metadata.
+
+    `config` is the command's own config class, built by the asset: a key the job does not know
+    fails here, in the Dagster process, not in the launched job."""
     config_path.parent.mkdir(parents=True, exist_ok=True)
-    config_path.write_text(json.dumps(config, indent=2))
+    config.to_json(config_path)
     reported = pipes.run(
         command=entry.command_line(command, config_path),
         context=context,

@@ -34,7 +34,7 @@ from patent_assets.records import atomic_write
 from patent_assets.store import ArtifactStore
 from training.describe import distributed, plans
 from training.describe.baselines import BASELINES
-from training.describe.commands import ABLATIONS
+from training.describe.commands import ABLATIONS, EvaluateJob, GenerateJob, PatentLlamaJob, PatentMMEJob
 
 MODEL_GROUP = "patentlmm"
 # What the challenger must beat the baselines on: the real (USPTO) test figures' brief descriptions.
@@ -58,7 +58,7 @@ def description_tokenizer(home: PatentflowHome, settings: PatentLMMSettings) -> 
     from training.describe import tokenizer
     from training.describe.patent_llama import read_patent_texts
 
-    preset = settings.preset()
+    preset = settings.model_preset()
     if preset.tokenizer_dir:
         return dg.MaterializeResult(metadata={"path": preset.tokenizer_dir, "source": "checkpoint"})
     train_jsons = sorted(home.home.llava_json.glob("*_train.json"))
@@ -96,14 +96,14 @@ def patent_mme(
     pipes: dg.PipesSubprocessClient,
 ) -> dg.MaterializeResult:
     out = work_dir(home, context)
-    config = {
-        "records_jsonl": str(home.home.figures_jsonl),
-        "tokenizer_dir": latest(context, "description_tokenizer"),
-        "out_dir": str(out),
-        "preset": settings.preset_name,
-        "checkpoint_dir": settings.preset().encoder_dir,
-        "steps": settings.pretrain_steps,
-    }
+    config = PatentMMEJob(
+        records_jsonl=str(home.home.figures_jsonl),
+        tokenizer_dir=latest(context, "description_tokenizer"),
+        out_dir=str(out),
+        preset=settings.preset,
+        checkpoint_dir=settings.model_preset().encoder_dir,
+        steps=settings.pretrain_steps,
+    )
     return run_job(pipes, context, "patent_mme", config, out / "job.json", {"path": str(out / "encoder")})
 
 
@@ -123,15 +123,15 @@ def patent_llama(
     pipes: dg.PipesSubprocessClient,
 ) -> dg.MaterializeResult:
     out = work_dir(home, context)
-    config = {
-        "documents": [str(p) for p in dataset.validated_documents(home.home.releases)],
-        "figures_jsonl": str(home.home.figures_jsonl),
-        "tokenizer_dir": latest(context, "description_tokenizer"),
-        "out_dir": str(out),
-        "preset": settings.preset_name,
-        "base_model_dir": settings.preset().lm_dir,
-        "steps": settings.pretrain_steps,
-    }
+    config = PatentLlamaJob(
+        documents=[str(p) for p in dataset.validated_documents(home.home.releases)],
+        figures_jsonl=str(home.home.figures_jsonl),
+        tokenizer_dir=latest(context, "description_tokenizer"),
+        out_dir=str(out),
+        preset=settings.preset,
+        base_model_dir=settings.model_preset().lm_dir,
+        steps=settings.pretrain_steps,
+    )
     return run_job(pipes, context, "patent_llama", config, out / "job.json", {"path": str(out / "lm")})
 
 
@@ -153,8 +153,8 @@ def _train_stage(
         tokenizer_dir=Path(latest(context, "description_tokenizer")),
         encoder_dir=Path(latest(context, "patent_mme")),
         lm_dir=Path(latest(context, "patent_llama")),
-        lora_adapter_dir=Path(settings.preset().lora_adapter_dir)
-        if settings.preset().lora_adapter_dir
+        lora_adapter_dir=Path(settings.model_preset().lora_adapter_dir)
+        if settings.model_preset().lora_adapter_dir
         else None,
     )
     init = Path(latest(context, "patentlmm_stage1")) if stage == 2 else None
@@ -162,7 +162,7 @@ def _train_stage(
         stage,
         inputs,
         out,
-        settings.preset(),
+        settings.model_preset(),
         init_model_dir=init,
         max_steps=settings.max_steps or None,
         input_mode=input_mode,
@@ -277,30 +277,30 @@ def _evaluate(
     out: Path,
     run_id: str | None,
     uri: str,
-    ablations: dict[str, str],
+    ablations: dict[str, str | None],
     baselines: dict | None = None,
 ) -> dict:
     llava = home.home.llava_json
-    config = {
-        "out_dir": str(out),
-        "model_dir": model_dir,
-        "test_jsons": {"brief": str(llava / "brief_test.json")},
-        "figures_jsonl": str(home.home.figures_jsonl),
+    config = EvaluateJob(
+        out_dir=str(out),
+        model_dir=model_dir,
+        test_jsons={"brief": str(llava / "brief_test.json")},
+        figures_jsonl=str(home.home.figures_jsonl),
         # models trained without the image / the OCR, evaluated on the inputs they trained on
-        "ablations": ablations,
-        "mlflow_run_id": run_id,
-        "tracking_uri": uri,
-        "max_new_tokens": 96,
+        ablations=ablations,
+        mlflow_run_id=run_id,
+        tracking_uri=uri,
+        max_new_tokens=96,
         **(baselines or {}),
-    }
+    )
     run_job(pipes, context, "evaluate", config, out / "job.json")
     return json.loads((out / "metrics.json").read_text())
 
 
 def _baselines(home: PatentflowHome, retrieval: RetrievalSettings, mlflow: MlflowTracking) -> dict:
-    """The evaluation's model-free baselines: a constant sentence, the training description of the
-    nearest figure by the figure-search champion (the untouched backbone before there is one), and
-    the commonest training sentence about the sheet's OCR-read FIG label."""
+    """The evaluation's model-free baselines (`EvaluateJob` fields): a constant sentence, the training
+    description of the nearest figure by the figure-search champion (the untouched backbone before
+    there is one), and the commonest training sentence about the sheet's OCR-read FIG label."""
     from training import tracking
 
     uri = mlflow.uri()
@@ -315,7 +315,7 @@ def _baselines(home: PatentflowHome, retrieval: RetrievalSettings, mlflow: Mlflo
         "baselines": list(BASELINES),
         "train_jsons": {"brief": str(home.home.llava_json / "brief_train.json")},
         "nearest_neighbour_encoder_dir": str(encoder_dir) if encoder_dir else None,
-        "untouched_preset": retrieval.preset_name,
+        "untouched_preset": retrieval.preset,
         "encoder": retrieval.encoder_overrides(),
         "feature_cache": str(home.home.feature_cache),
     }
@@ -492,12 +492,12 @@ def generated_descriptions(
     )
     # Generation resumes within one model version only; a new champion starts afresh.
     work = home.home.store / "generated" / f"{mlflow.registered_model}-v{version}"
-    config = {
-        "out_dir": str(work),
-        "model_dir": str(model_dir),
-        "max_new_tokens": 96,
-        "figures_jsonl": str(home.home.figures_jsonl),
-    }
+    config = GenerateJob(
+        out_dir=str(work),
+        model_dir=str(model_dir),
+        max_new_tokens=96,
+        figures_jsonl=str(home.home.figures_jsonl),
+    )
     reported = run_job(pipes, context, "generate", config, work_dir(home, context) / "job.json")
     out = home.home.data / "generated_descriptions"
     with atomic_write(out / "generated_descriptions.json", "wb") as handle:

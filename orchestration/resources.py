@@ -126,7 +126,9 @@ class MlflowTracking(dg.ConfigurableResource):
 class PatentLMMSettings(dg.ConfigurableResource):
     """Which PatentLMM to train: the tiny embedded default, or production from local checkpoints."""
 
-    preset_name: str = "tiny"  # a name in training.describe.configs.PRESETS
+    # a name in training.describe.configs.PRESETS, the jobs' `preset`; model_preset() is that preset
+    # with the checkpoint directories below
+    preset: str = "tiny"
     # Production: local checkpoint directories (nothing is downloaded); empty keeps the preset's.
     encoder_dir: str = ""
     lm_dir: str = ""
@@ -135,7 +137,7 @@ class PatentLMMSettings(dg.ConfigurableResource):
     launcher: str = "deepspeed"  # or "torchrun"
     nproc_per_node: int = 0  # 0: every GPU of the machine (1 process on a CPU)
     max_steps: int = 0  # 0: the stage's own epochs
-    pretrain_steps: int = 200  # PatentMME / PatentLLaMA steps in the embedded default
+    pretrain_steps: int = 200  # PatentMME / PatentLLaMA steps in the embedded default (their jobs' `steps`)
     # Ablations trained beside each challenger (training.describe.commands.ABLATIONS). The gate needs the
     # image-blind one; "no_ocr" also shows what the OCR words add (a stage-2 training more: about
     # 1.5 min of make run, where the tiny model without OCR writes the image-blind one's sentence).
@@ -144,12 +146,12 @@ class PatentLMMSettings(dg.ConfigurableResource):
     # (USPTO) test figures; "brief_rougeL" judges on every test figure, synthetic ones too
     promotion_metric: str = "brief_real_rougeL"
 
-    def preset(self):  # -> training.describe.configs.ModelPreset
+    def model_preset(self):  # -> training.describe.configs.ModelPreset
         from dataclasses import replace
 
         from training.describe.configs import PRESETS
 
-        preset = PRESETS[self.preset_name]
+        preset = PRESETS[self.preset]
         paths = {
             k: v
             for k, v in {
@@ -168,7 +170,7 @@ class RetrievalSettings(dg.ConfigurableResource):
     from its PyPI wheel, frozen, with a learned-whitening head fine-tuned on the training patents
     (`tiny`: a small encoder trained from scratch; any backbone by local path)."""
 
-    preset_name: str = "pretrained"  # a name in training.retrieval.model.PRESETS
+    preset: str = "pretrained"  # the jobs' `preset`: a name in training.retrieval.model.PRESETS
     backbone: str = ""  # e.g. "efficientnet-lite2", "timm:efficientnet_b0", "hf"; empty keeps the preset's
     backbone_dir: str = ""  # local pretrained weights; nothing is downloaded
     text_encoder_dir: str = ""  # a sentence-transformers directory; empty: the embedded MiniLM

@@ -17,6 +17,7 @@ on a large collection it belongs in a launched job like the encoder's.
 # No `from __future__ import annotations`: Dagster inspects the `context` annotation at definition time.
 
 import json
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import dagster as dg
@@ -26,6 +27,8 @@ from orchestration.assets import figure_dataset
 from orchestration.launching import latest, run_job, work_dir
 from orchestration.model_assets import EAGER, generated_descriptions
 from orchestration.resources import DataVersioning, MlflowTracking, PatentflowHome, RetrievalSettings
+from training.retrieval.commands import RetrievalEvaluateJob
+from training.retrieval.configs import RetrievalTrainConfig
 
 RETRIEVAL_GROUP = "retrieval"
 QUERY_SPLITS = ["val", "test"]  # held-out patents; the training patents stay in the database
@@ -73,22 +76,25 @@ def retrieval_encoder(
 
     uri = mlflow.uri()
     out = work_dir(home, context)
-    config = {
-        "figures_jsonl": str(home.home.figures_jsonl),
-        "out_dir": str(out),
-        "preset": retrieval.preset_name,
-        "encoder": retrieval.encoder_overrides(),
-        "generated_descriptions": latest(context, "generated_descriptions"),
-        "text_encoder_dir": retrieval.text_encoder_dir or None,
-        "eval_splits": QUERY_SPLITS,
-        "trainable_blocks": retrieval.trainable_blocks,
-        "feature_cache": str(home.home.feature_cache),
-        **({"epochs": retrieval.epochs} if retrieval.epochs else {}),
-    }
+    config = RetrievalTrainConfig(
+        figures_jsonl=str(home.home.figures_jsonl),
+        out_dir=str(out),
+        preset=retrieval.preset,
+        encoder=retrieval.encoder_overrides(),
+        generated_descriptions=latest(context, "generated_descriptions"),
+        text_encoder_dir=retrieval.text_encoder_dir or None,
+        eval_splits=QUERY_SPLITS,
+        trainable_blocks=retrieval.trainable_blocks,
+        feature_cache=str(home.home.feature_cache),
+        epochs=retrieval.epochs or RetrievalTrainConfig.epochs,  # 0: the training's default
+        tracking_uri=uri,
+    )
     run_id = tracking.start_training_run(
         experiment=mlflow.retrieval_experiment,
         run_name=f"encoder-{context.run.run_id[:8]}",
-        params=config,
+        # without the run id, not known yet: the job logs every param again with it, and MLflow
+        # refuses a param logged twice with two values; asset_key says where Pipes reports, not how
+        params={k: v for k, v in asdict(config).items() if k not in ("mlflow_run_id", "asset_key")},
         tags={"dagster_run_id": context.run.run_id, "task": "figure retrieval"},
         data_version={
             "figure_dataset_md5": latest(context, "figure_dataset", "dvc_md5"),
@@ -102,7 +108,7 @@ def retrieval_encoder(
             pipes,
             context,
             "retrieval_encoder",
-            {**config, "mlflow_run_id": run_id, "tracking_uri": uri},
+            replace(config, mlflow_run_id=run_id),
             out / "job.json",
             {"path": str(out / "encoder"), "mlflow_run_id": run_id},
         )
@@ -121,16 +127,16 @@ def _evaluate(
     encoders: dict[str, str],
     out: Path,
 ) -> dict[str, dict[str, float]]:
-    config = {
-        "encoder_dirs": encoders,
-        "figures_jsonl": str(home.home.figures_jsonl),
-        "out_dir": str(out),
-        "query_splits": QUERY_SPLITS,
+    config = RetrievalEvaluateJob(
+        encoder_dirs=encoders,
+        figures_jsonl=str(home.home.figures_jsonl),
+        out_dir=str(out),
+        query_splits=QUERY_SPLITS,
         # the backbone as pretrained, no training: what fine-tuning must improve on
-        "untouched_preset": retrieval.preset_name,
-        "encoder": retrieval.encoder_overrides(),
-        "feature_cache": str(home.home.feature_cache),
-    }
+        untouched_preset=retrieval.preset,
+        encoder=retrieval.encoder_overrides(),
+        feature_cache=str(home.home.feature_cache),
+    )
     run_job(pipes, context, "retrieval_evaluate", config, out / "job.json")
     return {name: _flat(metrics) for name, metrics in json.loads((out / "metrics.json").read_text()).items()}
 
