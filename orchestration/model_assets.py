@@ -148,62 +148,67 @@ def _train_stage(
     from training import tracking
 
     out = work_dir(home, context) / input_mode
-    inputs = plans.TrainingInputs(
-        dataset_dir=home.home.dataset,
-        tokenizer_dir=Path(latest(context, "description_tokenizer")),
-        encoder_dir=Path(latest(context, "patent_mme")),
-        lm_dir=Path(latest(context, "patent_llama")),
-        lora_adapter_dir=Path(settings.model_preset().lora_adapter_dir)
-        if settings.model_preset().lora_adapter_dir
-        else None,
-    )
-    init = Path(latest(context, "patentlmm_stage1")) if stage == 2 else None
-    cfg = plans.train_config(
-        stage,
-        inputs,
-        out,
-        settings.model_preset(),
-        init_model_dir=init,
-        max_steps=settings.max_steps or None,
-        input_mode=input_mode,
-    )
+    cfg = _stage_config(stage, context, home, settings, out, input_mode)
     uri = mlflow.uri()
-    run_id = tracking.start_training_run(
+    with tracking.training_run(
         experiment=mlflow.experiment,
         run_name=f"stage{stage}-{input_mode}-{context.run.run_id[:8]}",
         params=asdict(cfg),
         tags={"stage": str(stage), "inputs": input_mode, "dagster_run_id": context.run.run_id},
         data_version={"llava_dataset_md5": latest(context, "llava_dataset", "dvc_md5")},
-        git_commit=tracking.read_git_commit(),
         tracking_uri=uri,
-    )
-    cfg = replace(cfg, mlflow_run_id=run_id)
-    out.mkdir(parents=True, exist_ok=True)
-    cfg.to_json(out / "train_config.json")
-    command = distributed.launch_command(
-        out / "train_config.json", nproc_per_node=settings.nproc_per_node or None, launcher=settings.launcher
-    )  # type: ignore[arg-type]
-    try:
+    ) as run_id:
+        out.mkdir(parents=True, exist_ok=True)
+        replace(cfg, mlflow_run_id=run_id).to_json(out / "train_config.json")
+        command = distributed.launch_command(
+            out / "train_config.json",
+            nproc_per_node=settings.nproc_per_node or None,
+            launcher=settings.launcher,
+        )  # type: ignore[arg-type]
         reported = pipes.run(
             command=command,
             context=context,
             env=distributed.training_env({"MLFLOW_TRACKING_URI": uri}),
             cwd=str(distributed.PROJECT_ROOT),
         ).get_materialize_result()
-    except Exception:
-        tracking.finish_run(run_id, status="FAILED", tracking_uri=uri)
-        raise
-    history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    history = [row for row in history if "step" in row]
-    if history:
-        tracking.log_curve_plot(run_id, history, name=f"stage{stage}_loss", tracking_uri=uri)
-    tracking.finish_run(run_id, tracking_uri=uri)
+        rows = (json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip())
+        history = [row for row in rows if "step" in row]
+        if history:
+            tracking.log_curve_plot(run_id, history, name=f"stage{stage}_loss", tracking_uri=uri)
     return {
         **(reported.metadata or {}),
         "path": str(out / "model"),
         "mlflow_run_id": run_id,
         "steps": len(history),
     }
+
+
+def _stage_config(
+    stage: int,
+    context: dg.AssetExecutionContext,
+    home: PatentflowHome,
+    settings: PatentLMMSettings,
+    out: Path,
+    input_mode: str,
+) -> plans.TrainConfig:
+    """The training config of one stage, from the upstream assets' latest outputs."""
+    preset = settings.model_preset()
+    inputs = plans.TrainingInputs(
+        dataset_dir=home.home.dataset,
+        tokenizer_dir=Path(latest(context, "description_tokenizer")),
+        encoder_dir=Path(latest(context, "patent_mme")),
+        lm_dir=Path(latest(context, "patent_llama")),
+        lora_adapter_dir=Path(preset.lora_adapter_dir) if preset.lora_adapter_dir else None,
+    )
+    return plans.train_config(
+        stage,
+        inputs,
+        out,
+        preset,
+        init_model_dir=Path(latest(context, "patentlmm_stage1")) if stage == 2 else None,
+        max_steps=settings.max_steps or None,
+        input_mode=input_mode,
+    )
 
 
 @dg.asset(
@@ -424,47 +429,28 @@ def patentlmm_challenger(
     )
 
 
-@dg.asset_check(
-    asset=patentlmm_challenger,
-    blocking=True,
-    description="The challenger must beat the champion on the same test split (the promotion metric); "
-    "the decision and its reason go on the model version's tags either way.",
+challenger_beats_champion, challenger_beats_baselines, patentlmm_champion = promotion.gate_definitions(
+    promotion.Gate(
+        challenger=patentlmm_challenger,
+        champion="patentlmm_champion",
+        group=MODEL_GROUP,
+        settings_key="settings",
+        model_field="registered_model",
+        beats_champion="challenger_beats_champion",
+        beats_champion_description="The challenger must beat the champion on the same test split (the "
+        "promotion metric); the decision and its reason go on the model version's tags either way.",
+        beats_baselines="challenger_beats_baselines",
+        beats_baselines_description="Warns when the challenger does not beat every baseline that needs no "
+        "description model (constant sentence, nearest training figure, OCR label in the commonest sentence) "
+        "on the real test figures, BLEU-4 and ROUGE-L. Not blocking, so that the first model can still become "
+        "champion; the version is tagged.",
+        baselines=BASELINES,
+        baseline_metrics=lambda _settings: REAL_GATE_METRICS,
+        champion_description="Moves the registry alias `champion` to the challenger (it runs only when the "
+        "promotion check passed).",
+    ),
+    EAGER,
 )
-def challenger_beats_champion(
-    context: dg.AssetCheckExecutionContext, settings: PatentLMMSettings, mlflow: MlflowTracking
-) -> dg.AssetCheckResult:
-    return promotion.gate(
-        context, "patentlmm_challenger", mlflow.registered_model, settings.promotion_metric, mlflow.uri()
-    )
-
-
-@dg.asset_check(
-    asset=patentlmm_challenger,
-    description="Warns when the challenger does not beat every baseline that needs no description model "
-    "(constant sentence, nearest training figure, OCR label in the commonest sentence) on the real test figures, BLEU-4 "
-    "and ROUGE-L. Not blocking, so that the first model can still become champion; the version is tagged.",
-)
-def challenger_beats_baselines(
-    context: dg.AssetCheckExecutionContext, mlflow: MlflowTracking
-) -> dg.AssetCheckResult:
-    return promotion.beats_baselines(
-        context, "patentlmm_challenger", BASELINES, mlflow.registered_model, REAL_GATE_METRICS, mlflow.uri()
-    )
-
-
-@dg.asset(
-    deps=[patentlmm_challenger],
-    group_name=MODEL_GROUP,
-    kinds={"mlflow"},
-    automation_condition=EAGER,
-    description="Moves the registry alias `champion` to the challenger (it runs only when the promotion check passed).",
-)
-def patentlmm_champion(
-    context: dg.AssetExecutionContext, settings: PatentLMMSettings, mlflow: MlflowTracking
-) -> dg.MaterializeResult:
-    return promotion.promote(
-        context, "patentlmm_challenger", mlflow.registered_model, settings.promotion_metric, mlflow.uri()
-    )
 
 
 @dg.asset(

@@ -2,13 +2,16 @@
 
 A challenger asset writes a record {"version", "metrics", "champion_version", "champion_metrics"};
 the blocking check compares the two on the promotion metric and, when the challenger loses,
-tags the version with the reason; the champion asset (which runs only when the check passed)
-moves the registry alias.
+tags the version with the reason; a warning check compares it with the model-free baselines of
+its record; the champion asset (which runs only when the blocking check passed) moves the
+registry alias. `gate_definitions` builds the two checks and the champion asset of one family
+from a `Gate`, so the chain is written once.
 """
 # No `from __future__ import annotations`: Dagster inspects the `context` annotation at definition time.
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +27,7 @@ def _decision(context: Any, challenger_asset: str, metric: str) -> tuple[dict, A
     return record, tracking.compare(record["metrics"], record["champion_metrics"], primary=metric)
 
 
-def gate(
+def gate_check(
     context: dg.AssetCheckExecutionContext, challenger_asset: str, model: str, metric: str, uri: str
 ) -> dg.AssetCheckResult:
     """The blocking check: pass when the challenger beats the champion on `metric`."""
@@ -102,3 +105,71 @@ def beats_baselines(
         severity=dg.AssetCheckSeverity.WARN,
         metadata={**metadata, "reason": reason},
     )
+
+
+@dataclass(frozen=True)
+class Gate:
+    """What differs between two families' gates: names, resources, baselines, descriptions."""
+
+    challenger: dg.AssetsDefinition
+    champion: str  # the champion asset's name
+    group: str
+    settings_key: str  # the resource whose `promotion_metric` the gate judges by
+    model_field: str  # the `MlflowTracking` field naming the registered model
+    beats_champion: str  # the blocking check's name
+    beats_champion_description: str
+    beats_baselines: str  # the warning check's name
+    beats_baselines_description: str
+    baselines: Sequence[str]
+    # the metrics the warning check compares, from the settings resource
+    baseline_metrics: Callable[[Any], Sequence[str]]
+    champion_description: str
+
+
+def gate_definitions(
+    gate: Gate, automation_condition: dg.AutomationCondition
+) -> tuple[dg.AssetChecksDefinition, dg.AssetChecksDefinition, dg.AssetsDefinition]:
+    """The blocking check, the warning check and the champion asset of one challenger."""
+    name = gate.challenger.key.to_user_string()
+    keys = {"mlflow", gate.settings_key}
+
+    def judged(context: Any) -> tuple[str, str, str]:
+        mlflow, settings = context.resources.mlflow, getattr(context.resources, gate.settings_key)
+        return getattr(mlflow, gate.model_field), settings.promotion_metric, mlflow.uri()
+
+    @dg.asset_check(
+        name=gate.beats_champion,
+        asset=gate.challenger,
+        blocking=True,
+        required_resource_keys=keys,
+        description=gate.beats_champion_description,
+    )
+    def beats_champion(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+        model, metric, uri = judged(context)
+        return gate_check(context, name, model, metric, uri)
+
+    @dg.asset_check(
+        name=gate.beats_baselines,
+        asset=gate.challenger,
+        required_resource_keys=keys,
+        description=gate.beats_baselines_description,
+    )
+    def beats_the_baselines(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+        model, _, uri = judged(context)
+        metrics = gate.baseline_metrics(getattr(context.resources, gate.settings_key))
+        return beats_baselines(context, name, gate.baselines, model, metrics, uri)
+
+    @dg.asset(
+        name=gate.champion,
+        deps=[gate.challenger],
+        group_name=gate.group,
+        kinds={"mlflow"},
+        automation_condition=automation_condition,
+        required_resource_keys=keys,
+        description=gate.champion_description,
+    )
+    def champion(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        model, metric, uri = judged(context)
+        return promote(context, name, model, metric, uri)
+
+    return beats_champion, beats_the_baselines, champion

@@ -89,7 +89,7 @@ def retrieval_encoder(
         epochs=retrieval.epochs or RetrievalTrainConfig.epochs,  # 0: the training's default
         tracking_uri=uri,
     )
-    run_id = tracking.start_training_run(
+    with tracking.training_run(
         experiment=mlflow.retrieval_experiment,
         run_name=f"encoder-{context.run.run_id[:8]}",
         # without the run id, not known yet: the job logs every param again with it, and MLflow
@@ -100,11 +100,9 @@ def retrieval_encoder(
             "figure_dataset_md5": latest(context, "figure_dataset", "dvc_md5"),
             "generated_descriptions_md5": latest(context, "generated_descriptions", "dvc_md5"),
         },
-        git_commit=tracking.read_git_commit(),
         tracking_uri=uri,
-    )
-    try:
-        result = run_job(
+    ) as run_id:
+        return run_job(
             pipes,
             context,
             "retrieval_encoder",
@@ -112,11 +110,6 @@ def retrieval_encoder(
             out / "job.json",
             {"path": str(out / "encoder"), "mlflow_run_id": run_id},
         )
-    except Exception:
-        tracking.finish_run(run_id, status="FAILED", tracking_uri=uri)
-        raise
-    tracking.finish_run(run_id, tracking_uri=uri)
-    return result
 
 
 def _evaluate(
@@ -218,52 +211,30 @@ def retrieval_challenger(
     )
 
 
-@dg.asset_check(
-    asset=retrieval_challenger,
-    blocking=True,
-    description="The challenger encoder must beat the champion on the same held-out patents (the promotion "
-    "metric); the decision and its reason go on the model version's tags either way.",
-)
-def retrieval_challenger_beats_champion(
-    context: dg.AssetCheckExecutionContext, retrieval: RetrievalSettings, mlflow: MlflowTracking
-) -> dg.AssetCheckResult:
-    return promotion.gate(
-        context, "retrieval_challenger", mlflow.retrieval_model, retrieval.promotion_metric, mlflow.uri()
+retrieval_challenger_beats_champion, retrieval_challenger_beats_pretrained, retrieval_champion = (
+    promotion.gate_definitions(
+        promotion.Gate(
+            challenger=retrieval_challenger,
+            champion="retrieval_champion",
+            group=RETRIEVAL_GROUP,
+            settings_key="retrieval",
+            model_field="retrieval_model",
+            beats_champion="retrieval_challenger_beats_champion",
+            beats_champion_description="The challenger encoder must beat the champion on the same held-out "
+            "patents (the promotion metric); the decision and its reason go on the model version's tags "
+            "either way.",
+            beats_baselines="retrieval_challenger_beats_pretrained",
+            beats_baselines_description="Warns when the challenger does worse than the untouched pretrained "
+            "backbone on the promotion metric: fine-tuning lost what pretraining gave. Not blocking (the "
+            "champion gate decides); the version is tagged so that the loss is never shipped silently.",
+            baselines=["untouched"],
+            baseline_metrics=lambda retrieval: [retrieval.promotion_metric],
+            champion_description="Moves the registry alias `champion` to the challenger encoder (only when "
+            "the check passed).",
+        ),
+        EAGER,
     )
-
-
-@dg.asset_check(
-    asset=retrieval_challenger,
-    description="Warns when the challenger does worse than the untouched pretrained backbone on the promotion "
-    "metric: fine-tuning lost what pretraining gave. Not blocking (the champion gate decides); the version is "
-    "tagged so that the loss is never shipped silently.",
 )
-def retrieval_challenger_beats_pretrained(
-    context: dg.AssetCheckExecutionContext, retrieval: RetrievalSettings, mlflow: MlflowTracking
-) -> dg.AssetCheckResult:
-    return promotion.beats_baselines(
-        context,
-        "retrieval_challenger",
-        ["untouched"],
-        mlflow.retrieval_model,
-        [retrieval.promotion_metric],
-        mlflow.uri(),
-    )
-
-
-@dg.asset(
-    deps=[retrieval_challenger],
-    group_name=RETRIEVAL_GROUP,
-    kinds={"mlflow"},
-    automation_condition=EAGER,
-    description="Moves the registry alias `champion` to the challenger encoder (only when the check passed).",
-)
-def retrieval_champion(
-    context: dg.AssetExecutionContext, retrieval: RetrievalSettings, mlflow: MlflowTracking
-) -> dg.MaterializeResult:
-    return promotion.promote(
-        context, "retrieval_challenger", mlflow.retrieval_model, retrieval.promotion_metric, mlflow.uri()
-    )
 
 
 def _results_table(hits: list) -> str:

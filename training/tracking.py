@@ -22,7 +22,8 @@ import shutil
 import subprocess
 import tempfile
 import textwrap
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -194,6 +195,26 @@ def start_training_run(
     client.log_batch(run_id, params=[Param(key, _param_value(value)) for key, value in flat.items()])
     client.log_dict(run_id, _jsonable(dict(params)), "config.json")
     return run_id
+
+
+@contextmanager
+def training_run(
+    experiment: str,
+    run_name: str,
+    params: Mapping[str, Any],
+    tags: Mapping[str, str] | None = None,
+    data_version: Mapping[str, str] | None = None,
+    tracking_uri: str | None = None,
+) -> Iterator[str]:
+    """A training run's whole life: started with its config and data version (as
+    `start_training_run`), FINISHED when the block ends, FAILED when it raises (and re-raised)."""
+    run_id = start_training_run(experiment, run_name, params, tags, data_version, tracking_uri=tracking_uri)
+    try:
+        yield run_id
+    except BaseException:
+        finish_run(run_id, status="FAILED", tracking_uri=tracking_uri)
+        raise
+    finish_run(run_id, tracking_uri=tracking_uri)
 
 
 def mlflow_key(name: str) -> str:

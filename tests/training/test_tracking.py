@@ -124,6 +124,20 @@ def test_run_logs_config_data_version_commit_plots_and_samples(store: str, tmp_p
         tracking.log_curve_plot(run_id, [{"loss": 1.0}], tracking_uri=store)
 
 
+def test_a_training_run_ends_finished_or_failed_with_its_block(store: str) -> None:
+    client = MlflowClient(store)
+    with tracking.training_run("lifecycle", "ok", {"lr": 0.1}, tracking_uri=store) as run_id:
+        assert client.get_run(run_id).info.status == "RUNNING"
+    assert client.get_run(run_id).info.status == "FINISHED"
+    with (
+        pytest.raises(RuntimeError, match="launch failed"),
+        tracking.training_run("lifecycle", "bad", {"lr": 0.1}, tracking_uri=store) as failed_id,
+    ):
+        raise RuntimeError("launch failed")
+    assert client.get_run(failed_id).info.status == "FAILED"
+    assert client.get_run(failed_id).data.params == {"lr": "0.1"}
+
+
 def test_register_promote_and_download_by_alias(store: str, tmp_path: Path) -> None:
     name = "patentlmm-brief-promotion"
     primary = "bleu4"
