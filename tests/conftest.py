@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -23,8 +24,12 @@ def realdata() -> Path:
 def ocr_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One OCR cache for the whole session, so tesseract reads each real sheet once, not once per
     test file. Its entries are keyed by the image's bytes and the OCR settings, so a hit is what a
-    cold read gives; tests/patent_assets/test_ocr.py reads into a cold cache of its own."""
-    return tmp_path_factory.mktemp("ocr-cache")
+    cold read gives; tests/patent_assets/test_ocr.py reads into a cold cache of its own. Under
+    pytest-xdist the workers share it too (entries are written to a temporary name and renamed)."""
+    root = tmp_path_factory.getbasetemp()
+    cache = (root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root) / "ocr-cache"
+    cache.mkdir(exist_ok=True)
+    return cache
 
 
 def share_ocr_cache(home: Path, cache: Path) -> Path:

@@ -191,8 +191,7 @@ def start_training_run(
     }
     run = client.create_run(experiment_id, run_name=run_name, tags=run_tags)
     run_id = run.info.run_id
-    flat = _flatten(params)
-    client.log_batch(run_id, params=[Param(key, _param_value(value)) for key, value in flat.items()])
+    log_params(run_id, params, tracking_uri)
     client.log_dict(run_id, _jsonable(dict(params)), "config.json")
     return run_id
 
@@ -230,6 +229,19 @@ def log_metrics(
     now = int(datetime.now(UTC).timestamp() * 1000)
     entries = [Metric(mlflow_key(key), float(value), now, step or 0) for key, value in metrics.items()]
     _client(tracking_uri).log_batch(run_id, metrics=entries)
+
+
+def log_params(run_id: str, params: Mapping[str, Any], tracking_uri: str | None = None) -> None:
+    """Log (nested) params as `start_training_run` does: dotted keys, JSON values, long ones cut."""
+    flat = _flatten(params)
+    _client(tracking_uri).log_batch(
+        run_id, params=[Param(key, _param_value(value)) for key, value in flat.items()]
+    )
+
+
+def log_artifacts(run_id: str, local_dir: Path, artifact_path: str, tracking_uri: str | None = None) -> None:
+    """Every file under `local_dir` into the run's `artifact_path`."""
+    _client(tracking_uri).log_artifacts(run_id, str(local_dir), artifact_path)
 
 
 def finish_run(run_id: str, status: str = "FINISHED", tracking_uri: str | None = None) -> None:

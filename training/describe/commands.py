@@ -506,9 +506,7 @@ def _log_to_mlflow(
         ]
         if samples:
             tracking.log_samples(run_id, samples, name=f"test_{kind}", tracking_uri=uri)
-    from mlflow.tracking import MlflowClient
-
-    MlflowClient(tracking_uri=uri, registry_uri=uri).log_artifacts(run_id, str(out_dir), "evaluation")
+    tracking.log_artifacts(run_id, out_dir, "evaluation", tracking_uri=uri)
     report.log(f"evaluate: metrics, samples and outputs logged to MLflow run {run_id}")
 
 

@@ -40,6 +40,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from training.describe.configs import StageConfig
+from training.entry import reporting
 
 DS_CONFIGS = Path(__file__).resolve().parent / "ds_configs"
 CHECKPOINTS = "checkpoints"
@@ -275,41 +276,37 @@ def deepspeed_config(cfg: TrainConfig) -> dict[str, Any]:
 # Metrics: metrics.jsonl, MLflow, Dagster Pipes (rank 0 only)
 # ----------------------------------------------------------------------------------------------
 class MetricsSink:
+    """Where rank 0's numbers and events go: `metrics.jsonl` always; the MLflow run through
+    `training.tracking` and Dagster Pipes through `training.entry`'s reporter when there are any.
+    The run's life (started, FINISHED or FAILED) belongs to whoever created it: the asset."""
+
     def __init__(self, out_dir: Path, mlflow_run_id: str | None, stack: ExitStack) -> None:
         self.path = out_dir / "metrics.jsonl"
-        self.mlflow = None
-        self.pipes = None
+        self.run_id = mlflow_run_id  # tracking URI from MLFLOW_TRACKING_URI
         if mlflow_run_id:
-            import mlflow
+            from training import tracking  # MLflow loads only when there is a run to log to
 
-            mlflow.start_run(run_id=mlflow_run_id)  # tracking URI from MLFLOW_TRACKING_URI
-            # The run ends FAILED when training raised, so the orchestrator never reads it as done.
-            stack.push(lambda exc_type, *_: mlflow.end_run("FAILED" if exc_type else "FINISHED"))
-            self.mlflow = mlflow
-        from dagster_pipes import PipesEnvVarParamsLoader, open_dagster_pipes
-
-        if PipesEnvVarParamsLoader().is_dagster_pipes_process():
-            self.pipes = stack.enter_context(open_dagster_pipes())
+            self.tracking = tracking
+        self.report = stack.enter_context(reporting())
 
     def metrics(self, step: int, values: Mapping[str, float], **extra: Any) -> None:
         record = {"step": step, **values, **extra, "time": time.time()}
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
-        if self.mlflow is not None:
-            self.mlflow.log_metrics(dict(values), step=step)
-        if self.pipes is not None:
-            self.pipes.log.info(json.dumps({"step": step, **values}))
+        if self.run_id:
+            self.tracking.log_metrics(self.run_id, values, step=step)
+        if self.report.pipes is not None:
+            self.report.log(json.dumps({"step": step, **values}))
 
     def event(self, message: str, **extra: Any) -> None:
         print(f"[train] {message}", flush=True)
         with self.path.open("a") as f:
             f.write(json.dumps({"event": message, **extra, "time": time.time()}) + "\n")
-        if self.pipes is not None:
-            self.pipes.log.info(message)
+        if self.report.pipes is not None:
+            self.report.log(message)
 
     def materialization(self, metadata: Mapping[str, Any]) -> None:
-        if self.pipes is not None:
-            self.pipes.report_asset_materialization(metadata=dict(metadata))
+        self.report.materialize(metadata)
 
 
 # ----------------------------------------------------------------------------------------------
