@@ -11,7 +11,6 @@ and jitter (tenacity); other 4xx fail at once with their status.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
@@ -26,6 +25,8 @@ from pathlib import Path
 import httpx
 import tenacity
 from tqdm import tqdm
+
+from patent_assets.store import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -118,14 +119,6 @@ def check_url(url: str) -> httpx.URL:
 def part_path(dest: Path) -> Path:
     """Where the bytes of `dest` accumulate until the download is complete and verified."""
     return dest.with_name(dest.name + ".part")
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @contextmanager
@@ -296,7 +289,7 @@ def download(
     check_url(url)
     dest = Path(dest)
     expected_sha = sha256.lower() if sha256 else None
-    if expected_sha and dest.is_file() and sha256_of(dest) == expected_sha:
+    if expected_sha and dest.is_file() and sha256_file(dest) == expected_sha:
         return DownloadResult(dest, expected_sha, dest.stat().st_size, attempts=0, resumed=False)
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = part_path(dest)
@@ -308,14 +301,14 @@ def download(
         if expected_size is not None and size != expected_size:
             part.unlink(missing_ok=True)
             raise DownloadError(url, f"size mismatch: expected {expected_size} bytes, got {size}")
-        digest = sha256_of(part)
+        digest = sha256_file(part)
         if expected_sha and digest != expected_sha and had_part and progress.resumed:
             # A stale .part (say, of an older version of the file) spoiled the resume: once more from 0.
             log.warning("checksum mismatch after resuming %s; downloading it again from the start", url)
             part.unlink(missing_ok=True)
             progress.resumed = False
             _fetch_part(url, part, http, retry, timeout, expected_size, progress)
-            size, digest = part.stat().st_size, sha256_of(part)
+            size, digest = part.stat().st_size, sha256_file(part)
     if expected_sha and digest != expected_sha:
         part.unlink(missing_ok=True)
         raise DownloadError(
@@ -363,7 +356,7 @@ def _present_and_valid(job: _Job) -> DownloadResult | None:
     """The finished file, if it is already there: renames are atomic, so a present file is whole."""
     if not job.dest.is_file():
         return None
-    digest = sha256_of(job.dest)
+    digest = sha256_file(job.dest)
     if job.sha256 and digest != job.sha256.lower():
         return None
     return DownloadResult(job.dest, digest, job.dest.stat().st_size, attempts=0, resumed=False)

@@ -11,7 +11,6 @@ words are for downstream.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Iterable, Iterator
@@ -28,6 +27,7 @@ from tqdm import tqdm
 
 from patent_assets.images import ImageRejected, image_dpi
 from patent_assets.records import OcrWords, atomic_write
+from patent_assets.store import sha256_file
 
 # Resolution tesseract reads the text layer at: 200 dpi read 87/93 labels at 0.57 s a sheet,
 # 150 dpi 84/93 at 0.41 s, 300 dpi 85/93 at 0.96 s (2021 design sheets).
@@ -187,14 +187,6 @@ def ocr_region(
     return ocr_layer(crop, config=config)
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def cache_path(cache_dir: Path, sha256: str, rotation: int = 0, fine: bool = False) -> Path:
     version = FINE_CACHE_VERSION if fine else CACHE_VERSION
     return Path(cache_dir) / sha256[:2] / f"{sha256}.{version}.r{rotation % 360}.json"
@@ -219,7 +211,7 @@ def ocr_cached(png: Path, cache_dir: Path | None, *, rotation: int = 0, fine: bo
     """`ocr_image` through the content-hash cache (no cache if `cache_dir` is None)."""
     if cache_dir is None:
         return ocr_image(png, rotation=rotation, fine=fine)
-    sha = file_sha256(png)
+    sha = sha256_file(png)
     words = read_cached(cache_dir, sha, rotation, fine)
     if words is None:
         words = ocr_image(png, rotation=rotation, fine=fine)
@@ -253,7 +245,7 @@ def ocr_images(
     todo: dict[str, list[Path]] = {}  # content hash -> the paths holding it
     for path in dict.fromkeys(Path(p) for p in paths):
         try:
-            sha = file_sha256(path)
+            sha = sha256_file(path)
         except OSError as error:
             run.failed[path] = f"cannot read file: {error}"
             continue

@@ -26,9 +26,9 @@ from patent_assets.http import (
     RetryPolicy,
     check_url,
     download_batch,
-    sha256_of,
 )
 from patent_assets.records import Rejection
+from patent_assets.store import sha256_file
 
 # US + an optional series (D design, RE reissue, PP plant, H, T) + the number + kind code,
 # then "__" and the figure's index: US11036663B2__2, USD0907292S1__3, USRE049000E1__1.
@@ -227,7 +227,7 @@ def fetch_images(
             continue
         seen.add(entry.image_id)
         existing = present.get(entry.image_id)
-        if existing is not None and (entry.sha256 is None or sha256_of(existing) == entry.sha256):
+        if existing is not None and (entry.sha256 is None or sha256_file(existing) == entry.sha256):
             downloaded[entry.image_id] = existing
             continue
         from_url = extension_from_url(entry.image_url)

@@ -25,6 +25,7 @@ from patent_assets import alignment, figrefs, images, ocr, patentdesc, sources
 from patent_assets.documents import GrantDocument, PatentBundle, document_from_dict, document_to_dict
 from patent_assets.layout import FIGURES_JSONL
 from patent_assets.records import FigureRecord, OcrWords, Rejection, atomic_write, read_jsonl, write_jsonl
+from patent_assets.store import file_chunks
 
 DOCUMENTS = "documents.jsonl"
 SHEETS = "sheets.jsonl"
@@ -68,7 +69,10 @@ STEP_VERSION = "6"
 
 
 def inputs_hash(*paths: Path) -> str:
-    """A hash of a step's inputs (file bytes, or a directory's files) and of the step version."""
+    """A hash of a step's inputs (file bytes, or a directory's files) and of the step version.
+
+    Not `store.hash_tree`: this one streams names and bytes into one digest. Its values are the
+    cache keys already in every step summary on disk, so it keeps its own scheme."""
     digest = hashlib.sha256(STEP_VERSION.encode())
     for path in paths:
         files = (
@@ -76,9 +80,8 @@ def inputs_hash(*paths: Path) -> str:
         )
         for file in files:
             digest.update(str(file.name).encode())
-            with open(file, "rb") as handle:
-                for chunk in iter(lambda: handle.read(1 << 20), b""):
-                    digest.update(chunk)
+            for chunk in file_chunks(file):
+                digest.update(chunk)
     return digest.hexdigest()
 
 

@@ -16,11 +16,11 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-CHUNK_SIZE = 1 << 20  # 1 MiB: large enough to stream fast, small enough to keep memory flat
+CHUNK_SIZE = 1 << 20  # 1 MiB
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _SUFFIX = re.compile(r"^(\.[A-Za-z0-9_\-]+)*$")  # "", ".png", ".tar.gz"
 
@@ -32,12 +32,19 @@ class Artifact:
     size: int
 
 
-def sha256_file(path: Path) -> str:
-    """The sha256 of a file, read in 1 MiB chunks so that memory stays flat on large files."""
-    digest = hashlib.sha256()
+def file_chunks(path: Path | str) -> Iterator[bytes]:
+    """A file's bytes in 1 MiB chunks: large enough to stream fast, small enough to keep memory flat."""
     with open(path, "rb") as handle:
         while chunk := handle.read(CHUNK_SIZE):
-            digest.update(chunk)
+            yield chunk
+
+
+def sha256_file(path: Path | str) -> str:
+    """The sha256 of a file, read in chunks. The one file hash of the project: the store's names,
+    the OCR and feature caches, download checks and index manifests all use it."""
+    digest = hashlib.sha256()
+    for chunk in file_chunks(path):
+        digest.update(chunk)
     return digest.hexdigest()
 
 
@@ -71,12 +78,6 @@ def _check_suffix(suffix: str) -> str:
     if not _SUFFIX.match(suffix):
         raise ValueError(f"{suffix!r}: a suffix must be empty or like '.png' / '.tar.gz'")
     return suffix
-
-
-def _file_chunks(path: Path) -> Iterable[bytes]:
-    with open(path, "rb") as handle:
-        while chunk := handle.read(CHUNK_SIZE):
-            yield chunk
 
 
 class ArtifactStore:
@@ -125,7 +126,7 @@ class ArtifactStore:
             return Artifact(target, sha256, target.stat().st_size)
         if link and self._link_into_place(src, target):
             return Artifact(target, sha256, target.stat().st_size)
-        return self._write_chunks(_file_chunks(src), suffix, expected_sha256=sha256, source=str(src))
+        return self._write_chunks(file_chunks(src), suffix, expected_sha256=sha256, source=str(src))
 
     def put_bytes(self, data: bytes, suffix: str = "") -> Artifact:
         """Store bytes held in memory."""

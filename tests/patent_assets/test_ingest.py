@@ -141,6 +141,22 @@ def test_records_without_document_kind_still_read(tmp_path: Path) -> None:
     assert isinstance(record, FigureRecord) and record.document_kind == "grant"
 
 
+def test_inputs_hash_keeps_its_scheme(tmp_path: Path) -> None:
+    """The step cache keys on disk stay valid: the step version, then each file's name and bytes."""
+    (tmp_path / "dir" / "sub").mkdir(parents=True)
+    (tmp_path / "dir" / "one.txt").write_bytes(b"a" * 10)
+    (tmp_path / "dir" / "sub" / "big.bin").write_bytes(b"x" * (2 * 1024 * 1024 + 17))  # spans chunks
+    (tmp_path / "solo.xml").write_bytes(b"solo")
+    expected = hashlib.sha256(pipeline.STEP_VERSION.encode())
+    for name, data in (
+        ("one.txt", b"a" * 10),
+        ("big.bin", b"x" * (2 * 1024 * 1024 + 17)),
+        ("solo.xml", b"solo"),
+    ):
+        expected.update(name.encode() + data)
+    assert pipeline.inputs_hash(tmp_path / "dir", tmp_path / "solo.xml") == expected.hexdigest()
+
+
 def _zip_bytes(members: dict[str, bytes]) -> bytes:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:

@@ -17,7 +17,6 @@ temporary directory and renamed into place.
 from __future__ import annotations
 
 import bisect
-import hashlib
 import json
 import math
 import os
@@ -33,6 +32,7 @@ import faiss
 import numpy as np
 
 from patent_assets.records import replace_directory
+from patent_assets.store import sha256_file
 
 IndexKind = Literal["flat", "ivf", "hnsw", "ivfpq"]
 Metric = Literal["ip", "l2"]
@@ -157,14 +157,6 @@ def _metadata(rows: Sequence[dict[str, Any]]) -> list[FigureMeta]:
             )
         )
     return figures
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _default_nlist(count: int) -> int:
@@ -432,7 +424,7 @@ class FigureIndex:
                 for figure in self.figures:
                     handle.write(json.dumps(asdict(figure), ensure_ascii=False) + "\n")
             manifest = self.manifest()
-            manifest["sha256"] = {name: _sha256(staging / name) for name in (INDEX_FILE, METADATA_FILE)}
+            manifest["sha256"] = {name: sha256_file(staging / name) for name in (INDEX_FILE, METADATA_FILE)}
             (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
             for name in (INDEX_FILE, METADATA_FILE, MANIFEST_FILE):
                 with open(staging / name, "rb") as handle:
@@ -461,7 +453,7 @@ class FigureIndex:
         except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as error:
             raise IndexFileError(f"{manifest_path}: corrupt manifest ({error})") from error
         for name, expected in (manifest.get("sha256") or {}).items():
-            if _sha256(directory / name) != expected:
+            if sha256_file(directory / name) != expected:
                 raise IndexFileError(f"{directory / name}: corrupt (checksum differs from {MANIFEST_FILE})")
 
         index_path = directory / INDEX_FILE

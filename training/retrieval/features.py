@@ -24,17 +24,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from patent_assets.store import sha256_file
 from training.retrieval.model import FigureEncoder, preprocess_image, read_gray
 
 PREPROCESSING_FIELDS = ("image_size", "ink_margin", "downscale", "channels", "pixel_norm", "regional_pooling")
-
-
-def file_sha256(path: Path | str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _prefix_parameter(name: str, model: FigureEncoder, trainable_blocks: int) -> bool:
@@ -156,7 +149,7 @@ def compute_prefix_features(
         ):
             path = images[position]
             try:
-                sha = file_sha256(path)
+                sha = sha256_file(path)
                 if cache.get(sha) is None:
                     todo.append((sha, preprocess_image(read_gray(path), model.config)))
             except (OSError, ValueError) as error:

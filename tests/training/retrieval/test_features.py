@@ -11,12 +11,12 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
+from patent_assets.store import sha256_file
 from training.retrieval.evaluate import embed_figures, evaluate_encoder
 from training.retrieval.features import (
     FeatureCache,
     compute_prefix_features,
     embed_prefix_features,
-    file_sha256,
     prefix_key,
 )
 from training.retrieval.model import FigureEncoder, build_encoder, embed_images, preprocess_image, preset
@@ -86,7 +86,7 @@ def test_entries_are_content_addressed_and_hold_the_plain_and_mirrored_features(
     images = [drawings[0], str(twin), drawings[1]]
     features = compute_prefix_features(model, images, 0, tmp_path / "cache")
     assert features.kept == [0, 1, 2] and not features.failed
-    assert features.shas[0] == features.shas[1] == file_sha256(drawings[0]) != features.shas[2]
+    assert features.shas[0] == features.shas[1] == sha256_file(drawings[0]) != features.shas[2]
     key = prefix_key(model, 0)
     assert features.cache == FeatureCache(tmp_path / "cache", key)
     entries = _entries(tmp_path / "cache")
