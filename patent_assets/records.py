@@ -73,34 +73,42 @@ class Rejection:
 
 
 @contextmanager
-def atomic_write(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
-    """Write to a temporary file beside `path`, then rename: readers never see half a file."""
+def atomic_write(path: Path, mode: str = "w", *, fsync: bool = True) -> Iterator[IO[Any]]:
+    """Write to a temporary file beside `path`, then rename: readers never see half a file.
+
+    `fsync=False` skips flushing to disk before the rename, for a cache entry that is cheaper to
+    recompute after a crash than to sync once per entry."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as handle:
             yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
+            if fsync:
+                handle.flush()
+                os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
-def replace_directory(staging: Path, directory: Path) -> Path:
-    """Put the fully written `staging` directory at `directory`: readers see the old one or the
-    whole new one. A directory cannot be renamed over a non-empty one, so the old one is moved
-    aside first and removed after."""
+def replace_path(new: Path, target: Path) -> Path:
+    """Put the fully written `new` (a file or a directory, on the same file system) at `target`:
+    readers see the old one or the whole new one. A directory cannot be renamed over a non-empty
+    one, so an old `target` is moved aside first and removed after."""
+    new, target = Path(new), Path(target)
     previous = None
-    if directory.exists():
-        previous = directory.with_name(f".{directory.name}.{os.getpid()}.old")
-        os.replace(directory, previous)
-    os.replace(staging, directory)
+    if target.exists():
+        previous = target.with_name(f".{target.name}.{os.getpid()}.old")
+        os.replace(target, previous)
+    os.replace(new, target)
     if previous is not None:
-        shutil.rmtree(previous, ignore_errors=True)
-    return directory
+        if previous.is_dir():
+            shutil.rmtree(previous, ignore_errors=True)
+        else:
+            previous.unlink(missing_ok=True)
+    return target
 
 
 def write_jsonl(path: Path, rows: Iterable[Any]) -> int:

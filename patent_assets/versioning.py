@@ -36,6 +36,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import yaml
 from filelock import FileLock
 
+from patent_assets.records import atomic_write, replace_path
+
 if TYPE_CHECKING:
     from dvc.repo import Repo
 
@@ -302,8 +304,6 @@ class DataRepo:
     def _restore_in_place(self, rel: str, dvc_text: str) -> Path:
         from dvc.exceptions import DvcException
 
-        from patent_assets.records import atomic_write
-
         dvc_path = self.root / self._dvc_file(rel)
         with atomic_write(dvc_path) as handle:
             handle.write(dvc_text)
@@ -343,10 +343,7 @@ class DataRepo:
             _dvc_environment()
             with Repo(str(scratch)) as repo:
                 repo.pull(targets=[str(scratch / f"{name}.dvc")], remote=REMOTE_NAME, force=True)
-            if dest.exists():
-                # Move the old copy aside first so that the swap is two renames, not a slow delete.
-                os.replace(dest, scratch / ".previous")
-            os.replace(scratch / name, dest)
+            replace_path(scratch / name, dest)
         except DvcException as error:
             raise VersioningError(f"{rel}: could not restore it from {self.remote_url}: {error}") from error
         finally:

@@ -180,19 +180,6 @@ def staging_dir(out_dir: Path, command: str) -> Path:
     return staging
 
 
-def publish(new: Path, target: Path) -> Path:
-    """Move `new` (file or directory) to `target`; an old `target` is moved away first, removed after."""
-    old = target.with_name(f".{target.name}.old-{os.getpid()}")
-    if target.exists():
-        target.rename(old)
-    new.rename(target)
-    if old.is_dir():
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        old.unlink(missing_ok=True)
-    return target
-
-
 def write_json(path: Path, data: Any) -> Path:
     with atomic_write(path) as handle:
         json.dump(data, handle, indent=1, default=str)

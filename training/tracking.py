@@ -42,6 +42,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from patent_assets.layout import Home
+from patent_assets.records import replace_path
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -485,10 +486,7 @@ def download_model(uri: str | Path, dst: Path | None = None, tracking_uri: str |
         (local / _SOURCE_MARKER).write_text(source)
         if dst is None:
             return local
-        if dst.exists():
-            shutil.rmtree(dst)
-        os.replace(local, dst)
-        return dst
+        return replace_path(local, dst)
     finally:
         if dst is not None:
             shutil.rmtree(scratch, ignore_errors=True)

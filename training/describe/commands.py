@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from patent_assets.llava import KINDS
-from patent_assets.records import Rejection, read_jsonl, write_jsonl
+from patent_assets.records import Rejection, read_jsonl, replace_path, write_jsonl
 from training.describe.configs import PatentLlamaPretraining, PatentMMEPretraining
-from training.entry import METRICS_FILE, JobConfig, Reporter, finite, publish, staging_dir, write_json
+from training.entry import METRICS_FILE, JobConfig, Reporter, finite, staging_dir, write_json
 
 GENERATED_FILE = "generated_descriptions.json"
 # (encoder dir or None, untouched preset, encoder overrides, feature cache) -> (Embedder, its name)
@@ -176,7 +176,9 @@ def run_patent_mme(cfg: PatentMMEJob, report: Reporter) -> dict[str, Any]:
             result = load_or_pretrain(
                 None, Path(cfg.records_jsonl), Path(cfg.tokenizer_dir), staging, _preset(cfg.preset), cfg
             )
-            moved = {child.name: publish(child, out_dir / child.name) for child in list(staging.iterdir())}
+            moved = {
+                child.name: replace_path(child, out_dir / child.name) for child in list(staging.iterdir())
+            }
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         summary = {
@@ -225,7 +227,7 @@ def run_patent_llama(cfg: PatentLlamaJob, report: Reporter) -> dict[str, Any]:
             lora=lora,
             options=cfg,
         )
-        moved = {child.name: publish(child, out_dir / child.name) for child in list(staging.iterdir())}
+        moved = {child.name: replace_path(child, out_dir / child.name) for child in list(staging.iterdir())}
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     summary = {

@@ -27,6 +27,8 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from patent_assets.records import replace_path
+
 BOS, EOS, PAD, UNK, MASK, IMAGE = "<s>", "</s>", "<pad>", "<unk>", "<mask>", "<image>"
 # RoBERTa's order (LayoutLMv3 expects <s>=0, <pad>=1, </s>=2, <unk>=3), then <mask> and <image>.
 SPECIAL_TOKENS = (BOS, PAD, EOS, UNK, MASK, IMAGE)
@@ -93,9 +95,7 @@ def train_tokenizer(
         merges = _read_merges(staging / "merges.txt")
         _lm_tokenizer(vocab, merges, lm_max_length).save_pretrained(staging / LM_SUBDIR)
         _ocr_processor(vocab, merges, image_size, ocr_max_tokens).save_pretrained(staging / OCR_SUBDIR)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        staging.rename(out_dir)
+        replace_path(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -39,6 +39,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from patent_assets.records import replace_path
 from training.describe.configs import StageConfig
 from training.entry import reporting
 
@@ -379,19 +380,10 @@ def save_final_model(engine: Any, cfg: TrainConfig, out_dir: Path) -> Path:
                 adapter_tmp = out_dir / f".lora_adapter.tmp-{os.getpid()}"
                 shutil.rmtree(adapter_tmp, ignore_errors=True)
                 save_lora_adapter(model, adapter_tmp)
-                _replace_dir(adapter_tmp, out_dir / "lora_adapter")
-            _replace_dir(tmp, final)
+                replace_path(adapter_tmp, out_dir / "lora_adapter")
+            replace_path(tmp, final)
     dist.barrier()
     return final
-
-
-def _replace_dir(new: Path, target: Path) -> None:
-    """Move `new` to `target`; an old `target` is renamed away first, removed only after."""
-    old = target.with_name(f".{target.name}.old-{os.getpid()}")
-    if target.exists():
-        target.rename(old)
-    new.rename(target)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ from typing import Any, Literal
 import faiss
 import numpy as np
 
-from patent_assets.records import replace_directory
+from patent_assets.records import replace_path
 from patent_assets.store import sha256_file
 
 IndexKind = Literal["flat", "ivf", "hnsw", "ivfpq"]
@@ -429,7 +429,7 @@ class FigureIndex:
             for name in (INDEX_FILE, METADATA_FILE, MANIFEST_FILE):
                 with open(staging / name, "rb") as handle:
                     os.fsync(handle.fileno())
-            replace_directory(staging, directory)
+            replace_path(staging, directory)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise

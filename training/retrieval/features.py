@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from patent_assets.records import atomic_write
 from patent_assets.store import sha256_file
 from training.retrieval.model import FigureEncoder, preprocess_image, read_gray
 
@@ -82,15 +81,9 @@ class FeatureCache:
 
     def put(self, image_sha256: str, features: np.ndarray) -> None:
         path = self.path(image_sha256)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(handle, "wb") as stream:
-                np.save(stream, features.astype(np.float16))
-            os.replace(temporary, path)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+        # One file per image: a lost entry is recomputed, so it is not synced to disk one by one.
+        with atomic_write(path, "wb", fsync=False) as stream:
+            np.save(stream, features.astype(np.float16))
 
 
 @dataclass

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from patent_assets.records import replace_directory
+from patent_assets.records import replace_path
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -532,7 +532,7 @@ def save_encoder(model: FigureEncoder, directory: Path | str) -> Path:
             "backbone_config": model.backbone_config(),
         }
         (staging / CONFIG_FILE).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-        replace_directory(staging, directory)
+        replace_path(staging, directory)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

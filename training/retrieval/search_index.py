@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from patent_assets.records import Rejection, read_jsonl, replace_directory, write_jsonl
+from patent_assets.records import Rejection, read_jsonl, replace_path, write_jsonl
 from patent_assets.store import ArtifactStore
 from training.retrieval import text_encoder
 from training.retrieval.faiss_index import (
@@ -253,7 +253,7 @@ def build_search_index(
             "evaluation": evaluation,
         }
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-        replace_directory(staging, out_dir)
+        replace_path(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
