@@ -26,7 +26,7 @@ from orchestration.sensors import new_release_keys
 from patent_assets import pipeline, real_sample
 from patent_assets.dataset import release_passed
 from patent_assets.layout import Home
-from patent_assets.records import read_jsonl
+from patent_assets.records import read_figure_rows, read_jsonl
 from training.describe.baselines import BASELINES
 
 # The console shows INFO and up; every event is still in the run's log in the Dagster UI.
@@ -194,7 +194,7 @@ def _real_figures_by_split(figures_jsonl: Path) -> dict[str, int]:
     """Real (USPTO, not synthetic) figures of the dataset: in all, and per split."""
     counts: Counter[str] = Counter()
     if figures_jsonl.exists():
-        for row in read_jsonl(figures_jsonl):
+        for row in read_figure_rows(figures_jsonl, "report")[0]:
             if not row.get("synthetic", False):
                 counts["figures"] += 1
                 counts[row.get("split", "")] += 1
@@ -297,7 +297,7 @@ def _collect_release(report: RunReport, home: Home, key: str) -> None:
         if step == "figures" and (base / step / pipeline.FIGURES).exists():
             report.counts.update(
                 "synthetic_figures" if row.get("synthetic") else "real_figures"
-                for row in read_jsonl(base / step / pipeline.FIGURES)
+                for row in read_figure_rows(base / step / pipeline.FIGURES, "report")[0]
             )
         rejected = base / step / pipeline.REJECTED
         if rejected.exists():

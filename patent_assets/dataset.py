@@ -56,6 +56,8 @@ def held_out_patents(figures_jsonl: Path) -> set[str]:
     among it) must train nothing, not even the language model's pretraining."""
     if not Path(figures_jsonl).is_file():
         return set()
+    # Every row counts, even one that `read_figure_rows` would reject (no image, a repeated id):
+    # a held-out patent missed here would leak its text into training.
     return {
         row["patent_id"]
         for row in read_jsonl(Path(figures_jsonl))

@@ -2,6 +2,7 @@
 
 `FigureRecord` is one line of `figures.jsonl`; `Rejection` one line of `rejected.jsonl`.
 Both are interfaces that users and scripts rely on: add fields, never rename them.
+`read_figure_rows` is the one reader of a figures.jsonl that may hold bad lines.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -136,7 +137,64 @@ def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
 
 
 def read_figures(path: Path) -> list[FigureRecord]:
+    """Every record of a figures.jsonl this project wrote; a bad line is an error."""
     return [FigureRecord.from_dict(row) for row in read_jsonl(path)]
+
+
+FIGURE_FIELDS = ("image_id", "image_path")  # what every reader of a figure needs
+
+
+def read_figure_rows(
+    path: Path,
+    stage: str,
+    *,
+    required: Sequence[str] = FIGURE_FIELDS,
+    check: Callable[[dict[str, Any]], str | None] | None = None,
+    resolve_images: bool = True,
+) -> tuple[list[dict[str, Any]], list[Rejection]]:
+    """The usable rows of a figures.jsonl in file order, and a `Rejection` of `stage` for each other line.
+
+    The one reader for the jobs that take a figures.jsonl from outside (a user's, or a dataset
+    of an earlier run): a bad line is left out with its reason and the rest go on. A line is
+    rejected when it is not a JSON object, when a `required` field is missing or empty
+    ("missing image_id, image_path"), when its image_id was accepted on an earlier line
+    ("duplicate image_id": the first one counts), or when `check` gives a reason. A line is
+    named by its image_id, or by `<file name>:<line number>` without one. With `resolve_images`,
+    a relative image_path is taken from the file's folder (and given as a str)."""
+    path = Path(path)
+    rows: list[dict[str, Any]] = []
+    rejected: list[Rejection] = []
+    seen: set[str] = set()
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            item = f"{path.name}:{number}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                rejected.append(Rejection(item, f"not JSON ({error})", stage, str(path)))
+                continue
+            if not isinstance(row, dict):
+                rejected.append(Rejection(item, "not a JSON object", stage, str(path)))
+                continue
+            item = str(row.get("image_id") or item)
+            missing = [key for key in required if not row.get(key)]
+            if missing:
+                reason: str | None = f"missing {', '.join(missing)}"
+            elif item in seen:
+                reason = "duplicate image_id"
+            else:
+                reason = check(row) if check is not None else None
+            if reason is not None:
+                rejected.append(Rejection(item, reason, stage, str(path)))
+                continue
+            seen.add(item)
+            if resolve_images and row.get("image_path"):
+                image = Path(str(row["image_path"]))
+                row["image_path"] = str(image if image.is_absolute() else path.parent / image)
+            rows.append(row)
+    return rows, rejected
 
 
 def read_rejections(path: Path) -> list[Rejection]:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from patent_assets.llava import KINDS
-from patent_assets.records import Rejection, read_jsonl, replace_path, write_jsonl
+from patent_assets.records import Rejection, read_figure_rows, replace_path, write_jsonl
 from training.describe.configs import PatentLlamaPretraining, PatentMMEPretraining
 from training.entry import METRICS_FILE, JobConfig, Reporter, finite, staging_dir, write_json
 
@@ -421,11 +421,8 @@ def _baseline_descriptions(
             cfg.encoder,
             Path(cfg.feature_cache) if cfg.feature_cache else None,
         )
-        patent_of = {
-            row["image_id"]: row.get("patent_id", "")
-            for row in read_jsonl(Path(cfg.figures_jsonl))
-            if "image_id" in row
-        }
+        rows, _ = read_figure_rows(Path(cfg.figures_jsonl), "evaluation")
+        patent_of = {str(row["image_id"]): row.get("patent_id", "") for row in rows}
         texts["nearest_neighbour"] = {}
         for kind, figures in figures_by_kind.items():
             pool_figures, pool_refs, _ = split_figures(Path(cfg.train_jsons[kind]), Path(cfg.figures_jsonl))
@@ -461,13 +458,12 @@ def _ocr_words(ocr: Any) -> list[str]:
 
 
 def _sheet_labels(figures_jsonl: Path) -> dict[str, tuple[list[str], bool]]:
-    """image_id -> (the FIG labels aligned to its sheet, whether it is synthetic)."""
-    from patent_assets.records import read_jsonl
-
+    """image_id -> (the FIG labels aligned to its sheet, whether it is synthetic), for the figures
+    that `split_figures` can describe (the same reader: the same rows)."""
+    rows, _ = read_figure_rows(figures_jsonl, "evaluation")
     return {
-        row["image_id"]: (list(row.get("figure_labels") or []), bool(row.get("synthetic", False)))
-        for row in read_jsonl(figures_jsonl)
-        if "image_id" in row
+        str(row["image_id"]): (list(row.get("figure_labels") or []), bool(row.get("synthetic", False)))
+        for row in rows
     }
 
 
@@ -563,23 +559,13 @@ def read_figures_for_generation(
     """The figures of figures.jsonl (image path relative to its folder), with their stored OCR or None."""
     from training.describe.inference import Figure
 
-    figures: list[Any] = []
-    rejected: list[Rejection] = []
-    seen: set[str] = set()
-    for line, row in enumerate(read_jsonl(figures_jsonl), start=1):
-        item = str(row.get("image_id") or f"{figures_jsonl.name}:{line}")
-        if "image_id" not in row or "image_path" not in row:
-            rejected.append(Rejection(item, "no image_id or image_path", "inference", str(figures_jsonl)))
-            continue
-        if item in seen:
-            rejected.append(Rejection(item, "duplicate image_id", "inference", str(figures_jsonl)))
-            continue
-        seen.add(item)
-        path = Path(row["image_path"])
-        ocr = row.get("ocr") or {"words": [], "boxes": []}
-        figures.append(
-            Figure(
-                item, path if path.is_absolute() else figures_jsonl.parent / path, ocr if use_ocr else None
-            )
+    rows, rejected = read_figure_rows(figures_jsonl, "inference")
+    figures = [
+        Figure(
+            str(row["image_id"]),
+            Path(row["image_path"]),
+            (row.get("ocr") or {"words": [], "boxes": []}) if use_ocr else None,
         )
+        for row in rows
+    ]
     return figures, rejected

@@ -28,6 +28,7 @@ from PIL import Image
 from torch.utils.data import Dataset, DistributedSampler
 
 from patent_assets.llava import escape_description, prompt
+from patent_assets.records import read_figure_rows
 from training.describe.tokenizer import IMAGE, conversation_prompt
 
 logger = logging.getLogger(__name__)
@@ -390,16 +391,7 @@ class PatentLMMCollator:
 
 def image_paths_from_figures(figures_jsonl: Path) -> dict[str, Path]:
     """`image_id` -> `image_path` from figures.jsonl (relative paths are taken from its folder)."""
-    figures_jsonl = Path(figures_jsonl)
-    paths: dict[str, Path] = {}
-    with figures_jsonl.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                path = Path(record["image_path"])
-                paths[record["image_id"]] = path if path.is_absolute() else figures_jsonl.parent / path
-            except (json.JSONDecodeError, KeyError) as error:
-                logger.warning("%s line %d left out: %s", figures_jsonl, number, error)
-    return paths
+    rows, rejected = read_figure_rows(Path(figures_jsonl), "training")
+    for rejection in rejected:
+        logger.warning("%s: %s left out: %s", figures_jsonl, rejection.item, rejection.reason)
+    return {str(row["image_id"]): Path(row["image_path"]) for row in rows}

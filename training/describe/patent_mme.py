@@ -54,7 +54,7 @@ from transformers import (
 from transformers.utils import ModelOutput
 
 from patent_assets.alignment import scan_words
-from patent_assets.records import OcrWords, Rejection, read_jsonl, write_jsonl
+from patent_assets.records import OcrWords, Rejection, read_figure_rows, write_jsonl
 
 from .configs import TINY, ModelPreset, PatentMMEPretraining
 from .modeling import encoder_config
@@ -327,13 +327,16 @@ def load_sheets(
     records_jsonl: Path, processor: LayoutLMv3Processor, config: PatentMMEConfig
 ) -> tuple[list[SheetExample], list[Rejection]]:
     """Every readable sheet of figures.jsonl; a bad record is rejected with its reason, the rest go on."""
+    # `sheet_example` resolves each image path itself: as written first, then from the file's folder.
+    records, rejected = read_figure_rows(records_jsonl, "pretraining", resolve_images=False)
+    for rejection in rejected:
+        log.warning("patent_mme: skipping %s: %s", rejection.item, rejection.reason)
     examples: list[SheetExample] = []
-    rejected: list[Rejection] = []
-    for line, record in enumerate(read_jsonl(records_jsonl), start=1):
-        item = str(record.get("image_id") or f"{records_jsonl.name}:{line}")
+    for record in records:
         try:
             examples.append(sheet_example(record, processor, config, records_jsonl.parent))
         except (OSError, ValueError, KeyError, TypeError) as error:
+            item = str(record["image_id"])
             rejected.append(
                 Rejection(item, f"{type(error).__name__}: {error}", "pretraining", str(records_jsonl))
             )

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from patent_assets.records import Rejection, read_jsonl, replace_path, write_jsonl
+from patent_assets.records import Rejection, read_figure_rows, replace_path, write_jsonl
 from patent_assets.store import ArtifactStore
 from training.retrieval import text_encoder
 from training.retrieval.faiss_index import (
@@ -77,12 +77,13 @@ class BuildResult:
         return self.manifest.get("evaluation", {})
 
 
-def _valid_date(value: Any) -> bool:
+def _undated(row: dict[str, Any]) -> str | None:
+    """Why a figure cannot be placed in prior-art order, if it cannot."""
     try:
-        date.fromisoformat(str(value))
+        date.fromisoformat(str(row.get("grant_date")))
     except ValueError:
-        return False
-    return True
+        return f"grant_date {row.get('grant_date')!r} is not a date: cannot be placed in prior-art order"
+    return None
 
 
 def _patent_texts(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
@@ -148,24 +149,15 @@ def build_search_index(
     figures_jsonl, encoder_dir, out_dir = Path(figures_jsonl), Path(encoder_dir), Path(out_dir)
     if not figures_jsonl.is_file():
         raise FileNotFoundError(f"{figures_jsonl}: no such figures file (write one with `patentflow ingest`)")
-    rows: list[dict[str, Any]] = []
-    rejected: list[Rejection] = []
-    seen: set[str] = set()
-    for number, row in enumerate(read_jsonl(figures_jsonl), start=1):
-        item = str(row.get("image_id") or f"{figures_jsonl.name}:{number}")
-        missing = [key for key in ("image_id", "patent_id", "image_path") if not row.get(key)]
-        if missing:
-            rejected.append(Rejection(item, f"missing {', '.join(missing)}", "index", str(figures_jsonl)))
-        elif item in seen:
-            rejected.append(Rejection(item, "duplicate image_id", "index", str(figures_jsonl)))
-        elif not _valid_date(row.get("grant_date")):
-            reason = (
-                f"grant_date {row.get('grant_date')!r} is not a date: cannot be placed in prior-art order"
-            )
-            rejected.append(Rejection(item, reason, "index", str(figures_jsonl)))
-        else:
-            seen.add(item)
-            rows.append(row)
+    rows, rejected = read_figure_rows(
+        figures_jsonl,
+        "index",
+        required=("image_id", "patent_id", "image_path"),
+        check=_undated,
+        # As written, as the index always took it: `patentflow ingest --out DIR` writes image paths
+        # relative to its working directory, not to DIR.
+        resolve_images=False,
+    )
     model = load_encoder(encoder_dir)
     paths = [row["image_path"] for row in rows]
     if feature_cache is not None and thumbnail_weight == 0:

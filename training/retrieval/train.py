@@ -41,9 +41,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from patent_assets.records import FigureRecord, atomic_write, read_jsonl, write_jsonl
+from patent_assets.records import FigureRecord, atomic_write, read_figure_rows, write_jsonl
 from training.retrieval.configs import LOSSES, RetrievalTrainConfig
-from training.retrieval.evaluate import evaluate_encoder, figure_class, image_path_of
+from training.retrieval.evaluate import evaluate_encoder, figure_class
 from training.retrieval.features import PrefixFeatures, compute_prefix_features
 from training.retrieval.model import FigureEncoder, build_encoder, preprocess_image, preset, save_encoder
 
@@ -62,27 +62,23 @@ def arcface_margin_degrees(radians: float) -> float:
 
 def read_split_figures(figures_jsonl: Path) -> tuple[list[dict[str, Any]], list[str]]:
     """figures.jsonl rows (each checked as a FigureRecord, `split` kept, image path made absolute)
-    and the reasons of the rows left out."""
+    and "<item>: <reason>" of the rows left out."""
+    rows, rejected = read_figure_rows(figures_jsonl, "training", check=_not_a_figure_record)
     figures: list[dict[str, Any]] = []
-    rejected: list[str] = []
-    seen: set[str] = set()
-    for line, row in enumerate(read_jsonl(figures_jsonl), start=1):
-        item = str(row.get("image_id") or f"{figures_jsonl}:{line}")
+    for row in rows:
         split = row.pop("split", None)
-        try:
-            record = FigureRecord.from_dict(row)
-        except TypeError as error:
-            rejected.append(f"{item}: not a figure record ({error})")
-            continue
-        if record.image_id in seen:
-            rejected.append(f"{item}: duplicate image_id")
-            continue
-        seen.add(record.image_id)
-        figure = asdict(record)
-        figure["image_path"] = str(image_path_of(figure, figures_jsonl.parent))
+        figure = asdict(FigureRecord.from_dict(row))
         figure["split"] = split
         figures.append(figure)
-    return figures, rejected
+    return figures, [f"{rejection.item}: {rejection.reason}" for rejection in rejected]
+
+
+def _not_a_figure_record(row: dict[str, Any]) -> str | None:
+    try:
+        FigureRecord.from_dict({key: value for key, value in row.items() if key != "split"})
+    except TypeError as error:
+        return f"not a figure record ({error})"
+    return None
 
 
 def figure_texts(figure: dict[str, Any], generated: dict[str, str]) -> list[str]:
