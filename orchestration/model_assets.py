@@ -34,7 +34,14 @@ from patent_assets.records import atomic_write
 from patent_assets.store import ArtifactStore
 from training.describe import distributed, plans
 from training.describe.baselines import BASELINES
-from training.describe.commands import ABLATIONS, EvaluateJob, GenerateJob, PatentLlamaJob, PatentMMEJob
+from training.describe.commands import (
+    ABLATIONS,
+    EvaluateJob,
+    GenerateJob,
+    PatentLlamaJob,
+    PatentMMEJob,
+    flat_scores,
+)
 
 MODEL_GROUP = "patentlmm"
 # What the challenger must beat the baselines on: the real (USPTO) test figures' brief descriptions.
@@ -326,18 +333,6 @@ def _baselines(home: PatentflowHome, retrieval: RetrievalSettings, mlflow: Mlflo
     }
 
 
-def _flat(scores: dict) -> dict[str, float]:
-    from training.describe.metrics import LABEL_RATES, METRIC_NAMES, ORIGIN_METRICS
-
-    return {
-        f"{kind}_{m}": float(scores[kind][m])
-        for kind in ("brief", "detailed")
-        if kind in scores
-        for m in (*METRIC_NAMES, *ORIGIN_METRICS, *LABEL_RATES)
-        if scores[kind].get(m) is not None
-    }
-
-
 @dg.asset(
     deps=[patentlmm_stage2, patentlmm_ablations],
     group_name=MODEL_GROUP,
@@ -378,7 +373,7 @@ def patentlmm_challenger(
         ablations,
         _baselines(home, retrieval, mlflow),
     )
-    flat = _flat(metrics)
+    flat = flat_scores(metrics)
     if settings.promotion_metric not in flat:
         context.log.warning(
             f"no {settings.promotion_metric} (no real test figures?): the gate cannot judge; set "
@@ -399,7 +394,7 @@ def patentlmm_challenger(
             dst=home.home.store / "models" / "champion",
             tracking_uri=uri,
         )
-        champion_flat = _flat(
+        champion_flat = flat_scores(
             _evaluate(context, pipes, home, str(champion_dir), out / "champion", None, uri, {})
         )
     record = {
@@ -407,8 +402,8 @@ def patentlmm_challenger(
         "metrics": flat,
         "champion_version": champion,
         "champion_metrics": champion_flat,
-        "ablations": {name: _flat(m) for name, m in metrics.get("ablations", {}).items()},
-        **{f"{name}_metrics": _flat(m) for name, m in metrics.get("baselines", {}).items()},
+        "ablations": {name: flat_scores(m) for name, m in metrics.get("ablations", {}).items()},
+        **{f"{name}_metrics": flat_scores(m) for name, m in metrics.get("baselines", {}).items()},
     }
     (out / "challenger.json").write_text(json.dumps(record, indent=2))
     return dg.MaterializeResult(

@@ -27,22 +27,12 @@ from orchestration.assets import figure_dataset
 from orchestration.launching import latest, run_job, work_dir
 from orchestration.model_assets import EAGER, generated_descriptions
 from orchestration.resources import DataVersioning, MlflowTracking, PatentflowHome, RetrievalSettings
+from training.entry import flat_metrics
 from training.retrieval.commands import RetrievalEvaluateJob
 from training.retrieval.configs import RetrievalTrainConfig
 
 RETRIEVAL_GROUP = "retrieval"
 QUERY_SPLITS = ["val", "test"]  # held-out patents; the training patents stay in the database
-
-
-def _flat(metrics: dict) -> dict[str, float]:
-    """{"same_patent": {"mAP": ..}, "prior_art": {..}} -> {"same_patent_mAP": .., ...}"""
-    return {
-        f"{task}_{name}": float(value)
-        for task, values in metrics.items()
-        if isinstance(values, dict)
-        for name, value in values.items()
-        if isinstance(value, int | float)
-    }
 
 
 def _headline(flat: dict[str, float]) -> dict[str, dg.MetadataValue]:
@@ -131,7 +121,10 @@ def _evaluate(
         feature_cache=str(home.home.feature_cache),
     )
     run_job(pipes, context, "retrieval_evaluate", config, out / "job.json")
-    return {name: _flat(metrics) for name, metrics in json.loads((out / "metrics.json").read_text()).items()}
+    return {
+        name: flat_metrics(metrics)
+        for name, metrics in json.loads((out / "metrics.json").read_text()).items()
+    }
 
 
 @dg.asset(

@@ -26,12 +26,13 @@ import argparse
 import json
 import logging
 import math
+import numbers
 import os
 import shutil
 import sys
 import types
 import typing
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -184,6 +185,23 @@ def write_json(path: Path, data: Any) -> Path:
     with atomic_write(path) as handle:
         json.dump(data, handle, indent=1, default=str)
     return path
+
+
+def flat_metrics(
+    nested: Mapping[str, Any], prefix: str = "", names: Sequence[str] | None = None
+) -> dict[str, float]:
+    """{"same_patent": {"mAP": 0.5}} -> {"same_patent_mAP": 0.5}: results nested one level deep as
+    the flat metric keys of MLflow and of Dagster metadata. Only numbers are kept; a None (not
+    measured), a text or a deeper dict is left out. `names`: only those metrics, in that order."""
+    flat: dict[str, float] = {}
+    for group, metrics in nested.items():
+        if not isinstance(metrics, Mapping):
+            continue
+        for name in metrics if names is None else names:
+            value = metrics.get(name)
+            if isinstance(value, numbers.Real):
+                flat[f"{prefix}{group}_{name}"] = float(value)
+    return flat
 
 
 def finite(summary: Mapping[str, Any]) -> dict[str, Any]:

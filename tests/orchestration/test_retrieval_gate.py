@@ -6,6 +6,7 @@ import numpy as np
 
 from orchestration.resources import RetrievalSettings
 from training import tracking
+from training.entry import flat_metrics
 from training.retrieval.evaluate import evaluate_by_origin
 
 
@@ -44,10 +45,6 @@ def _vectors(figures: list[dict], good_on: str) -> np.ndarray:
     return np.asarray(rows, np.float32)
 
 
-def _flat(metrics: dict) -> dict[str, float]:
-    return {f"{task}_{k}": v for task, values in metrics.items() for k, v in values.items()}
-
-
 def test_metrics_by_origin_use_each_origin_as_its_own_database() -> None:
     figures = _collection()
     result = evaluate_by_origin(_vectors(figures, "real"), figures, ["val"])
@@ -68,8 +65,8 @@ def test_a_collection_without_real_figures_has_no_real_metrics() -> None:
 def test_the_default_gate_blocks_a_challenger_worse_on_real_drawings() -> None:
     """Better on the synthetic patents, worse on the real ones: not promoted by default."""
     figures = _collection()
-    champion = _flat(evaluate_by_origin(_vectors(figures, "real"), figures, ["val"]))
-    challenger = _flat(evaluate_by_origin(_vectors(figures, "synthetic"), figures, ["val"]))
+    champion = flat_metrics(evaluate_by_origin(_vectors(figures, "real"), figures, ["val"]))
+    challenger = flat_metrics(evaluate_by_origin(_vectors(figures, "synthetic"), figures, ["val"]))
     assert challenger["synthetic_same_patent_mAP"] > champion["synthetic_same_patent_mAP"]
     metric = RetrievalSettings().promotion_metric
     assert metric == "real_same_patent_mAP"

@@ -5,7 +5,7 @@ against the ablations and the baselines, and description generation. One config 
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -13,7 +13,7 @@ from typing import Any, Literal
 from patent_assets.llava import KINDS
 from patent_assets.records import Rejection, read_figure_rows, replace_path, write_jsonl
 from training.describe.configs import PatentLlamaPretraining, PatentMMEPretraining
-from training.entry import METRICS_FILE, JobConfig, Reporter, finite, staging_dir, write_json
+from training.entry import METRICS_FILE, JobConfig, Reporter, finite, flat_metrics, staging_dir, write_json
 
 GENERATED_FILE = "generated_descriptions.json"
 # (encoder dir or None, untouched preset, encoder overrides, feature cache) -> (Embedder, its name)
@@ -357,17 +357,17 @@ def run_evaluate(
     write_jsonl(out_dir / "rejected.jsonl", rejected)
     metrics_path = write_json(out_dir / METRICS_FILE, combined)
 
-    flat = _flat_scores(results, figures_by_kind)
+    flat = flat_scores(results)
     flat |= {f"{kind}_figures": results[kind]["figures"] for kind in figures_by_kind}
     others = {
         f"{name}_{key}": value
         for name, scores in ablation_results.items()
-        for key, value in _flat_scores(scores, figures_by_kind).items()
+        for key, value in flat_scores(scores).items()
     }
     others |= {
         f"baseline_{name}_{key}": value
         for name, scores in baseline_results.items()
-        for key, value in _flat_scores(scores, figures_by_kind).items()
+        for key, value in flat_scores(scores).items()
     }
     if cfg.mlflow_run_id:
         _log_to_mlflow(cfg, flat | others, figures_by_kind, predictions, references, out_dir, report)
@@ -381,16 +381,12 @@ def run_evaluate(
     }
 
 
-def _flat_scores(results: Mapping[str, Any], kinds: Iterable[str]) -> dict[str, float]:
+def flat_scores(results: Mapping[str, Any]) -> dict[str, float]:
     """`{kind}_{metric}` of every metric measured: all figures, each origin apart, label rates."""
     from training.describe.metrics import LABEL_RATES, METRIC_NAMES, ORIGIN_METRICS
 
-    return {
-        f"{kind}_{name}": results[kind][name]
-        for kind in kinds
-        for name in (*METRIC_NAMES, *ORIGIN_METRICS, *LABEL_RATES)
-        if results[kind].get(name) is not None
-    }
+    by_kind = {kind: results[kind] for kind in KINDS if kind in results}
+    return flat_metrics(by_kind, names=(*METRIC_NAMES, *ORIGIN_METRICS, *LABEL_RATES))
 
 
 def _baseline_descriptions(

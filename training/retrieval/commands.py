@@ -7,8 +7,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from training.entry import METRICS_FILE, JobConfig, Reporter, write_json
+from training.entry import METRICS_FILE, JobConfig, Reporter, flat_metrics, write_json
 from training.retrieval.configs import RetrievalTrainConfig
+
+# The metrics an evaluation reports as metadata, in the order `evaluate_rankings` gives them.
+HEADLINE_METRICS = ("mAP", "Recall@10", "MRR@10", "Rank-1")
 
 
 @dataclass
@@ -88,10 +91,8 @@ def run_retrieval_evaluate(cfg: RetrievalEvaluateJob, report: Reporter) -> dict[
         results["pixels"] = evaluate_by_origin(vectors, [figures[i] for i in kept], cfg.query_splits)
     metrics_path = write_json(Path(cfg.out_dir) / METRICS_FILE, results)
     flat = {
-        f"{name}_{task}_{metric}": value
+        key: value
         for name, tasks in results.items()
-        for task, metrics in tasks.items()
-        for metric, value in metrics.items()
-        if metric in ("mAP", "Rank-1", "Recall@10", "MRR@10")
+        for key, value in flat_metrics(tasks, f"{name}_", HEADLINE_METRICS).items()
     }
     return {**flat, "figures": len(figures), "rejected": len(rejected), "metrics_json": metrics_path}

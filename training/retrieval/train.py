@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from patent_assets.records import FigureRecord, atomic_write, read_figure_rows, write_jsonl
+from training.entry import flat_metrics
 from training.retrieval.configs import LOSSES, RetrievalTrainConfig
 from training.retrieval.evaluate import evaluate_encoder, figure_class
 from training.retrieval.features import PrefixFeatures, compute_prefix_features
@@ -528,14 +529,6 @@ def _log_mlflow(cfg: RetrievalTrainConfig, kind: str, payload: Any, step: int | 
         tracking.log_curve_plot(cfg.mlflow_run_id, payload, name="retrieval_loss", tracking_uri=uri)
 
 
-def _flat_metrics(results: dict[str, dict[str, float]], prefix: str = "") -> dict[str, float]:
-    return {
-        f"{prefix}{task}_{name}": value
-        for task, metrics in results.items()
-        for name, value in metrics.items()
-    }
-
-
 def train_retrieval_encoder(cfg: RetrievalTrainConfig, report: Any = None) -> dict[str, Any]:
     """Train, evaluate (untrained first, trained last) and write `out_dir/{encoder, metrics.jsonl,
     summary.json, checkpoint}`; resumes from `out_dir/checkpoint` when there is one. Returns the summary."""
@@ -811,9 +804,7 @@ def train_retrieval_encoder(cfg: RetrievalTrainConfig, report: Any = None) -> di
     with atomic_write(out_dir / "summary.json") as handle:
         json.dump(summary, handle, indent=1)
     if cfg.mlflow_run_id:
-        _log_mlflow(
-            cfg, "metrics", _flat_metrics(trained) | _flat_metrics(untrained, "untrained_"), step=step
-        )
+        _log_mlflow(cfg, "metrics", flat_metrics(trained) | flat_metrics(untrained, "untrained_"), step=step)
         if history:
             _log_mlflow(
                 cfg,
