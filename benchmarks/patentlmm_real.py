@@ -43,7 +43,7 @@ from patent_assets.records import (  # noqa: E402
     write_jsonl,
 )
 from patent_assets.splits import split_key  # noqa: E402
-from training import entry  # noqa: E402
+from training import entry, job  # noqa: E402
 from training.describe import plans  # noqa: E402
 from training.describe.baselines import BASELINES  # noqa: E402
 from training.describe.configs import TINY  # noqa: E402
@@ -187,7 +187,7 @@ def train_fold(fold_dir: Path, documents: list[Path], seed: int) -> Path:
 
 def evaluate_fold(fold_dir: Path, model: Path, work: Path) -> Path:
     out = fold_dir / "evaluation"
-    if not (out / entry.METRICS_FILE).exists():
+    if not (out / job.METRICS_FILE).exists():
         llava = fold_dir / "llava_json"
         config = {
             "out_dir": str(out),

@@ -6,7 +6,7 @@ from pathlib import Path
 import dagster as dg
 
 from orchestration.resources import PatentflowHome
-from training import entry
+from training import entry, job
 from training.describe import distributed
 
 
@@ -21,7 +21,7 @@ def run_job(
     pipes: dg.PipesSubprocessClient,
     context: dg.AssetExecutionContext,
     command: str,
-    config: entry.JobConfig,
+    config: job.JobConfig,
     config_path: Path,
     extra: dict | None = None,
 ) -> dg.MaterializeResult:

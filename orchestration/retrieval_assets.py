@@ -27,7 +27,7 @@ from orchestration.assets import figure_dataset
 from orchestration.launching import latest, run_job, work_dir
 from orchestration.model_assets import EAGER, generated_descriptions
 from orchestration.resources import DataVersioning, MlflowTracking, PatentflowHome, RetrievalSettings
-from training.entry import flat_metrics
+from training.job import flat_metrics
 from training.retrieval.commands import RetrievalEvaluateJob
 from training.retrieval.configs import RetrievalTrainConfig
 

@@ -3,7 +3,9 @@
 - the libraries (`patent_assets`, `training`) never import `orchestration` or the CLI (`patentflow`);
 - `patent_assets` (data) never imports `training` (models);
 - the two model families, `training.describe` (PatentLMM) and `training.retrieval` (figure search),
-  never import each other; `training.entry` is the one module that wires them together.
+  never import each other; `training.entry` (the command line) is the one module that wires
+  them together;
+- no import cycle among our modules, counting the imports inside functions too.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import pytest
 from tests.conftest import PROJECT
 
 FAMILIES = ("training.describe", "training.retrieval")
+PACKAGES = ("patent_assets", "training", "orchestration", "patentflow")
 
 
 def _module_name(path: Path) -> str:
@@ -72,5 +75,27 @@ def test_the_model_families_never_import_each_other() -> None:
     # what both share imports neither family, except the one entry point that wires them
     shared = {m: i for m, i in modules.items() if not any(_within(m, f) for f in FAMILIES)}
     for module, imports in shared.items():
-        if module not in ("training.entry", "training.__main__"):
+        if module not in ("training.entry", "training.__main__"):  # the launchers: nothing imports them
             assert not [i for i in imports if any(_within(i, f) for f in FAMILIES)], module
+
+
+def test_there_is_no_import_cycle() -> None:
+    imports = {module: names for package in PACKAGES for module, names in _modules(package).items()}
+    graph = {
+        module: {name for name in names if name in imports} - {module} for module, names in imports.items()
+    }
+    on_path: list[str] = []
+    done: set[str] = set()
+
+    def visit(module: str) -> None:
+        on_path.append(module)
+        for dependency in sorted(graph[module]):
+            assert dependency not in on_path, " -> ".join([*on_path[on_path.index(dependency) :], dependency])
+            if dependency not in done:
+                visit(dependency)
+        on_path.pop()
+        done.add(module)
+
+    for module in sorted(graph):
+        if module not in done:
+            visit(module)

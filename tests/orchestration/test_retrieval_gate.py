@@ -6,7 +6,7 @@ import numpy as np
 
 from orchestration.resources import RetrievalSettings
 from training import tracking
-from training.entry import flat_metrics
+from training.job import flat_metrics
 from training.retrieval.evaluate import evaluate_by_origin
 
 

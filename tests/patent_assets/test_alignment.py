@@ -72,7 +72,7 @@ class DesignRun:
     cache: Path
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def design_run(realdata: Path, tmp_path_factory: pytest.TempPathFactory, ocr_cache: Path) -> DesignRun:
     """Every 2021 design grant: sheets to PNG, OCR on 2 workers (cached), aligned. Shared by the tests."""
     root = realdata / DESIGNS

@@ -13,7 +13,7 @@ from typing import Any, Literal
 from patent_assets.llava import KINDS
 from patent_assets.records import Rejection, read_figure_rows, replace_path, write_jsonl
 from training.describe.configs import PatentLlamaPretraining, PatentMMEPretraining
-from training.entry import METRICS_FILE, JobConfig, Reporter, finite, flat_metrics, staging_dir, write_json
+from training.job import METRICS_FILE, JobConfig, Reporter, finite, flat_metrics, staging_dir, write_json
 
 GENERATED_FILE = "generated_descriptions.json"
 # (encoder dir or None, untouched preset, encoder overrides, feature cache) -> (Embedder, its name)

@@ -41,7 +41,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from patent_assets.records import replace_path
 from training.describe.configs import StageConfig
-from training.entry import reporting
+from training.job import reporting
 
 DS_CONFIGS = Path(__file__).resolve().parent / "ds_configs"
 CHECKPOINTS = "checkpoints"
@@ -278,7 +278,7 @@ def deepspeed_config(cfg: TrainConfig) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------
 class MetricsSink:
     """Where rank 0's numbers and events go: `metrics.jsonl` always; the MLflow run through
-    `training.tracking` and Dagster Pipes through `training.entry`'s reporter when there are any.
+    `training.tracking` and Dagster Pipes through `training.job`'s reporter when there are any.
     The run's life (started, FINISHED or FAILED) belongs to whoever created it: the asset."""
 
     def __init__(self, out_dir: Path, mlflow_run_id: str | None, stack: ExitStack) -> None:

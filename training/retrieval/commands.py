@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from training.entry import METRICS_FILE, JobConfig, Reporter, flat_metrics, write_json
+from training.job import METRICS_FILE, JobConfig, Reporter, flat_metrics, write_json
 from training.retrieval.configs import RetrievalTrainConfig
 
 # The metrics an evaluation reports as metadata, in the order `evaluate_rankings` gives them.

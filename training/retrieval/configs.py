@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from training.entry import JobConfig
+from training.job import JobConfig
 
 LOSSES = ("arcface", "clip", "cls", "cat")
 

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from patent_assets.records import FigureRecord, atomic_write, read_figure_rows, write_jsonl
-from training.entry import flat_metrics
+from training.job import flat_metrics
 from training.retrieval.configs import LOSSES, RetrievalTrainConfig
 from training.retrieval.evaluate import evaluate_encoder, figure_class
 from training.retrieval.features import PrefixFeatures, compute_prefix_features

@@ -18,7 +18,7 @@ from patent_assets.records import write_jsonl
 from tests.conftest import PROJECT
 from tests.training.describe.test_inference import make_trained_model
 from tests.training.describe.test_patent_llama import grant
-from training import entry, tracking
+from training import entry, job, tracking
 from training.describe import commands
 from training.describe.baselines import CONSTANT_DESCRIPTION, commonest_sentence
 from training.describe.inference import load_for_inference
@@ -104,7 +104,7 @@ def test_evaluate_scores_both_kinds_and_ablations_and_logs_to_mlflow(trained, tm
     done = _run_cli("evaluate", config)
     assert done.returncode == 0, done.stderr
 
-    metrics = json.loads((out / entry.METRICS_FILE).read_text())
+    metrics = json.loads((out / job.METRICS_FILE).read_text())
     for kind in ("brief", "detailed"):
         assert set(METRIC_NAMES) <= set(metrics[kind]) and metrics[kind]["figures"] == 4
         assert all(0.0 <= metrics[kind][m] <= 1.0 for m in METRIC_NAMES if m != "cider"), metrics[kind]

@@ -1,10 +1,10 @@
-"""`training/entry.py`'s shared output helpers."""
+"""`training/job.py`'s shared output helpers."""
 
 from __future__ import annotations
 
 import math
 
-from training.entry import flat_metrics
+from training.job import flat_metrics
 
 
 def test_flat_metrics_names_each_number_by_its_group() -> None:
