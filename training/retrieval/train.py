@@ -30,8 +30,8 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Sequence
-from dataclasses import asdict
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -40,13 +40,21 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
 
 from patent_assets.records import FigureRecord, atomic_write, read_figure_rows, write_jsonl
 from training.job import flat_metrics
 from training.retrieval.configs import LOSSES, RetrievalTrainConfig
 from training.retrieval.evaluate import evaluate_encoder, figure_class
 from training.retrieval.features import PrefixFeatures, compute_prefix_features
-from training.retrieval.model import FigureEncoder, build_encoder, preprocess_image, preset, save_encoder
+from training.retrieval.model import (
+    EncoderConfig,
+    FigureEncoder,
+    build_encoder,
+    preprocess_image,
+    preset,
+    save_encoder,
+)
 
 __all__ = ["RetrievalTrainConfig", "figure_class", "train_retrieval_encoder"]
 
@@ -497,18 +505,492 @@ def _selection_score(model: nn.Module, figures: Sequence[dict[str, Any]], cfg: R
     """Same-patent mAP of the selection splits' figures among themselves and the training figures."""
     searched = set(cfg.select_splits) | set(cfg.train_splits)
     pool = [f for f in figures if f["split"] in searched]
-    cache = None
-    if cfg.trainable_blocks is not None:
-        cache = Path(cfg.feature_cache) if cfg.feature_cache else Path(cfg.out_dir) / "feature_cache"
-    blocks = cfg.trainable_blocks or 0
-    result = evaluate_encoder(model, pool, cfg.select_splits, feature_cache=cache, trainable_blocks=blocks)
+    result = evaluate_encoder(
+        model,
+        pool,
+        cfg.select_splits,
+        feature_cache=_feature_cache(cfg),
+        trainable_blocks=cfg.trainable_blocks or 0,
+    )
     return float(result["same_patent"].get("mAP", 0.0))
 
 
-def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+def _feature_cache(cfg: RetrievalTrainConfig) -> Path | None:
+    """Where a frozen backbone's features are cached (training and evaluation read the same); None
+    when the whole encoder trains from pixels."""
+    if cfg.trainable_blocks is None:
+        return None
+    return Path(cfg.feature_cache) if cfg.feature_cache else Path(cfg.out_dir) / "feature_cache"
+
+
+# -------------------------------------------------------------------------------------------- the run
+
+Log = Callable[[str], None]
+ALIGNMENT_LOSSES = ("clip", "cls", "cat")  # the losses that need the figures' texts embedded
+
+
+@dataclass
+class TrainingSet:
+    """The training figures as the loop reads them: pixels or the frozen part's cached features,
+    their patent, class and category labels, and their texts embedded once."""
+
+    train: list[dict[str, Any]]  # the readable figures of the training splits
+    images: torch.Tensor | None  # (N, C, H, W) preprocessed once; None on a frozen backbone
+    prefix: PrefixFeatures | None  # the frozen part's cached outputs (trainable_blocks set)
+    cached: torch.Tensor | None  # all of them in memory (trainable_blocks 0: pooled vectors)
+    patents: list[str]  # the ArcFace classes
+    patent_labels: torch.Tensor
+    class_names: list[str]
+    category_names: list[str]
+    class_labels: torch.Tensor  # -1: the figure has no classification
+    category_labels: torch.Tensor
+    generated: dict[str, str]  # {image_id: generated description}, as given
+    text_vectors: list[np.ndarray]  # per figure: (its texts, text_dim)
+
+
+@dataclass
+class TrainingRun:
+    """What training changes, and what the checkpoint keeps of it to resume."""
+
+    model: FigureEncoder
+    losses: RetrievalLosses
+    optimizer: torch.optim.Optimizer
+    scheduler: LambdaLR
+    device: torch.device
+    generator: torch.Generator  # batches, texts and augmentations draw from it alone
+    untrained: dict[str, Any] = field(default_factory=dict)
+    epoch: int = 0  # epochs done
+    step: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)  # a row per step: metrics.jsonl
+    best: dict[str, Any] | None = None  # {"epoch", "score", "model"} of model selection
+
+
+def train_retrieval_encoder(cfg: RetrievalTrainConfig, report: Any = None) -> dict[str, Any]:
+    """Train, evaluate (untrained first, trained last) and write `out_dir/{encoder, metrics.jsonl,
+    summary.json, checkpoint}`; resumes from `out_dir/checkpoint` when there is one. Returns the summary."""
+    started = time.perf_counter()
+    log = _logger(report)
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    torch.manual_seed(cfg.seed)
+
+    # data: images preprocessed (or features cached) once; texts embedded once
+    figures, rejected = read_split_figures(Path(cfg.figures_jsonl))
+    for reason in rejected:
+        log(f"retrieval_encoder: left out {reason}")
+    model = build_encoder(_encoder_config(cfg), seed=cfg.seed)
+    data = _training_set(cfg, model, figures, log)
+
+    # model, losses and optimizer; resumed, or the untrained encoder evaluated (same seed, same init)
+    run = _build_run(cfg, model, data, log)
+    checkpoint = Path(cfg.out_dir) / "checkpoint" / CHECKPOINT_FILE
+    if checkpoint.is_file():
+        _resume(run, checkpoint, data.patents, log)
+    else:
+        _evaluate_untrained(cfg, run, data, figures, log)
+
+    # the loop: an epoch, model selection, a checkpoint
+    train_started = time.perf_counter()
+    for epoch in range(run.epoch, cfg.epochs):
+        _train_epoch(cfg, run, data, epoch)
+        if cfg.select_splits and ((epoch + 1) % cfg.select_every == 0 or epoch + 1 == cfg.epochs):
+            _select(cfg, run, figures, epoch, log)
+        run.epoch = epoch + 1
+        _save_checkpoint(checkpoint, run, data.patents)
+        # Logged once the checkpoint is on disk: a run killed after this line resumes from here.
+        log(
+            f"retrieval_encoder: epoch {run.epoch}/{cfg.epochs} checkpointed, step {run.step},"
+            f" loss {run.history[-1]['total_loss']:.3f}"
+        )
+    train_seconds = time.perf_counter() - train_started
+
+    # evaluate, write, log
+    trained = _evaluate_trained(cfg, run, figures, log)
+    summary = _summary(cfg, run, data, figures, rejected, trained)
+    summary = _write_outputs(cfg, run, summary, train_seconds, started)
+    _log_results(cfg, run, trained)
+    return summary
+
+
+def _logger(report: Any) -> Log:
+    """The job's progress log: through the Pipes reporter when there is one, else nowhere."""
+
+    def log(message: str) -> None:
+        if report is not None:
+            report.log(message)
+
+    return log
+
+
+def _encoder_config(cfg: RetrievalTrainConfig) -> EncoderConfig:
+    """The preset with the config's overrides; aligned with texts, its text space is the text encoder's."""
+    overrides = dict(cfg.encoder)
+    if any(name in cfg.losses for name in ALIGNMENT_LOSSES) and "text_dim" not in overrides:
+        from training.retrieval.text_encoder import text_dim
+
+        overrides["text_dim"] = text_dim(cfg.text_encoder_dir)
+    return preset(cfg.preset, **overrides)
+
+
+def _training_set(
+    cfg: RetrievalTrainConfig, model: FigureEncoder, figures: list[dict[str, Any]], log: Log
+) -> TrainingSet:
+    """The training splits' readable figures, labelled by patent (the ArcFace classes), class and
+    category, with their texts embedded."""
+    train, images, prefix, cached = _training_inputs(cfg, model, figures, log)
+    patents = sorted({f["patent_id"] for f in train})
+    patent_labels = torch.tensor([patents.index(f["patent_id"]) for f in train])
+    classes_of = [figure_class(f["classifications"]) for f in train]
+    class_names = sorted({c for c, _ in classes_of if c})
+    category_names = sorted({c for _, c in classes_of if c})
+    class_labels = torch.tensor([class_names.index(c) if c else -1 for c, _ in classes_of])
+    category_labels = torch.tensor([category_names.index(c) if c else -1 for _, c in classes_of])
+    generated, text_vectors = _embed_texts(cfg, train, model.config.text_dim, log)
+    return TrainingSet(
+        train=train,
+        images=images,
+        prefix=prefix,
+        cached=cached,
+        patents=patents,
+        patent_labels=patent_labels,
+        class_names=class_names,
+        category_names=category_names,
+        class_labels=class_labels,
+        category_labels=category_labels,
+        generated=generated,
+        text_vectors=text_vectors,
+    )
+
+
+def _training_inputs(
+    cfg: RetrievalTrainConfig, model: FigureEncoder, figures: list[dict[str, Any]], log: Log
+) -> tuple[list[dict[str, Any]], torch.Tensor | None, PrefixFeatures | None, torch.Tensor | None]:
+    """(the training figures that could be read, their pixels, their prefix features, those in
+    memory): pixels when the whole encoder trains, else the frozen part's outputs, computed once per
+    image and cached for the next run too. Unreadable figures are logged and left out."""
+    figures_jsonl = Path(cfg.figures_jsonl)
+    train_splits = set(cfg.train_splits)
+    candidates = [f for f in figures if f["split"] in train_splits]
+    prefix: PrefixFeatures | None = None
+    cached: torch.Tensor | None = None
+    pixels: list[torch.Tensor] = []
+    if cfg.trainable_blocks is not None:
+        model.check_trainable_blocks(cfg.trainable_blocks)
+        paths = [f["image_path"] for f in candidates]
+        prefix = compute_prefix_features(model, paths, cfg.trainable_blocks, _feature_cache(cfg))
+        for position, reason in prefix.failed.items():
+            log(f"retrieval_encoder: left out {candidates[position]['image_id']}: {reason}")
+        train = [candidates[i] for i in prefix.kept]
+        # the whole cache's pooled vectors (trainable_blocks 0) fit in memory: a few KB a figure
+        cached = prefix.load(range(len(train))) if cfg.trainable_blocks == 0 and train else None
+    else:
+        train = []
+        for figure in candidates:
+            try:
+                pixels.append(preprocess_image(figure["image_path"], model.config))
+            except ValueError as error:
+                log(f"retrieval_encoder: left out {figure['image_id']}: {error}")
+                continue
+            train.append(figure)
+    if not train:
+        raise ValueError(f"{figures_jsonl}: no readable figure in the training splits {sorted(train_splits)}")
+    if cfg.select_splits and not any(f["split"] in set(cfg.select_splits) for f in figures):
+        raise ValueError(f"{figures_jsonl}: no figure in the selection splits {list(cfg.select_splits)}")
+    images = None if prefix is not None else torch.stack(pixels)
+    return train, images, prefix, cached
+
+
+def _embed_texts(
+    cfg: RetrievalTrainConfig, train: list[dict[str, Any]], text_dim: int, log: Log
+) -> tuple[dict[str, str], list[np.ndarray]]:
+    """(the generated descriptions given, each figure's texts embedded by the frozen text encoder);
+    without an alignment loss nothing is embedded: every figure has no text."""
+    generated: dict[str, str] = {}
+    if cfg.generated_descriptions:
+        generated = json.loads(Path(cfg.generated_descriptions).read_text(encoding="utf-8"))
+        if not isinstance(generated, dict):
+            raise ValueError(f"{cfg.generated_descriptions}: expected a JSON object {{image_id: text}}")
+    if not any(name in cfg.losses for name in ALIGNMENT_LOSSES):
+        return generated, [np.zeros((0, text_dim), np.float32)] * len(train)
+    from training.retrieval.text_encoder import encode_texts
+
+    texts_of = [figure_texts(f, generated) for f in train]
+    flat = [text for texts in texts_of for text in texts]
+    encoded = encode_texts(flat, cfg.text_encoder_dir)
+    offsets = np.cumsum([0] + [len(texts) for texts in texts_of])
+    log(f"retrieval_encoder: {len(flat)} texts embedded ({len(generated)} generated descriptions given)")
+    return generated, [encoded[offsets[i] : offsets[i + 1]] for i in range(len(train))]
+
+
+def _build_run(cfg: RetrievalTrainConfig, model: FigureEncoder, data: TrainingSet, log: Log) -> TrainingRun:
+    """The losses (a whitening head and ArcFace's centres initialised from the data), model and
+    losses on the device, AdamW and its cosine schedule over every step of every epoch."""
+    from transformers import get_cosine_schedule_with_warmup
+
+    losses = _build_losses(cfg, model, data, log)
+    device = torch.device(
+        ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
+    )
+    # Augmentation and sampling stay on the CPU (seeded generator); the batches move to `device`.
+    model.to(device)
+    losses.to(device)
+    log(f"retrieval_encoder: training on {device}")
+    optimizer = torch.optim.AdamW(_parameter_groups(model, losses, cfg), lr=cfg.lr)
+    patents = len(data.patents)
+    total_steps = math.ceil(patents / _patents_per_batch(cfg, patents)) * cfg.epochs
+    scheduler = get_cosine_schedule_with_warmup(
+        optimizer, max(1, int(cfg.warmup_fraction * total_steps)), max(1, total_steps)
+    )
+    return TrainingRun(model, losses, optimizer, scheduler, device, torch.Generator().manual_seed(cfg.seed))
+
+
+def _patents_per_batch(cfg: RetrievalTrainConfig, patents: int) -> int:
+    """P of the P x K batches: as many patents as `batch_size` holds K views of, at most all of them."""
+    return max(1, min(cfg.batch_size // cfg.views_per_patent, patents))
+
+
+def _build_losses(
+    cfg: RetrievalTrainConfig, model: FigureEncoder, data: TrainingSet, log: Log
+) -> RetrievalLosses:
+    """The configured losses, the class and category prototypes from the training texts; a
+    whitening head starts as the learned whitening of the training patents."""
+    losses = RetrievalLosses(
+        cfg.losses,
+        num_patents=len(data.patents),
+        embedding_dim=model.config.embedding_dim,
+        class_prototypes=_prototypes(data.class_labels.tolist(), len(data.class_names), data.text_vectors)
+        if data.class_names
+        else None,
+        category_prototypes=_prototypes(
+            data.category_labels.tolist(), len(data.category_names), data.text_vectors
+        )
+        if data.category_names
+        else None,
+        arcface_scale=cfg.arcface_scale,
+        arcface_margin=cfg.arcface_margin,
+    )
+    if not data.class_names:  # nothing is classified: cls / cat have nothing to learn from
+        losses.active = [name for name in losses.active if name not in ("cls", "cat")]
+    if model.config.head == "whitening":
+        pooled = _pooled_training_features(model, cfg, data.prefix, data.cached, data.images)
+        shrinkage = _init_whitening_head(model, losses, pooled, data.patent_labels, cfg.whitening_shrinkage)
+        log(
+            f"retrieval_encoder: head initialised as the learned whitening of {len(data.patents)} patents"
+            f" (shrinkage {shrinkage})"
+        )
+    return losses
+
+
+def _resume(run: TrainingRun, checkpoint: Path, patents: list[str], log: Log) -> None:
+    """The run as its last checkpoint left it, RNG states included; refused for another encoder
+    config or training set."""
+    state = torch.load(checkpoint, weights_only=False, map_location="cpu")
+    if state["encoder_config"] != run.model.config.to_dict() or state["patents"] != patents:
+        raise ValueError(
+            f"{checkpoint}: made for another encoder config or training set; remove it to start over"
+        )
+    run.model.load_state_dict(state["model"])
+    run.losses.load_state_dict(state["losses"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    run.generator.set_state(state["generator"])
+    torch.set_rng_state(state["torch_random"])
+    run.epoch, run.step, run.history = state["epoch"], state["step"], state["history"]
+    run.untrained, run.best = state["untrained"], state.get("best")
+    log(f"retrieval_encoder: resumed from {checkpoint} at epoch {run.epoch}, step {run.step}")
+
+
+def _evaluate_untrained(
+    cfg: RetrievalTrainConfig, run: TrainingRun, data: TrainingSet, figures: list[dict[str, Any]], log: Log
+) -> None:
+    """A fresh run: the untrained encoder evaluated (what training is measured against) and the
+    run's params logged to MLflow."""
+    run.untrained = _evaluate(run.model, figures, cfg)
+    log(
+        f"retrieval_encoder: untrained same-patent mAP {run.untrained['same_patent'].get('mAP', float('nan')):.3f}"
+    )
+    # MLflow's params: how it trains; where Dagster Pipes reports is none of that
+    run_config = {key: value for key, value in asdict(cfg).items() if key != "asset_key"}
+    _log_mlflow(
+        cfg, "params", {**_flat_params(run_config), "patents": len(data.patents), "figures": len(data.train)}
+    )
+
+
+def _evaluate(
+    model: FigureEncoder, figures: list[dict[str, Any]], cfg: RetrievalTrainConfig
+) -> dict[str, Any]:
+    """Retrieval metrics on the evaluation splits; a frozen backbone's features read from the cache."""
+    return evaluate_encoder(
+        model,
+        figures,
+        cfg.eval_splits,
+        feature_cache=_feature_cache(cfg),
+        trainable_blocks=cfg.trainable_blocks or 0,
+    )
+
+
+def _train_epoch(cfg: RetrievalTrainConfig, run: TrainingRun, data: TrainingSet, epoch: int) -> None:
+    """One pass over the training patents in P x K batches; each step's losses, loss weights and
+    learning rate go to the history (metrics.jsonl) and to MLflow."""
+    run.model.train()
+    if cfg.trainable_blocks is not None:
+        run.model.backbone.eval()  # frozen BatchNorm statistics (and no dropout) in the backbone
+    patents_per_batch = _patents_per_batch(cfg, len(data.patents))
+    for batch in patent_batches(data.patent_labels, patents_per_batch, cfg.views_per_patent, run.generator):
+        parts = _train_step(cfg, run, data, batch)
+        run.step += 1
+        row: dict[str, Any] = {"step": run.step, "epoch": epoch + 1, "lr": run.scheduler.get_last_lr()[0]}
+        row |= {f"{name}_loss": float(value.detach()) for name, value in parts.items()}
+        row |= {
+            f"{name}_weight": float(torch.exp(-s.detach())) for name, s in run.losses.log_variances.items()
+        }
+        run.history.append(row)
+        _log_mlflow(cfg, "metrics", {k: v for k, v in row.items() if k != "step"}, step=run.step)
+
+
+def _train_step(
+    cfg: RetrievalTrainConfig, run: TrainingRun, data: TrainingSet, batch: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """One optimizer step on a batch of figure rows: a text drawn for each, each view augmented (or
+    its cached features), the losses back-propagated. Returns the losses."""
+    rows, device = batch.tolist(), run.device
+    # the text first, then the augmentations: the generator's draws in the order checkpoints expect
+    texts, has_text = _sample_texts(rows, data.text_vectors, run.model.config.text_dim, run.generator)
+    if cfg.trainable_blocks is not None:
+        inputs = _feature_batch(data.prefix, data.cached, rows, cfg, run.generator)
+        embedding = run.model.suffix(inputs.to(device), cfg.trainable_blocks)
+    else:
+        assert data.images is not None
+        pixels = torch.stack([augment(data.images[i], cfg, run.generator) for i in rows])
+        embedding = run.model(pixels.to(device))
+    parts = run.losses(
+        embedding,
+        run.model.project_to_text(embedding),
+        data.patent_labels[batch].to(device),
+        batch.to(device),  # a figure's id is its row: two views of one figure share their text
+        texts.to(device),
+        has_text.to(device),
+        data.class_labels[batch].to(device),
+        data.category_labels[batch].to(device),
+    )
+    run.optimizer.zero_grad(set_to_none=True)
+    parts["total"].backward()
+    torch.nn.utils.clip_grad_norm_(list(run.model.parameters()) + list(run.losses.parameters()), 5.0)
+    run.optimizer.step()
+    run.scheduler.step()
+    return parts
+
+
+def _select(
+    cfg: RetrievalTrainConfig, run: TrainingRun, figures: list[dict[str, Any]], epoch: int, log: Log
+) -> None:
+    """Model selection after an epoch: its same-patent mAP on the selection splits, and its weights
+    kept when they are the best so far."""
+    run.model.eval()
+    score = _selection_score(run.model, figures, cfg)
+    run.history[-1]["select_mAP"] = score
+    _log_mlflow(cfg, "metrics", {"select_mAP": score}, step=run.step)
+    if run.best is None or score > run.best["score"]:
+        weights = {key: value.detach().clone() for key, value in run.model.state_dict().items()}
+        run.best = {"epoch": epoch + 1, "score": score, "model": weights}
+    log(f"retrieval_encoder: epoch {epoch + 1} selection mAP {score:.3f} (best epoch {run.best['epoch']})")
+
+
+def _save_checkpoint(path: Path, run: TrainingRun, patents: list[str]) -> None:
+    """Everything `_resume` needs, written atomically: a run killed while writing keeps the last one."""
+    state = {
+        "model": run.model.state_dict(),
+        "losses": run.losses.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "generator": run.generator.get_state(),
+        "torch_random": torch.get_rng_state(),
+        "epoch": run.epoch,
+        "step": run.step,
+        "history": run.history,
+        "untrained": run.untrained,
+        "best": run.best,
+        "encoder_config": run.model.config.to_dict(),
+        "patents": patents,
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(path, "wb") as handle:
         torch.save(state, handle)
+
+
+def _evaluate_trained(
+    cfg: RetrievalTrainConfig, run: TrainingRun, figures: list[dict[str, Any]], log: Log
+) -> dict[str, Any]:
+    """The trained encoder, the selected epoch's weights if model selection ran, evaluated as the
+    untrained one was."""
+    if run.best is not None:
+        run.model.load_state_dict(run.best["model"])
+        log(f"retrieval_encoder: kept epoch {run.best['epoch']} (selection mAP {run.best['score']:.3f})")
+    run.model.eval()
+    trained = _evaluate(run.model, figures, cfg)
+    log(f"retrieval_encoder: trained same-patent mAP {trained['same_patent'].get('mAP', float('nan')):.3f}")
+    return trained
+
+
+def _summary(
+    cfg: RetrievalTrainConfig,
+    run: TrainingRun,
+    data: TrainingSet,
+    figures: list[dict[str, Any]],
+    rejected: list[str],
+    trained: dict[str, Any],
+) -> dict[str, Any]:
+    """What the run measured and trained on; `_write_outputs` adds its timings and the encoder's place."""
+    return {
+        "untrained": run.untrained,
+        "trained": trained,
+        "steps": run.step,
+        "epochs": cfg.epochs,
+        "selected": None if run.best is None else {"epoch": run.best["epoch"], "mAP": run.best["score"]},
+        "figures": len(figures),
+        "train_figures": len(data.train),
+        "patents": len(data.patents),
+        "classes": len(data.class_names),
+        "categories": len(data.category_names),
+        "losses": run.losses.active,
+        "final_weights": {
+            name: float(torch.exp(-s.detach())) for name, s in run.losses.log_variances.items()
+        },
+        "generated_descriptions": len(data.generated),
+        "rejected": rejected,
+    }
+
+
+def _write_outputs(
+    cfg: RetrievalTrainConfig, run: TrainingRun, summary: dict[str, Any], train_seconds: float, started: float
+) -> dict[str, Any]:
+    """`encoder/`, `metrics.jsonl` and, last, `summary.json`; returns the summary as written."""
+    out_dir = Path(cfg.out_dir)
+    encoder_dir = save_encoder(run.model, out_dir / "encoder")
+    write_jsonl(out_dir / "metrics.jsonl", run.history)
+    summary = summary | {
+        "train_seconds": round(train_seconds, 2),
+        "seconds": round(time.perf_counter() - started, 2),
+        "encoder_dir": str(encoder_dir),
+        "encoder_config": run.model.config.to_dict(),
+    }
+    with atomic_write(out_dir / "summary.json") as handle:
+        json.dump(summary, handle, indent=1)
+    return summary
+
+
+def _log_results(cfg: RetrievalTrainConfig, run: TrainingRun, trained: dict[str, Any]) -> None:
+    """The final retrieval metrics, trained and untrained, and the loss curve to the MLflow run."""
+    if cfg.mlflow_run_id:
+        _log_mlflow(
+            cfg, "metrics", flat_metrics(trained) | flat_metrics(run.untrained, "untrained_"), step=run.step
+        )
+        if run.history:
+            _log_mlflow(
+                cfg,
+                "curve",
+                [{k: v for k, v in row.items() if k.endswith("_loss") or k == "step"} for row in run.history],
+            )
 
 
 def _log_mlflow(cfg: RetrievalTrainConfig, kind: str, payload: Any, step: int | None = None) -> None:
@@ -527,291 +1009,6 @@ def _log_mlflow(cfg: RetrievalTrainConfig, kind: str, payload: Any, step: int | 
         MlflowClient(tracking_uri=uri).log_batch(cfg.mlflow_run_id, params=params)
     elif kind == "curve":
         tracking.log_curve_plot(cfg.mlflow_run_id, payload, name="retrieval_loss", tracking_uri=uri)
-
-
-def train_retrieval_encoder(cfg: RetrievalTrainConfig, report: Any = None) -> dict[str, Any]:
-    """Train, evaluate (untrained first, trained last) and write `out_dir/{encoder, metrics.jsonl,
-    summary.json, checkpoint}`; resumes from `out_dir/checkpoint` when there is one. Returns the summary."""
-
-    def log(message: str) -> None:
-        if report is not None:
-            report.log(message)
-
-    started = time.perf_counter()
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
-    out_dir = Path(cfg.out_dir)
-    figures_jsonl = Path(cfg.figures_jsonl)
-    torch.manual_seed(cfg.seed)
-
-    # ---- data: images preprocessed once; training patents are the ArcFace classes
-    figures, rejected = read_split_figures(figures_jsonl)
-    for reason in rejected:
-        log(f"retrieval_encoder: left out {reason}")
-    alignment = any(name in cfg.losses for name in ("clip", "cls", "cat"))
-    overrides = dict(cfg.encoder)
-    if alignment and "text_dim" not in overrides:
-        from training.retrieval.text_encoder import text_dim
-
-        overrides["text_dim"] = text_dim(cfg.text_encoder_dir)
-    encoder_config = preset(cfg.preset, **overrides)
-
-    train_splits = set(cfg.train_splits)
-    device = torch.device(
-        ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
-    )
-    model = build_encoder(encoder_config, seed=cfg.seed)
-    frozen = cfg.trainable_blocks is not None
-    candidates = [f for f in figures if f["split"] in train_splits]
-    train: list[dict[str, Any]] = []
-    prefix: PrefixFeatures | None = None
-    cached: torch.Tensor | None = None
-    cache_root: Path | None = None
-    if frozen:  # the frozen part runs once per image; the cache keeps it for the next run too
-        model.check_trainable_blocks(cfg.trainable_blocks)
-        cache_root = Path(cfg.feature_cache) if cfg.feature_cache else out_dir / "feature_cache"
-        prefix = compute_prefix_features(
-            model, [f["image_path"] for f in candidates], cfg.trainable_blocks, cache_root
-        )
-        for position, reason in prefix.failed.items():
-            log(f"retrieval_encoder: left out {candidates[position]['image_id']}: {reason}")
-        train = [candidates[i] for i in prefix.kept]
-        # the whole cache's pooled vectors (trainable_blocks 0) fit in memory: a few KB a figure
-        cached = prefix.load(range(len(train))) if cfg.trainable_blocks == 0 and train else None
-    else:
-        pixels: list[torch.Tensor] = []
-        for figure in candidates:
-            try:
-                pixels.append(preprocess_image(figure["image_path"], encoder_config))
-            except ValueError as error:
-                log(f"retrieval_encoder: left out {figure['image_id']}: {error}")
-                continue
-            train.append(figure)
-    if not train:
-        raise ValueError(f"{figures_jsonl}: no readable figure in the training splits {sorted(train_splits)}")
-    if cfg.select_splits and not any(f["split"] in set(cfg.select_splits) for f in figures):
-        raise ValueError(f"{figures_jsonl}: no figure in the selection splits {list(cfg.select_splits)}")
-    images = None if frozen else torch.stack(pixels)
-    patents = sorted({f["patent_id"] for f in train})
-    patent_labels = torch.tensor([patents.index(f["patent_id"]) for f in train])
-    classes_of = [figure_class(f["classifications"]) for f in train]
-    class_names = sorted({c for c, _ in classes_of if c})
-    category_names = sorted({c for _, c in classes_of if c})
-    class_labels = torch.tensor([class_names.index(c) if c else -1 for c, _ in classes_of])
-    category_labels = torch.tensor([category_names.index(c) if c else -1 for _, c in classes_of])
-
-    # ---- texts: embedded once by the frozen text encoder
-    generated: dict[str, str] = {}
-    if cfg.generated_descriptions:
-        generated = json.loads(Path(cfg.generated_descriptions).read_text(encoding="utf-8"))
-        if not isinstance(generated, dict):
-            raise ValueError(f"{cfg.generated_descriptions}: expected a JSON object {{image_id: text}}")
-    texts_of = [figure_texts(f, generated) for f in train]
-    text_vectors: list[np.ndarray] = [np.zeros((0, encoder_config.text_dim), np.float32)] * len(train)
-    if alignment:
-        from training.retrieval.text_encoder import encode_texts
-
-        flat = [text for texts in texts_of for text in texts]
-        encoded = encode_texts(flat, cfg.text_encoder_dir)
-        offsets = np.cumsum([0] + [len(texts) for texts in texts_of])
-        text_vectors = [encoded[offsets[i] : offsets[i + 1]] for i in range(len(train))]
-        log(f"retrieval_encoder: {len(flat)} texts embedded ({len(generated)} generated descriptions given)")
-
-    # ---- model and losses
-    losses = RetrievalLosses(
-        cfg.losses,
-        num_patents=len(patents),
-        embedding_dim=encoder_config.embedding_dim,
-        class_prototypes=_prototypes(class_labels.tolist(), len(class_names), text_vectors)
-        if class_names
-        else None,
-        category_prototypes=_prototypes(category_labels.tolist(), len(category_names), text_vectors)
-        if category_names
-        else None,
-        arcface_scale=cfg.arcface_scale,
-        arcface_margin=cfg.arcface_margin,
-    )
-    if not class_names:  # nothing is classified: cls / cat have nothing to learn from
-        losses.active = [name for name in losses.active if name not in ("cls", "cat")]
-    if encoder_config.head == "whitening":
-        pooled = _pooled_training_features(model, cfg, prefix, cached, images)
-        shrinkage = _init_whitening_head(model, losses, pooled, patent_labels, cfg.whitening_shrinkage)
-        log(
-            f"retrieval_encoder: head initialised as the learned whitening of {len(patents)} patents"
-            f" (shrinkage {shrinkage})"
-        )
-    # Augmentation and sampling stay on the CPU (seeded generator); the batches move to `device`.
-    model.to(device)
-    losses.to(device)
-    log(f"retrieval_encoder: training on {device}")
-    optimizer = torch.optim.AdamW(_parameter_groups(model, losses, cfg), lr=cfg.lr)
-    from transformers import get_cosine_schedule_with_warmup
-
-    views = cfg.views_per_patent
-    patents_per_batch = max(1, min(cfg.batch_size // views, len(patents)))
-    steps_per_epoch = math.ceil(len(patents) / patents_per_batch)
-    total_steps = steps_per_epoch * cfg.epochs
-    scheduler = get_cosine_schedule_with_warmup(
-        optimizer, max(1, int(cfg.warmup_fraction * total_steps)), max(1, total_steps)
-    )
-
-    # Evaluations read the frozen part's features of every figure from the cache too
-    eval_cache, eval_blocks = (cache_root, cfg.trainable_blocks) if frozen else (None, 0)
-
-    # ---- resume, or evaluate the untrained encoder (same seed, same init)
-    checkpoint_path = out_dir / "checkpoint" / CHECKPOINT_FILE
-    history: list[dict[str, Any]] = []
-    generator = torch.Generator().manual_seed(cfg.seed)
-    start_epoch, step = 0, 0
-    best: dict[str, Any] | None = None  # {"epoch", "score", "model"} of model selection
-    # MLflow's params: how it trains; where Dagster Pipes reports is none of that
-    run_config = {key: value for key, value in asdict(cfg).items() if key != "asset_key"}
-    if checkpoint_path.is_file():
-        state = torch.load(checkpoint_path, weights_only=False, map_location="cpu")
-        if state["encoder_config"] != encoder_config.to_dict() or state["patents"] != patents:
-            raise ValueError(
-                f"{checkpoint_path}: made for another encoder config or training set; remove it to start over"
-            )
-        model.load_state_dict(state["model"])
-        losses.load_state_dict(state["losses"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_random"])
-        start_epoch, step, history, untrained, best = (
-            state["epoch"],
-            state["step"],
-            state["history"],
-            state["untrained"],
-            state.get("best"),
-        )
-        log(f"retrieval_encoder: resumed from {checkpoint_path} at epoch {start_epoch}, step {step}")
-    else:
-        untrained = evaluate_encoder(
-            model, figures, cfg.eval_splits, feature_cache=eval_cache, trainable_blocks=eval_blocks
-        )
-        log(
-            f"retrieval_encoder: untrained same-patent mAP {untrained['same_patent'].get('mAP', float('nan')):.3f}"
-        )
-        _log_mlflow(
-            cfg, "params", {**_flat_params(run_config), "patents": len(patents), "figures": len(train)}
-        )
-
-    # ---- the loop
-    train_started = time.perf_counter()
-    figure_index = torch.arange(len(train))
-    for epoch in range(start_epoch, cfg.epochs):
-        model.train()
-        if frozen:
-            model.backbone.eval()  # frozen BatchNorm statistics (and no dropout) in the backbone
-        for batch in patent_batches(patent_labels, patents_per_batch, views, generator):
-            texts, has_text = _sample_texts(batch.tolist(), text_vectors, encoder_config.text_dim, generator)
-            if frozen:
-                inputs = _feature_batch(prefix, cached, batch.tolist(), cfg, generator)
-                embedding = model.suffix(inputs.to(device), cfg.trainable_blocks)
-            else:
-                pixels_batch = torch.stack([augment(images[i], cfg, generator) for i in batch.tolist()])
-                embedding = model(pixels_batch.to(device))
-            parts = losses(
-                embedding,
-                model.project_to_text(embedding),
-                patent_labels[batch].to(device),
-                figure_index[batch].to(device),
-                texts.to(device),
-                has_text.to(device),
-                class_labels[batch].to(device),
-                category_labels[batch].to(device),
-            )
-            optimizer.zero_grad(set_to_none=True)
-            parts["total"].backward()
-            torch.nn.utils.clip_grad_norm_(list(model.parameters()) + list(losses.parameters()), 5.0)
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            row: dict[str, Any] = {"step": step, "epoch": epoch + 1, "lr": scheduler.get_last_lr()[0]}
-            row |= {f"{name}_loss": float(value.detach()) for name, value in parts.items()}
-            row |= {
-                f"{name}_weight": float(torch.exp(-s.detach())) for name, s in losses.log_variances.items()
-            }
-            history.append(row)
-            _log_mlflow(cfg, "metrics", {k: v for k, v in row.items() if k != "step"}, step=step)
-        if cfg.select_splits and ((epoch + 1) % cfg.select_every == 0 or epoch + 1 == cfg.epochs):
-            model.eval()
-            score = _selection_score(model, figures, cfg)
-            history[-1]["select_mAP"] = score
-            _log_mlflow(cfg, "metrics", {"select_mAP": score}, step=step)
-            if best is None or score > best["score"]:
-                state_copy = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                best = {"epoch": epoch + 1, "score": score, "model": state_copy}
-            log(
-                f"retrieval_encoder: epoch {epoch + 1} selection mAP {score:.3f} (best epoch {best['epoch']})"
-            )
-        _save_checkpoint(
-            checkpoint_path,
-            {
-                "model": model.state_dict(),
-                "losses": losses.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "generator": generator.get_state(),
-                "torch_random": torch.get_rng_state(),
-                "epoch": epoch + 1,
-                "step": step,
-                "history": history,
-                "untrained": untrained,
-                "best": best,
-                "encoder_config": encoder_config.to_dict(),
-                "patents": patents,
-            },
-        )
-        # Logged once the checkpoint is on disk: a run killed after this line resumes from here.
-        log(
-            f"retrieval_encoder: epoch {epoch + 1}/{cfg.epochs} checkpointed, step {step}, loss {history[-1]['total_loss']:.3f}"
-        )
-    train_seconds = time.perf_counter() - train_started
-
-    # ---- evaluate, write, log
-    if best is not None:
-        model.load_state_dict(best["model"])
-        log(f"retrieval_encoder: kept epoch {best['epoch']} (selection mAP {best['score']:.3f})")
-    model.eval()
-    trained = evaluate_encoder(
-        model, figures, cfg.eval_splits, feature_cache=eval_cache, trainable_blocks=eval_blocks
-    )
-    log(f"retrieval_encoder: trained same-patent mAP {trained['same_patent'].get('mAP', float('nan')):.3f}")
-    encoder_dir = save_encoder(model, out_dir / "encoder")
-    write_jsonl(out_dir / "metrics.jsonl", history)
-    summary: dict[str, Any] = {
-        "untrained": untrained,
-        "trained": trained,
-        "steps": step,
-        "epochs": cfg.epochs,
-        "selected": None if best is None else {"epoch": best["epoch"], "mAP": best["score"]},
-        "figures": len(figures),
-        "train_figures": len(train),
-        "patents": len(patents),
-        "classes": len(class_names),
-        "categories": len(category_names),
-        "losses": losses.active,
-        "final_weights": {name: float(torch.exp(-s.detach())) for name, s in losses.log_variances.items()},
-        "generated_descriptions": len(generated),
-        "rejected": rejected,
-        "train_seconds": round(train_seconds, 2),
-        "seconds": round(time.perf_counter() - started, 2),
-        "encoder_dir": str(encoder_dir),
-        "encoder_config": encoder_config.to_dict(),
-    }
-    with atomic_write(out_dir / "summary.json") as handle:
-        json.dump(summary, handle, indent=1)
-    if cfg.mlflow_run_id:
-        _log_mlflow(cfg, "metrics", flat_metrics(trained) | flat_metrics(untrained, "untrained_"), step=step)
-        if history:
-            _log_mlflow(
-                cfg,
-                "curve",
-                [{k: v for k, v in row.items() if k.endswith("_loss") or k == "step"} for row in history],
-            )
-    return summary
 
 
 def _flat_params(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
