@@ -809,11 +809,13 @@ def _evaluate_untrained(
     log(
         f"retrieval_encoder: untrained same-patent mAP {run.untrained['same_patent'].get('mAP', float('nan')):.3f}"
     )
-    # MLflow's params: how it trains; where Dagster Pipes reports is none of that
-    run_config = {key: value for key, value in asdict(cfg).items() if key != "asset_key"}
-    _log_mlflow(
-        cfg, "params", {**_flat_params(run_config), "patents": len(data.patents), "figures": len(data.train)}
-    )
+    if cfg.mlflow_run_id:
+        from training import tracking
+
+        # how it trains; where Dagster Pipes reports is none of that
+        params = {key: value for key, value in asdict(cfg).items() if key != "asset_key"}
+        params |= {"patents": len(data.patents), "figures": len(data.train)}
+        tracking.log_params(cfg.mlflow_run_id, params, tracking_uri=cfg.tracking_uri)
 
 
 def _evaluate(
@@ -845,7 +847,11 @@ def _train_epoch(cfg: RetrievalTrainConfig, run: TrainingRun, data: TrainingSet,
             f"{name}_weight": float(torch.exp(-s.detach())) for name, s in run.losses.log_variances.items()
         }
         run.history.append(row)
-        _log_mlflow(cfg, "metrics", {k: v for k, v in row.items() if k != "step"}, step=run.step)
+        if cfg.mlflow_run_id:
+            from training import tracking
+
+            metrics = {key: value for key, value in row.items() if key != "step"}
+            tracking.log_metrics(cfg.mlflow_run_id, metrics, step=run.step, tracking_uri=cfg.tracking_uri)
 
 
 def _train_step(
@@ -889,7 +895,12 @@ def _select(
     run.model.eval()
     score = _selection_score(run.model, figures, cfg)
     run.history[-1]["select_mAP"] = score
-    _log_mlflow(cfg, "metrics", {"select_mAP": score}, step=run.step)
+    if cfg.mlflow_run_id:
+        from training import tracking
+
+        tracking.log_metrics(
+            cfg.mlflow_run_id, {"select_mAP": score}, step=run.step, tracking_uri=cfg.tracking_uri
+        )
     if run.best is None or score > run.best["score"]:
         weights = {key: value.detach().clone() for key, value in run.model.state_dict().items()}
         run.best = {"epoch": epoch + 1, "score": score, "model": weights}
@@ -981,44 +992,17 @@ def _write_outputs(
 
 def _log_results(cfg: RetrievalTrainConfig, run: TrainingRun, trained: dict[str, Any]) -> None:
     """The final retrieval metrics, trained and untrained, and the loss curve to the MLflow run."""
-    if cfg.mlflow_run_id:
-        _log_mlflow(
-            cfg, "metrics", flat_metrics(trained) | flat_metrics(run.untrained, "untrained_"), step=run.step
-        )
-        if run.history:
-            _log_mlflow(
-                cfg,
-                "curve",
-                [{k: v for k, v in row.items() if k.endswith("_loss") or k == "step"} for row in run.history],
-            )
-
-
-def _log_mlflow(cfg: RetrievalTrainConfig, kind: str, payload: Any, step: int | None = None) -> None:
     if not cfg.mlflow_run_id:
         return
     from training import tracking
 
-    uri = cfg.tracking_uri or tracking.tracking_uri()
-    if kind == "metrics":
-        tracking.log_metrics(cfg.mlflow_run_id, payload, step=step, tracking_uri=uri)
-    elif kind == "params":
-        from mlflow.entities import Param
-        from mlflow.tracking import MlflowClient
-
-        params = [Param(key, str(value)[:500]) for key, value in payload.items()]
-        MlflowClient(tracking_uri=uri).log_batch(cfg.mlflow_run_id, params=params)
-    elif kind == "curve":
-        tracking.log_curve_plot(cfg.mlflow_run_id, payload, name="retrieval_loss", tracking_uri=uri)
-
-
-def _flat_params(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in config.items():
-        if isinstance(value, dict) and value:
-            flat |= _flat_params(value, f"{prefix}{key}.")
-        else:
-            flat[f"{prefix}{key}"] = json.dumps(value) if not isinstance(value, str) else value
-    return flat
+    metrics = flat_metrics(trained) | flat_metrics(run.untrained, "untrained_")
+    tracking.log_metrics(cfg.mlflow_run_id, metrics, step=run.step, tracking_uri=cfg.tracking_uri)
+    if run.history:
+        curve = [{k: v for k, v in row.items() if k.endswith("_loss") or k == "step"} for row in run.history]
+        tracking.log_curve_plot(
+            cfg.mlflow_run_id, curve, name="retrieval_loss", tracking_uri=cfg.tracking_uri
+        )
 
 
 def _sample_texts(
