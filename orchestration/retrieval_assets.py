@@ -267,18 +267,16 @@ def retrieval_index(
         model_uri, dst=home.home.store / "models" / "retrieval-champion", tracking_uri=uri
     )
     out = home.home.data / search_index.PIPELINE_INDEX
-    built = search_index.build_search_index(
-        home.home.figures_jsonl,
-        Path(encoder_dir),
-        out,
+    options = search_index.BuildOptions(
         kind=retrieval.index_kind,  # type: ignore[arg-type]
-        options=IndexOptions(refine=retrieval.index_refine),
+        index_options=IndexOptions(refine=retrieval.index_refine),
         text_encoder_dir=retrieval.text_encoder_dir or None,
         encoder_source=f"{model_uri} (version {version})",
         thumbnail_weight=retrieval.index_thumbnail_weight,
         thumbnail_size=retrieval.index_thumbnail_size,
         feature_cache=home.home.feature_cache,
     )
+    built = search_index.build_search_index(home.home.figures_jsonl, Path(encoder_dir), out, options)
     version_meta = dvc.track(out, f"retrieval_index {mlflow.retrieval_model} v{version}").metadata()
     # A sample query, so the UI shows what a search returns: the newest figure against its prior art.
     loaded = search_index.SearchIndex.load(out)

@@ -257,18 +257,16 @@ def index(
             err=True,
         )
         raise typer.Exit(2) from exc
-    built = search_index.build_search_index(
-        figures,
-        Path(encoder_dir),
-        out,
+    options = search_index.BuildOptions(
         kind=kind,  # type: ignore[arg-type]
-        options=IndexOptions(refine=refine),
+        index_options=IndexOptions(refine=refine),
         text_encoder_dir=text_encoder,
         encoder_source=encoder,
         progress=True,
         thumbnail_weight=thumbnail_weight,
         thumbnail_size=thumbnail_size,
     )
+    built = search_index.build_search_index(figures, Path(encoder_dir), out, options)
     counts = built.manifest["counts"]
     typer.echo(
         f"{counts['figures']} figures of {counts['patents']} patents -> {out} ({kind}); "

@@ -25,7 +25,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -41,6 +41,9 @@ from training.retrieval.faiss_index import (
     IndexOptions,
     KReciprocalConfig,
 )
+
+if TYPE_CHECKING:
+    from training.retrieval.model import Embeddings, FigureEncoder
 
 # The registry name of the champion encoder, and where the pipeline keeps its current index.
 REGISTERED_ENCODER = "patent-figure-encoder"
@@ -110,46 +113,79 @@ def _patent_texts(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], lis
     return metadata, texts
 
 
-def build_search_index(
-    figures_jsonl: Path,
-    encoder_dir: Path,
-    out_dir: Path,
-    kind: IndexKind = "flat",
-    text_encoder_dir: str | Path | None = None,
-    encoder_source: str = "",
-    options: IndexOptions | None = None,
-    progress: bool = False,
-    batch_size: int = 32,
-    thumbnail_weight: float = DEFAULT_THUMBNAIL_WEIGHT,
-    thumbnail_size: int = DEFAULT_THUMBNAIL_SIZE,
-    evaluation_queries: int = EVALUATION_QUERIES,
-    feature_cache: str | Path | None = None,
-) -> BuildResult:
-    """Embed every figure of `figures_jsonl` with the encoder at `encoder_dir`, index the image
-    embeddings, their text-space projections and the patents' texts, evaluate same-patent
-    retrieval over the collection, and write it all to `out_dir` atomically.
+@dataclass(frozen=True)
+class BuildOptions:
+    """How `build_search_index` builds an index: the FAISS kind, the image vectors (thumbnail
+    fusion), the self-evaluation, the text encoder, and how the images are read.
 
     `thumbnail_weight` > 0 fuses each image embedding with its ink thumbnail (`thumbnail_size`
     squared pixels): image search then scores (1 - w) x the encoder's cosine + w x the
-    thumbnails' cosine (the default; 0: the encoder alone). The evaluation reports the fused
-    vectors and each part alone: same-patent retrieval over the collection, every figure a query
-    up to `evaluation_queries` (then a seeded sample), ranked `EVALUATION_DEPTH` deep.
+    thumbnails' cosine (0: the encoder alone, the default). The evaluation ranks every figure as a
+    query up to `evaluation_queries` (then a seeded sample), `EVALUATION_DEPTH` deep.
     `feature_cache`: read the backbone's pooled features from that content-addressed cache
     (`training.retrieval.features`), as training and the gate left them, when the encoder alone is indexed.
     """
-    from training.retrieval.evaluate import evaluate_embeddings
-    from training.retrieval.model import Embeddings, embed_images, fuse_with_thumbnails, load_encoder
 
-    if not 0.0 <= thumbnail_weight < 1.0:
-        raise ValueError(f"the thumbnail weight must be in [0, 1), got {thumbnail_weight}")
-    if thumbnail_size < 32:
-        raise ValueError(f"the thumbnail size must be at least 32 pixels, got {thumbnail_size}")
-    if evaluation_queries < 1:
-        raise ValueError(f"evaluation_queries must be at least 1, got {evaluation_queries}")
+    kind: IndexKind = "flat"
+    index_options: IndexOptions | None = None
+    text_encoder_dir: str | Path | None = None  # None: the embedded all-MiniLM-L6-v2
+    encoder_source: str = ""  # where the encoder came from, for the manifest (default: its directory)
+    thumbnail_weight: float = DEFAULT_THUMBNAIL_WEIGHT
+    thumbnail_size: int = DEFAULT_THUMBNAIL_SIZE
+    evaluation_queries: int = EVALUATION_QUERIES
+    feature_cache: str | Path | None = None
+    batch_size: int = 32
+    progress: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.thumbnail_weight < 1.0:
+            raise ValueError(f"the thumbnail weight must be in [0, 1), got {self.thumbnail_weight}")
+        if self.thumbnail_size < 32:
+            raise ValueError(f"the thumbnail size must be at least 32 pixels, got {self.thumbnail_size}")
+        if self.evaluation_queries < 1:
+            raise ValueError(f"evaluation_queries must be at least 1, got {self.evaluation_queries}")
+
+
+@dataclass
+class IndexContents:
+    """What the three FigureIndexes of a build hold, and the evaluation its manifest reports."""
+
+    figures: list[dict[str, Any]]  # metadata of each figure indexed, figures/ and aligned/ alike
+    image_vectors: np.ndarray  # figures/: the encoder's embeddings, fused with thumbnails when weighted
+    aligned_vectors: np.ndarray  # aligned/: the same images projected into the text space
+    encoder_dim: int  # the encoder's embedding alone, before any fusion
+    patents: list[dict[str, Any]]  # patents/: metadata of each patent
+    patent_vectors: np.ndarray  # their title + abstract, embedded by the text encoder
+    evaluation: dict[str, Any]
+
+
+def build_search_index(
+    figures_jsonl: Path, encoder_dir: Path, out_dir: Path, options: BuildOptions | None = None
+) -> BuildResult:
+    """Embed every figure of `figures_jsonl` with the encoder at `encoder_dir`, index the image
+    embeddings, their text-space projections and the patents' texts, evaluate same-patent
+    retrieval over the collection, and write it all to `out_dir` atomically."""
+    from training.retrieval.model import load_encoder
+
+    options = options or BuildOptions()
     figures_jsonl, encoder_dir, out_dir = Path(figures_jsonl), Path(encoder_dir), Path(out_dir)
+    rows, rejected = _read_figures(figures_jsonl)
+    embedded = _embed_images(load_encoder(encoder_dir), [row["image_path"] for row in rows], options)
+    for position, reason in sorted(embedded.failed.items()):
+        rejected.append(Rejection(rows[position]["image_id"], reason, "index", str(figures_jsonl)))
+    rows = [rows[position] for position in embedded.kept]
+    if not rows:
+        raise ValueError(f"{figures_jsonl}: no figure could be indexed ({len(rejected)} rejected)")
+    contents = _index_contents(rows, embedded, options)
+    manifest = _write_index(out_dir, encoder_dir, figures_jsonl, contents, rejected, options)
+    return BuildResult(out_dir, manifest, rejected)
+
+
+def _read_figures(figures_jsonl: Path) -> tuple[list[dict[str, Any]], list[Rejection]]:
+    """The rows of `figures_jsonl` that name an image, a patent and a grant date; the others rejected."""
     if not figures_jsonl.is_file():
         raise FileNotFoundError(f"{figures_jsonl}: no such figures file (write one with `patentflow ingest`)")
-    rows, rejected = read_figure_rows(
+    return read_figure_rows(
         figures_jsonl,
         "index",
         required=("image_id", "patent_id", "image_path"),
@@ -158,29 +194,33 @@ def build_search_index(
         # relative to its working directory, not to DIR.
         resolve_images=False,
     )
-    model = load_encoder(encoder_dir)
-    paths = [row["image_path"] for row in rows]
-    if feature_cache is not None and thumbnail_weight == 0:
+
+
+def _embed_images(model: FigureEncoder, paths: list[str], options: BuildOptions) -> Embeddings:
+    """The encoder's `Embeddings` of every image, with its ink thumbnail when fused; the encoder
+    alone reads the backbone's pooled features from the feature cache when there is one."""
+    from training.retrieval.model import Embeddings, embed_images
+
+    if options.feature_cache is not None and options.thumbnail_weight == 0:
         from training.retrieval.features import compute_prefix_features, embed_prefix_features
 
-        features = compute_prefix_features(model, paths, 0, feature_cache, batch_size, progress)
-        retrieval, aligned = embed_prefix_features(model, features, 0)
-        embedded = Embeddings(retrieval, aligned, features.kept, features.failed)
-    else:
-        embedded = embed_images(
-            model,
-            paths,
-            batch_size=batch_size,
-            progress=progress,
-            thumbnail_size=thumbnail_size if thumbnail_weight > 0 else None,
+        features = compute_prefix_features(
+            model, paths, 0, options.feature_cache, options.batch_size, options.progress
         )
-    for position, reason in sorted(embedded.failed.items()):
-        rejected.append(Rejection(rows[position]["image_id"], reason, "index", str(figures_jsonl)))
-    rows = [rows[position] for position in embedded.kept]
-    if not rows:
-        raise ValueError(f"{figures_jsonl}: no figure could be indexed ({len(rejected)} rejected)")
+        retrieval, aligned = embed_prefix_features(model, features, 0)
+        return Embeddings(retrieval, aligned, features.kept, features.failed)
+    return embed_images(
+        model,
+        paths,
+        batch_size=options.batch_size,
+        progress=options.progress,
+        thumbnail_size=options.thumbnail_size if options.thumbnail_weight > 0 else None,
+    )
 
-    metadata = [
+
+def _index_contents(rows: list[dict[str, Any]], embedded: Embeddings, options: BuildOptions) -> IndexContents:
+    """The indexed figures' metadata and vectors, the patents' texts embedded, and the evaluation."""
+    figures = [
         {
             "figure_id": row["image_id"],
             "patent_id": row["patent_id"],
@@ -191,10 +231,31 @@ def build_search_index(
         }
         for row in rows
     ]
-    patent_metadata, patent_texts = _patent_texts(rows)
-    patent_vectors = text_encoder.encode_texts(patent_texts, text_encoder_dir, progress=progress)
-    image_vectors = embedded.retrieval
-    queries = _evaluation_queries(rows, evaluation_queries)
+    patents, patent_texts = _patent_texts(rows)
+    patent_vectors = text_encoder.encode_texts(
+        patent_texts, options.text_encoder_dir, progress=options.progress
+    )
+    image_vectors, evaluation = _fuse_and_evaluate(rows, embedded, options)
+    return IndexContents(
+        figures=figures,
+        image_vectors=image_vectors,
+        aligned_vectors=embedded.aligned,
+        encoder_dim=int(embedded.retrieval.shape[1]),
+        patents=patents,
+        patent_vectors=patent_vectors,
+        evaluation=evaluation,
+    )
+
+
+def _fuse_and_evaluate(
+    rows: list[dict[str, Any]], embedded: Embeddings, options: BuildOptions
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """(the image vectors as searched, same-patent retrieval over the collection with them): the
+    encoder's embeddings, or those fused with the ink thumbnails, then evaluated with each part alone too."""
+    from training.retrieval.evaluate import evaluate_embeddings
+    from training.retrieval.model import fuse_with_thumbnails
+
+    queries = _evaluation_queries(rows, options.evaluation_queries)
 
     def same_patent(vectors: np.ndarray, figures: list[dict[str, Any]]) -> dict[str, float]:
         present = {figure["image_id"] for figure in figures}
@@ -202,54 +263,84 @@ def build_search_index(
         metrics = evaluate_embeddings(vectors, figures, asked, depth=EVALUATION_DEPTH, prior_art=False)
         return metrics["same_patent"]
 
-    evaluation = {"same_patent": same_patent(image_vectors, rows)}
-    if (thumbnails := embedded.thumbnails) is not None:
-        image_vectors = fuse_with_thumbnails(embedded.retrieval, thumbnails, thumbnail_weight)
-        inked = np.flatnonzero(thumbnails.any(axis=1)).tolist()  # a blank sheet has no thumbnail direction
-        evaluation = {
-            "same_patent": same_patent(image_vectors, rows),
-            "same_patent_encoder": evaluation["same_patent"],
-            "same_patent_thumbnails": same_patent(thumbnails[inked], [rows[i] for i in inked]),
-        }
+    encoder_alone = same_patent(embedded.retrieval, rows)
+    if (thumbnails := embedded.thumbnails) is None:
+        return embedded.retrieval, {"same_patent": encoder_alone}
+    fused = fuse_with_thumbnails(embedded.retrieval, thumbnails, options.thumbnail_weight)
+    inked = np.flatnonzero(thumbnails.any(axis=1)).tolist()  # a blank sheet has no thumbnail direction
+    return fused, {
+        "same_patent": same_patent(fused, rows),
+        "same_patent_encoder": encoder_alone,
+        "same_patent_thumbnails": same_patent(thumbnails[inked], [rows[i] for i in inked]),
+    }
 
+
+def _write_index(
+    out_dir: Path,
+    encoder_dir: Path,
+    figures_jsonl: Path,
+    contents: IndexContents,
+    rejected: list[Rejection],
+    options: BuildOptions,
+) -> dict[str, Any]:
+    """The encoder, the three FigureIndexes, the rejections and, last, the manifest, written to a
+    staging directory beside `out_dir` and renamed into place: a failed build leaves nothing behind.
+    Returns the manifest."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
     try:
         shutil.copytree(encoder_dir, staging / ENCODER)
-        FigureIndex.build(image_vectors, metadata, kind=kind, options=options).save(staging / FIGURES)
-        FigureIndex.build(embedded.aligned, metadata, kind=kind, options=options).save(staging / ALIGNED)
-        FigureIndex.build(patent_vectors, patent_metadata, kind=kind, options=options).save(staging / PATENTS)
+        for part, vectors, metadata in (
+            (FIGURES, contents.image_vectors, contents.figures),
+            (ALIGNED, contents.aligned_vectors, contents.figures),
+            (PATENTS, contents.patent_vectors, contents.patents),
+        ):
+            index = FigureIndex.build(vectors, metadata, kind=options.kind, options=options.index_options)
+            index.save(staging / part)
         write_jsonl(staging / REJECTED, rejected)
-        manifest = {
-            "format_version": FORMAT_VERSION,
-            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            "figures_jsonl": str(figures_jsonl),
-            "kind": kind,
-            "encoder": {
-                "source": encoder_source or str(encoder_dir),
-                "sha256": ArtifactStore.hash_tree(staging / ENCODER),
-                "embedding_dim": int(embedded.retrieval.shape[1]),
-            },
-            "text_encoder": {
-                "source": text_encoder.text_encoder_name(text_encoder_dir),
-                "path": str(text_encoder_dir) if text_encoder_dir else None,
-                "dim": int(patent_vectors.shape[1]),
-            },
-            "figure_vectors": {
-                "dim": int(image_vectors.shape[1]),
-                "thumbnail_weight": thumbnail_weight,
-                "thumbnail_size": thumbnail_size if thumbnail_weight > 0 else 0,
-            },
-            "counts": {"figures": len(rows), "patents": len(patent_metadata), "rejected": len(rejected)},
-            "grant_dates": list(_date_range(metadata)),
-            "evaluation": evaluation,
-        }
+        manifest = _manifest(figures_jsonl, encoder_dir, staging / ENCODER, contents, len(rejected), options)
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         replace_path(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return BuildResult(out_dir, manifest, rejected)
+    return manifest
+
+
+def _manifest(
+    figures_jsonl: Path,
+    encoder_dir: Path,
+    staged_encoder: Path,
+    contents: IndexContents,
+    rejected: int,
+    options: BuildOptions,
+) -> dict[str, Any]:
+    """index.json: what was indexed, with which encoders, how the vectors were made, and how well
+    the collection retrieves itself; the encoder's checksum is the copy's inside the index."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "figures_jsonl": str(figures_jsonl),
+        "kind": options.kind,
+        "encoder": {
+            "source": options.encoder_source or str(encoder_dir),
+            "sha256": ArtifactStore.hash_tree(staged_encoder),
+            "embedding_dim": contents.encoder_dim,
+        },
+        "text_encoder": {
+            "source": text_encoder.text_encoder_name(options.text_encoder_dir),
+            "path": str(options.text_encoder_dir) if options.text_encoder_dir else None,
+            "dim": int(contents.patent_vectors.shape[1]),
+        },
+        "figure_vectors": {
+            "dim": int(contents.image_vectors.shape[1]),
+            "thumbnail_weight": options.thumbnail_weight,
+            "thumbnail_size": options.thumbnail_size if options.thumbnail_weight > 0 else 0,
+        },
+        "counts": {"figures": len(contents.figures), "patents": len(contents.patents), "rejected": rejected},
+        "grant_dates": list(_date_range(contents.figures)),
+        "evaluation": contents.evaluation,
+    }
 
 
 def _evaluation_queries(rows: list[dict[str, Any]], limit: int) -> list[str] | None:

@@ -208,7 +208,9 @@ def test_the_default_index_is_fused_and_a_blank_sheet_does_not_stop_it(
     figures = tmp_path / "figures.jsonl"
     write_jsonl(figures, [*rows, {**rows[0], "image_id": "USX__blank", "image_path": str(blank)}])
     out = tmp_path / "fused"
-    built = search_index.build_search_index(figures, collection["encoder"], out, thumbnail_weight=0.5)
+    built = search_index.build_search_index(
+        figures, collection["encoder"], out, search_index.BuildOptions(thumbnail_weight=0.5)
+    )
     assert built.manifest["figure_vectors"] == {
         "dim": 128 + 32 * 32,
         "thumbnail_weight": 0.5,
@@ -246,20 +248,19 @@ def test_the_build_evaluates_a_sample_of_queries_on_large_collections(
         collection["figures"],
         collection["encoder"],
         tmp_path / "sampled",
-        thumbnail_weight=0.0,
-        evaluation_queries=5,
+        search_index.BuildOptions(thumbnail_weight=0.0, evaluation_queries=5),
     )
     assert built.evaluation["same_patent"]["queries"] == 5
     assert built.manifest["figure_vectors"] == {"dim": 128, "thumbnail_weight": 0.0, "thumbnail_size": 0}
     with pytest.raises(ValueError, match="at least 1"):
-        search_index.build_search_index(
-            collection["figures"], collection["encoder"], tmp_path / "none", evaluation_queries=0
-        )
+        search_index.BuildOptions(evaluation_queries=0)
 
 
 def test_an_index_from_before_fusion_still_searches(collection: dict[str, Path], tmp_path: Path) -> None:
     copy = tmp_path / "older"
-    search_index.build_search_index(collection["figures"], collection["encoder"], copy, thumbnail_weight=0.0)
+    search_index.build_search_index(
+        collection["figures"], collection["encoder"], copy, search_index.BuildOptions(thumbnail_weight=0.0)
+    )
     manifest = json.loads((copy / search_index.MANIFEST).read_text())
     del manifest["figure_vectors"]
     (copy / search_index.MANIFEST).write_text(json.dumps(manifest))
@@ -299,7 +300,10 @@ def test_an_index_built_from_the_feature_cache_equals_one_built_from_pixels(
     plain = search_index.build_search_index(collection["figures"], collection["encoder"], tmp_path / "plain")
     cache = tmp_path / "features"
     cached = search_index.build_search_index(
-        collection["figures"], collection["encoder"], tmp_path / "cached", feature_cache=cache
+        collection["figures"],
+        collection["encoder"],
+        tmp_path / "cached",
+        search_index.BuildOptions(feature_cache=cache),
     )
     assert any(cache.rglob("*.npy"))
     assert cached.manifest["counts"] == plain.manifest["counts"]
