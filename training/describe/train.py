@@ -30,7 +30,7 @@ import shutil
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -409,46 +409,114 @@ def evaluate(engine: Any, loader: DataLoader) -> float:
 
 
 # ----------------------------------------------------------------------------------------------
-# Main
+# Main: setup, the step loop (validation, checkpoints), the final model
 # ----------------------------------------------------------------------------------------------
-def train(cfg: TrainConfig) -> dict[str, Any]:
-    import deepspeed
-    from transformers import get_cosine_schedule_with_warmup
+@dataclass
+class Data:
+    """The training data as the loop walks it: each rank reads its shard, and an epoch is a whole
+    number of optimizer steps (a partial accumulation is dropped)."""
 
+    train_set: Dataset
+    val_set: Dataset | None
+    collate: Any
+    sampler: DistributedSampler
+    micro_per_epoch: int  # micro-batches per rank and epoch
+    steps_per_epoch: int
+    total_steps: int  # every epoch's steps, or max_steps when fewer
+
+
+@dataclass
+class Loop:
+    """What the step loop reads and moves: the engine, its data and rank 0's sink (None on the
+    others); where the last checkpoint resumes (`position`), the optimizer step, the latest losses."""
+
+    cfg: TrainConfig
+    engine: Any
+    optimizer: torch.optim.Optimizer  # the engine's: its groups' learning rates are logged
+    data: Data
+    ckpt_dir: Path
+    sink: MetricsSink | None
+    position: dict[str, int] = field(
+        default_factory=lambda: {"epoch": 0, "micro_in_epoch": 0, "global_step": 0}
+    )
+    global_step: int = 0
+    train_loss: float = float("nan")
+    val_loss: float | None = None
+
+
+@dataclass
+class Window:
+    """The micro-batches since the last logged step: their summed loss, count and tokens, and since when."""
+
+    loss: float = 0.0
+    micro: int = 0
+    tokens: int = 0
+    start: float = field(default_factory=time.perf_counter)
+
+
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    """One stage's run: setup (distributed, model, data, DeepSpeed engine), resume, the step loop
+    (validation at each epoch end, checkpoints on the way), the final HF model. Returns the summary."""
     init_distributed()
     out_dir = Path(cfg.out_dir)
-    ckpt_dir = out_dir / CHECKPOINTS
-    world = dist.get_world_size()
+    write_config(cfg, out_dir)
+    seed_everything(cfg.seed)
+    model = build_trainable_model(cfg)
+    data = build_data(cfg, model)
+    engine, optimizer = build_engine(cfg, model, data.total_steps)
+
+    with ExitStack() as stack:
+        sink = MetricsSink(out_dir, cfg.mlflow_run_id, stack) if is_main() else None
+        loop = Loop(cfg, engine, optimizer, data, out_dir / CHECKPOINTS, sink)
+        resume(loop)
+        engine.train()
+        while loop.global_step < data.total_steps:
+            train_epoch(loop)
+        return finish(loop, out_dir)
+
+
+def write_config(cfg: TrainConfig, out_dir: Path) -> None:
+    """Rank 0 creates `out_dir` and records the config in it; every rank waits for that."""
     if is_main():
         out_dir.mkdir(parents=True, exist_ok=True)
         cfg.to_json(out_dir / "train_config.json")
     dist.barrier()
-    seed_everything(cfg.seed)
 
-    # Model, frozen for the stage.
+
+def build_trainable_model(cfg: TrainConfig) -> Any:
+    """The stage's model, frozen for the stage (`build_model`), gradient checkpointing on when asked."""
     model = build_model(cfg)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     n_total = sum(p.numel() for p in model.parameters())
     log(f"stage {cfg.stage}: {n_trainable:,} of {n_total:,} parameters trainable")
+    return model
 
-    # Data: each rank reads its shard; an epoch is a whole number of optimizer steps.
+
+def build_data(cfg: TrainConfig, model: Any) -> Data:
+    """The datasets and each rank's sampler; the steps of an epoch and of the run."""
     train_set, val_set, collate = build_datasets(cfg, model)
     sampler = train_sampler(train_set, cfg)
-    micro_per_epoch = len(sampler) // cfg.per_device_batch
-    steps_per_epoch = micro_per_epoch // cfg.grad_accum
+    steps_per_epoch = len(sampler) // cfg.per_device_batch // cfg.grad_accum
     if steps_per_epoch == 0:
         raise ValueError(
             f"{cfg.train_json}: {len(train_set)} examples cannot fill one optimizer step of "
-            f"{world} ranks x {cfg.per_device_batch} x grad_accum {cfg.grad_accum}"
+            f"{dist.get_world_size()} ranks x {cfg.per_device_batch} x grad_accum {cfg.grad_accum}"
         )
-    micro_per_epoch = steps_per_epoch * cfg.grad_accum  # a partial accumulation is dropped
     total_steps = steps_per_epoch * cfg.epochs
     if cfg.max_steps is not None:
         total_steps = min(total_steps, cfg.max_steps)
+    micro_per_epoch = steps_per_epoch * cfg.grad_accum  # a partial accumulation is dropped
+    return Data(train_set, val_set, collate, sampler, micro_per_epoch, steps_per_epoch, total_steps)
 
-    # Optimizer (a torch one: a config-declared one JIT-compiles FusedAdam) and schedule.
+
+def build_engine(cfg: TrainConfig, model: Any, total_steps: int) -> tuple[Any, torch.optim.Optimizer]:
+    """The DeepSpeed engine over AdamW (a torch one: a config-declared one JIT-compiles FusedAdam)
+    and a cosine schedule with warmup; returns it and the optimizer."""
+    import deepspeed
+    from transformers import get_cosine_schedule_with_warmup
+
     optimizer = torch.optim.AdamW(param_groups(model, cfg), betas=(0.9, 0.999))
     warmup = math.ceil(cfg.warmup_ratio * total_steps)
     engine, _, _, _ = deepspeed.initialize(
@@ -457,104 +525,138 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         lr_scheduler=lambda opt: get_cosine_schedule_with_warmup(opt, warmup, total_steps),
         config=deepspeed_config(cfg),
     )
+    return engine, optimizer
 
-    with ExitStack() as stack:
-        sink = MetricsSink(out_dir, cfg.mlflow_run_id, stack) if is_main() else None
 
-        # Resume from the latest checkpoint, if any.
-        position = {"epoch": 0, "micro_in_epoch": 0, "global_step": 0}
-        restored = load_checkpoint(engine, ckpt_dir)
-        if restored is not None:
-            position = {k: restored[k] for k in position}
-            if sink:
-                sink.event(
-                    f"resumed from checkpoint {restored['tag']}: epoch {position['epoch']}, "
-                    f"micro-batch {position['micro_in_epoch']}, step {position['global_step']}",
-                    **position,
-                )
-        elif sink:
-            sink.event(f"starting from scratch: {total_steps} steps, {steps_per_epoch} per epoch")
-
-        global_step = position["global_step"]
-        train_loss = float("nan")
-        val_loss: float | None = None
-        engine.train()
-        while global_step < total_steps:
-            epoch, skip = position["epoch"], position["micro_in_epoch"]
-            sampler.set_epoch(epoch)
-            # Same order as an uninterrupted run; on resume, the micro-batches already used are skipped
-            # by index, without loading them.
-            indices = list(sampler)[skip * cfg.per_device_batch : micro_per_epoch * cfg.per_device_batch]
-            loader = DataLoader(
-                train_set,
-                batch_size=cfg.per_device_batch,
-                sampler=indices,
-                collate_fn=collate,
-                num_workers=cfg.num_workers,
+def resume(loop: Loop) -> None:
+    """Continue from the latest checkpoint, if any: engine, optimizer, schedule, RNG states and the
+    data position restored."""
+    restored = load_checkpoint(loop.engine, loop.ckpt_dir)
+    if restored is not None:
+        loop.position = {k: restored[k] for k in loop.position}
+        if loop.sink:
+            loop.sink.event(
+                f"resumed from checkpoint {restored['tag']}: epoch {loop.position['epoch']}, "
+                f"micro-batch {loop.position['micro_in_epoch']}, step {loop.position['global_step']}",
+                **loop.position,
             )
-            window_loss, window_micro, window_tokens, window_start = 0.0, 0, 0, time.perf_counter()
-            for micro, batch in enumerate(loader, start=skip):
-                batch = to_device(batch, engine.device)
-                loss = engine(**batch).loss
-                engine.backward(loss)
-                engine.step()  # DeepSpeed steps optimizer and schedule at accumulation boundaries
-                window_loss += loss.item()
-                window_micro += 1
-                window_tokens += int(batch["attention_mask"].sum())
-                if (micro + 1) % cfg.grad_accum:
-                    continue
-                global_step += 1
-                end_of_epoch = micro + 1 == micro_per_epoch
-                if global_step % cfg.log_every_steps == 0 or end_of_epoch or global_step == total_steps:
-                    stats = torch.tensor(
-                        [window_loss, window_micro, window_tokens], dtype=torch.float64, device=engine.device
-                    )
-                    dist.all_reduce(stats)  # over ranks: mean loss, total tokens
-                    train_loss = (stats[0] / stats[1]).item()
-                    elapsed = time.perf_counter() - window_start
-                    if sink:
-                        sink.metrics(
-                            global_step,
-                            {
-                                "train/loss": train_loss,
-                                **{f"train/lr_{g['name']}": g["lr"] for g in optimizer.param_groups},
-                                "train/epoch": epoch + (micro + 1) / micro_per_epoch,
-                                "train/tokens_per_s": stats[2].item() / max(elapsed, 1e-9),
-                                "train/samples_per_s": stats[1].item()
-                                * cfg.per_device_batch
-                                / max(elapsed, 1e-9),
-                            },
-                        )
-                    window_loss, window_micro, window_tokens, window_start = 0.0, 0, 0, time.perf_counter()
-                if end_of_epoch:
-                    if val_set is not None:
-                        val_loss = evaluate(engine, val_loader(val_set, collate, cfg))
-                        if sink:
-                            sink.metrics(global_step, {"val/loss": val_loss}, epoch=epoch + 1)
-                    position = {"epoch": epoch + 1, "micro_in_epoch": 0, "global_step": global_step}
-                    tag = save_checkpoint(engine, ckpt_dir, position, cfg.keep_checkpoints)
-                    if sink:
-                        sink.event(f"checkpoint {tag} (end of epoch {epoch + 1})", **position)
-                    break
-                if global_step % cfg.checkpoint_every_steps == 0 or global_step == total_steps:
-                    position = {"epoch": epoch, "micro_in_epoch": micro + 1, "global_step": global_step}
-                    tag = save_checkpoint(engine, ckpt_dir, position, cfg.keep_checkpoints)
-                    if sink:
-                        sink.event(f"checkpoint {tag}", **position)
-                if global_step >= total_steps:
-                    break
+    elif loop.sink:
+        loop.sink.event(
+            f"starting from scratch: {loop.data.total_steps} steps, {loop.data.steps_per_epoch} per epoch"
+        )
+    loop.global_step = loop.position["global_step"]
 
-        final = save_final_model(engine, cfg, out_dir)
-        summary = {
-            "final_train_loss": train_loss,
-            "final_val_loss": val_loss,
-            "steps": global_step,
-            "checkpoint": str(ckpt_dir / (latest_tag(ckpt_dir) or "")),
-            "model_dir": str(final),
-        }
-        if sink:
-            sink.event(f"done: model in {final}", **summary)
-            sink.materialization({k: v for k, v in summary.items() if v is not None})
+
+def train_epoch(loop: Loop) -> None:
+    """The epoch `loop.position` is in, from where it left it: each micro-batch forward and backward,
+    and at each optimizer step its metrics when due, then the epoch's validation and checkpoint, or
+    a checkpoint every `checkpoint_every_steps`. Returns at the epoch's end or the run's last step."""
+    cfg, data = loop.cfg, loop.data
+    epoch, skip = loop.position["epoch"], loop.position["micro_in_epoch"]
+    loader = epoch_loader(cfg, data, epoch, skip)
+    window = Window()
+    for micro, batch in enumerate(loader, start=skip):
+        micro_step(loop.engine, batch, window)
+        if (micro + 1) % cfg.grad_accum:
+            continue
+        loop.global_step += 1
+        end_of_epoch = micro + 1 == data.micro_per_epoch
+        if (
+            loop.global_step % cfg.log_every_steps == 0
+            or end_of_epoch
+            or loop.global_step == data.total_steps
+        ):
+            log_train_metrics(loop, window, epoch + (micro + 1) / data.micro_per_epoch)
+            window = Window()
+        if end_of_epoch:
+            end_epoch(loop, epoch)
+            return
+        if loop.global_step % cfg.checkpoint_every_steps == 0 or loop.global_step == data.total_steps:
+            checkpoint_at(
+                loop, {"epoch": epoch, "micro_in_epoch": micro + 1, "global_step": loop.global_step}
+            )
+        if loop.global_step >= data.total_steps:
+            return
+
+
+def epoch_loader(cfg: TrainConfig, data: Data, epoch: int, skip: int) -> DataLoader:
+    """This rank's micro-batches of `epoch` in the order of an uninterrupted run; on resume the
+    first `skip` are skipped by index, without loading them."""
+    data.sampler.set_epoch(epoch)
+    indices = list(data.sampler)[skip * cfg.per_device_batch : data.micro_per_epoch * cfg.per_device_batch]
+    return DataLoader(
+        data.train_set,
+        batch_size=cfg.per_device_batch,
+        sampler=indices,
+        collate_fn=data.collate,
+        num_workers=cfg.num_workers,
+    )
+
+
+def micro_step(engine: Any, batch: Mapping[str, Any], window: Window) -> None:
+    """Forward and backward of one micro-batch, its loss and tokens added to the window."""
+    batch = to_device(batch, engine.device)
+    loss = engine(**batch).loss
+    engine.backward(loss)
+    engine.step()  # DeepSpeed steps optimizer and schedule at accumulation boundaries
+    window.loss += loss.item()
+    window.micro += 1
+    window.tokens += int(batch["attention_mask"].sum())
+
+
+def log_train_metrics(loop: Loop, window: Window, epoch: float) -> None:
+    """The window's mean loss over all ranks (every rank takes part), its throughput and the
+    learning rates, at the current step."""
+    stats = torch.tensor(
+        [window.loss, window.micro, window.tokens], dtype=torch.float64, device=loop.engine.device
+    )
+    dist.all_reduce(stats)  # over ranks: mean loss, total tokens
+    loop.train_loss = (stats[0] / stats[1]).item()
+    elapsed = time.perf_counter() - window.start
+    if loop.sink:
+        loop.sink.metrics(
+            loop.global_step,
+            {
+                "train/loss": loop.train_loss,
+                **{f"train/lr_{g['name']}": g["lr"] for g in loop.optimizer.param_groups},
+                "train/epoch": epoch,
+                "train/tokens_per_s": stats[2].item() / max(elapsed, 1e-9),
+                "train/samples_per_s": stats[1].item() * loop.cfg.per_device_batch / max(elapsed, 1e-9),
+            },
+        )
+
+
+def end_epoch(loop: Loop, epoch: int) -> None:
+    """The validation loss over the whole validation set, then a checkpoint at the next epoch's start."""
+    if loop.data.val_set is not None:
+        loop.val_loss = evaluate(loop.engine, val_loader(loop.data.val_set, loop.data.collate, loop.cfg))
+        if loop.sink:
+            loop.sink.metrics(loop.global_step, {"val/loss": loop.val_loss}, epoch=epoch + 1)
+    position = {"epoch": epoch + 1, "micro_in_epoch": 0, "global_step": loop.global_step}
+    checkpoint_at(loop, position, f" (end of epoch {epoch + 1})")
+
+
+def checkpoint_at(loop: Loop, position: dict[str, int], note: str = "") -> None:
+    """A checkpoint of the run at `position`, from where a resumed run continues."""
+    loop.position = position
+    tag = save_checkpoint(loop.engine, loop.ckpt_dir, position, loop.cfg.keep_checkpoints)
+    if loop.sink:
+        loop.sink.event(f"checkpoint {tag}{note}", **position)
+
+
+def finish(loop: Loop, out_dir: Path) -> dict[str, Any]:
+    """The final HF model, and the run's summary, reported by rank 0."""
+    final = save_final_model(loop.engine, loop.cfg, out_dir)
+    summary = {
+        "final_train_loss": loop.train_loss,
+        "final_val_loss": loop.val_loss,
+        "steps": loop.global_step,
+        "checkpoint": str(loop.ckpt_dir / (latest_tag(loop.ckpt_dir) or "")),
+        "model_dir": str(final),
+    }
+    if loop.sink:
+        loop.sink.event(f"done: model in {final}", **summary)
+        loop.sink.materialization({k: v for k, v in summary.items() if v is not None})
     return summary
 
 
