@@ -265,6 +265,9 @@ def index(
         progress=True,
         thumbnail_weight=thumbnail_weight,
         thumbnail_size=thumbnail_size,
+        # the frozen backbone's features, keyed by its weights and preprocessing: the pipeline's
+        # runs and earlier indexes have usually computed them already
+        feature_cache=home.feature_cache,
     )
     built = search_index.build_search_index(figures, Path(encoder_dir), out, options)
     counts = built.manifest["counts"]
