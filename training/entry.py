@@ -32,45 +32,34 @@ from training.retrieval import commands as retrieval
 from training.retrieval.configs import RetrievalTrainConfig
 
 
-def commands() -> dict[str, tuple[type[JobConfig], Callable[[Any, Reporter], dict[str, Any]]]]:
-    """Every command: its config class and its function."""
+def _evaluate(cfg: describe.EvaluateJob, report: Reporter) -> dict[str, Any]:
+    # FAISS and the image encoder load only when the nearest-neighbour baseline needs them
+    from training.retrieval.evaluate import retrieval_embedder
 
-    def evaluate(cfg: describe.EvaluateJob, report: Reporter) -> dict[str, Any]:
-        # FAISS and the image encoder load only when the nearest-neighbour baseline needs them
-        from training.retrieval.evaluate import retrieval_embedder
-
-        return describe.run_evaluate(cfg, report, embedder_factory=retrieval_embedder)
-
-    return {
-        "patent_mme": (describe.PatentMMEJob, describe.run_patent_mme),
-        "patent_llama": (describe.PatentLlamaJob, describe.run_patent_llama),
-        "evaluate": (describe.EvaluateJob, evaluate),
-        "generate": (describe.GenerateJob, describe.run_generate),
-        "retrieval_encoder": (RetrievalTrainConfig, retrieval.run_retrieval_encoder),
-        "retrieval_evaluate": (retrieval.RetrievalEvaluateJob, retrieval.run_retrieval_evaluate),
-    }
+    return describe.run_evaluate(cfg, report, embedder_factory=retrieval_embedder)
 
 
-COMMAND_NAMES = (
-    "patent_mme",
-    "patent_llama",
-    "evaluate",
-    "generate",
-    "retrieval_encoder",
-    "retrieval_evaluate",
-)
+# Every command: its config class and its function.
+COMMANDS: dict[str, tuple[type[JobConfig], Callable[[Any, Reporter], dict[str, Any]]]] = {
+    "patent_mme": (describe.PatentMMEJob, describe.run_patent_mme),
+    "patent_llama": (describe.PatentLlamaJob, describe.run_patent_llama),
+    "evaluate": (describe.EvaluateJob, _evaluate),
+    "generate": (describe.GenerateJob, describe.run_generate),
+    "retrieval_encoder": (RetrievalTrainConfig, retrieval.run_retrieval_encoder),
+    "retrieval_evaluate": (retrieval.RetrievalEvaluateJob, retrieval.run_retrieval_evaluate),
+}
 
 
 def command_line(command: str, config_path: Path) -> list[str]:
     """argv running `command` on `config_path` with this interpreter (so the same virtualenv)."""
-    if command not in COMMAND_NAMES:
-        raise ValueError(f"unknown command {command!r}: one of {sorted(COMMAND_NAMES)}")
+    if command not in COMMANDS:
+        raise ValueError(f"unknown command {command!r}: one of {sorted(COMMANDS)}")
     return [sys.executable, "-m", "training", command, "--config", str(Path(config_path).resolve())]
 
 
 def run(command: str, config_path: Path) -> dict[str, Any]:
     """Run one command on a config file; report to Dagster Pipes when launched by it."""
-    config_class, function = commands()[command]
+    config_class, function = COMMANDS[command]
     config = config_class.from_json(Path(config_path))
     with reporting(config.asset_key) as report:
         metadata = function(config, report)
@@ -80,7 +69,7 @@ def run(command: str, config_path: Path) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=sorted(COMMAND_NAMES))
+    parser.add_argument("command", choices=sorted(COMMANDS))
     parser.add_argument("--config", type=Path, required=True, help="the command's JSON config file")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s", stream=sys.stderr)

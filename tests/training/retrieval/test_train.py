@@ -299,7 +299,7 @@ def _run_job(command: str, config: Path) -> subprocess.CompletedProcess[str]:
 
 def test_the_job_config_is_the_training_config_read_strictly(tmp_path):
     """Every training setting is a key of the retrieval_encoder job, under its own name."""
-    assert entry.commands()["retrieval_encoder"][0] is RetrievalTrainConfig
+    assert entry.COMMANDS["retrieval_encoder"][0] is RetrievalTrainConfig
     path = tmp_path / "job.json"
     path.write_text(
         json.dumps({"figures_jsonl": "f", "out_dir": "o", "select_splits": ["x"], "device": "cpu"})
