@@ -484,14 +484,9 @@ def _plan_filing(rng: np.random.Generator, design: bool, grant: date) -> _Filing
     return _Filing(kind, application_number, application_date, inventors)
 
 
-def release_dates(config: SyntheticConfig) -> list[date]:
-    # Releases are weekly, on the weekday of `start` (USPTO: Tuesdays).
-    return [config.start + timedelta(weeks=index) for index in range(config.releases)]
-
-
 def plan_release(config: SyntheticConfig, index: int) -> ReleasePlan:
     """Everything about release `index` but the pixels: a pure function of (seed, index)."""
-    grant = config.start + timedelta(weeks=index)
+    grant = config.start + timedelta(weeks=index)  # weekly, on the weekday of `start` (USPTO: Tuesdays)
     rng = np.random.default_rng([config.seed, index, 7919])
     designs = [bool(rng.random() < config.design_share) for _ in range(config.patents_per_release)]
     utility_number = 11_856_001 + index * 6_500
