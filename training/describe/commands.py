@@ -400,6 +400,13 @@ def _baseline_descriptions(
     from training.describe.inference import split_figures
 
     texts: dict[str, dict[str, dict[str, str]]] = {}
+    # each kind's training pool (figures, references), read once for the baselines that use it
+    figures_jsonl = Path(cfg.figures_jsonl) if cfg.figures_jsonl else None
+    pools = {
+        kind: split_figures(Path(cfg.train_jsons[kind]), figures_jsonl)[:2]
+        for kind in figures_by_kind
+        if {"nearest_neighbour", "ocr_label"} & set(cfg.baselines)
+    }
     if "constant" in cfg.baselines:
         texts["constant"] = {
             kind: baselines.constant_descriptions([f.image_id for f in figures])
@@ -421,7 +428,7 @@ def _baseline_descriptions(
         patent_of = {str(row["image_id"]): row.get("patent_id", "") for row in rows}
         texts["nearest_neighbour"] = {}
         for kind, figures in figures_by_kind.items():
-            pool_figures, pool_refs, _ = split_figures(Path(cfg.train_jsons[kind]), Path(cfg.figures_jsonl))
+            pool_figures, pool_refs = pools[kind]
             report.log(
                 f"evaluate: nearest-neighbour baseline ({encoder}), pool of {len(pool_figures)} {kind} figures"
             )
@@ -435,13 +442,12 @@ def _baseline_descriptions(
                 report.log(f"evaluate: nearest neighbour gave {image_id} no description: {reason}")
             texts["nearest_neighbour"][kind] = described
     if "ocr_label" in cfg.baselines:
-        texts["ocr_label"] = {}
-        figures_jsonl = Path(cfg.figures_jsonl) if cfg.figures_jsonl else None
-        for kind, figures in figures_by_kind.items():
-            _, pool_refs, _ = split_figures(Path(cfg.train_jsons[kind]), figures_jsonl)
-            texts["ocr_label"][kind] = baselines.ocr_label_descriptions(
-                {f.image_id: _ocr_words(f.ocr) for f in figures}, pool_refs
+        texts["ocr_label"] = {
+            kind: baselines.ocr_label_descriptions(
+                {f.image_id: _ocr_words(f.ocr) for f in figures}, pools[kind][1]
             )
+            for kind, figures in figures_by_kind.items()
+        }
     return texts
 
 
