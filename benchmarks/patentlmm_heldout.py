@@ -4,7 +4,7 @@
                                            [--work DIR]
 
 What issue 11 measured as a new user would: the model `patentflow describe` loads after
-`make run` (the registry's champion, `$PATENTFLOW_HOME/store/models/champion`) describes the
+`make run` (the registry's champion, `$PATENTFLOW_HOME/store/models/champions/patentlmm`) describes the
 figures that the pipeline's own steps ingest from real grants `make run` does not ship: the
 design grants of `design_patents_with_drawings_2021_more` and the two utility applications of
 2025, less any sibling of a patent `make run` trained on (one sibling group, one split key:
@@ -35,6 +35,7 @@ from patentlmm_real import (  # noqa: E402
 )
 
 from patent_assets import dataset, pipeline  # noqa: E402
+from patent_assets.layout import Home  # noqa: E402
 from patent_assets.records import FigureRecord, read_jsonl, write_jsonl  # noqa: E402
 from patent_assets.splits import split_key  # noqa: E402
 
@@ -61,8 +62,8 @@ def group_of(row: dict) -> str:
 def main(argv: list[str] | None = None) -> None:
     args = base_parser(__doc__, "bench-patentlmm-heldout").parse_args(argv)
     started = time.perf_counter()
-    champion = args.home / "store" / "models" / "champion"
-    home_figures = args.home / "data" / "dataset" / "figures" / pipeline.FIGURES
+    home = Home(args.home)
+    champion, home_figures = home.champion_dir("patentlmm"), home.figures_jsonl
     if not (champion / "config.json").exists() or not home_figures.exists():
         raise SystemExit(f"no champion or figure dataset under {args.home}: run `make run` first")
     trained = [row for row in read_jsonl(home_figures) if row["split"] == "train"]

@@ -4,11 +4,11 @@
                   -> patentlmm_stage1 -> patentlmm_stage2 -> patentlmm_challenger
                   -> (check: challenger_beats_champion) -> patentlmm_champion -> generated_descriptions
 
-Training never runs in the Dagster process: each training asset writes a JSON config and
-launches `python -m training` through Dagster Pipes (the DeepSpeed launcher for the stages, so
-a machine's every GPU is used). The one exception is `description_tokenizer`, a BPE fit over
-the dataset's text that takes seconds and no accelerator. Models go to content-addressed directories under
-$PATENTFLOW_HOME/store/models; MLflow holds runs, curves and the registry.
+Training never runs in the Dagster process: each asset that fits or evaluates a model writes a
+typed JSON config and launches `python -m training` through Dagster Pipes (the DeepSpeed
+launcher for the stages, so a machine's every GPU is used). The tokenizer goes to a directory
+content-addressed by its training text under $PATENTFLOW_HOME/store/models; MLflow holds runs,
+curves and the registry.
 """
 # No `from __future__ import annotations`: Dagster inspects the `context` annotation at definition time.
 
@@ -40,6 +40,7 @@ from training.describe.commands import (
     GenerateJob,
     PatentLlamaJob,
     PatentMMEJob,
+    TokenizerJob,
     flat_scores,
 )
 
@@ -59,32 +60,28 @@ EAGER = dg.AutomationCondition.eager()
     "words and on the patent text of the validated releases (text-only weekly files too; held-out "
     "patents left out), in LM form and LayoutLMv3 OCR-processor form; production uses the checkpoint's.",
 )
-def description_tokenizer(home: PatentflowHome, settings: PatentLMMSettings) -> dg.MaterializeResult:
-    from itertools import chain
-
-    from training.describe import tokenizer
-    from training.describe.patent_llama import read_patent_texts
-
+def description_tokenizer(
+    context: dg.AssetExecutionContext,
+    home: PatentflowHome,
+    settings: PatentLMMSettings,
+    pipes: dg.PipesSubprocessClient,
+) -> dg.MaterializeResult:
     preset = settings.model_preset()
     if preset.tokenizer_dir:
         return dg.MaterializeResult(metadata={"path": preset.tokenizer_dir, "source": "checkpoint"})
-    train_jsons = sorted(home.home.llava_json.glob("*_train.json"))
     documents = dataset.validated_documents(home.home.releases)
-    held_out = dataset.held_out_patents(home.home.figures_jsonl)
+    # content-addressed by its training text: the job reuses a tokenizer already there
     key = pipeline.inputs_hash(*documents) + ArtifactStore.hash_tree(home.home.llava_json)
     out = home.home.store / "models" / "tokenizer" / hashlib.sha256(key.encode()).hexdigest()[:16]
-    if not out.exists():  # content-addressed by its training data: re-materializing is free
-        tokenizer.train_tokenizer(
-            chain(tokenizer.corpus_from_llava(train_jsons), read_patent_texts(documents, held_out)),
-            out,
-            vocab_size=preset.vocab_size,
-            image_size=preset.image_size,
-            ocr_max_tokens=preset.ocr_max_tokens,
-            lm_max_length=preset.max_length,
-        )
-    vocab = len(tokenizer.load_lm_tokenizer(out))
-    return dg.MaterializeResult(
-        metadata={"path": str(out), "vocab_size": vocab, "source": "trained", "text_releases": len(documents)}
+    config = TokenizerJob(
+        out_dir=str(out),
+        train_jsons=[str(p) for p in sorted(home.home.llava_json.glob("*_train.json"))],
+        documents=[str(p) for p in documents],
+        figures_jsonl=str(home.home.figures_jsonl),
+        preset=settings.preset,
+    )
+    return run_job(
+        pipes, context, "tokenizer", config, work_dir(home, context) / "job.json", {"source": "trained"}
     )
 
 
@@ -313,20 +310,11 @@ def _baselines(home: PatentflowHome, retrieval: RetrievalSettings, mlflow: Mlflo
     """The evaluation's model-free baselines (`EvaluateJob` fields): a constant sentence, the training
     description of the nearest figure by the figure-search champion (the untouched backbone before
     there is one), and the commonest training sentence about the sheet's OCR-read FIG label."""
-    from training import tracking
-
-    uri = mlflow.uri()
-    encoder_dir = None
-    if tracking.get_alias_version(mlflow.retrieval_model, tracking.CHAMPION, tracking_uri=uri) is not None:
-        encoder_dir = tracking.download_model(
-            f"models:/{mlflow.retrieval_model}@{tracking.CHAMPION}",
-            dst=home.home.store / "models" / "retrieval-champion",
-            tracking_uri=uri,
-        )
+    encoder = promotion.current_champion(home.home, mlflow.retrieval_model, mlflow.uri())
     return {
         "baselines": list(BASELINES),
         "train_jsons": {"brief": str(home.home.llava_json / "brief_train.json")},
-        "nearest_neighbour_encoder_dir": str(encoder_dir) if encoder_dir else None,
+        "nearest_neighbour_encoder_dir": str(encoder.directory) if encoder.directory else None,
         "untouched_preset": retrieval.preset,
         "encoder": retrieval.encoder_overrides(),
         "feature_cache": str(home.home.feature_cache),
@@ -353,75 +341,50 @@ def patentlmm_challenger(
     settings: PatentLMMSettings,
     pipes: dg.PipesSubprocessClient,
 ) -> dg.MaterializeResult:
-    from training import tracking
-
-    uri = mlflow.uri()
-    out = work_dir(home, context)
+    uri, out, model = mlflow.uri(), work_dir(home, context), mlflow.registered_model
+    champion = promotion.current_champion(home.home, model, uri)
     model_dir, run_id = (
         latest(context, "patentlmm_stage2"),
         latest(context, "patentlmm_stage2", "mlflow_run_id"),
     )
     ablations = json.loads(Path(latest(context, "patentlmm_ablations")).read_text())
+    baselines = _baselines(home, retrieval, mlflow)
     metrics = _evaluate(
-        context,
-        pipes,
-        home,
-        model_dir,
-        out / "challenger",
-        run_id,
-        uri,
-        ablations,
-        _baselines(home, retrieval, mlflow),
+        context, pipes, home, model_dir, out / "challenger", run_id, uri, ablations, baselines
     )
     flat = flat_scores(metrics)
-    if settings.promotion_metric not in flat:
-        context.log.warning(
-            f"no {settings.promotion_metric} (no real test figures?): the gate cannot judge; set "
-            "PatentLMMSettings.promotion_metric to brief_rougeL for a synthetic-only collection"
-        )
-    version = tracking.register_model(
-        run_id,
-        Path(model_dir),
-        mlflow.registered_model,
-        tags={k: f"{v:.4f}" for k, v in flat.items()},
-        tracking_uri=uri,
+    version = promotion.register_challenger(
+        context, model, run_id, model_dir, flat, settings.promotion_metric, uri
     )
-    champion = tracking.get_alias_version(mlflow.registered_model, tracking.CHAMPION, tracking_uri=uri)
-    champion_flat = None
-    if champion is not None and champion != version:
-        champion_dir = tracking.download_model(
-            f"models:/{mlflow.registered_model}@{tracking.CHAMPION}",
-            dst=home.home.store / "models" / "champion",
-            tracking_uri=uri,
-        )
-        champion_flat = flat_scores(
-            _evaluate(context, pipes, home, str(champion_dir), out / "champion", None, uri, {})
+    champion_metrics = None
+    if champion.directory is not None:  # on the same split, without ablations or baselines
+        champion_dir = str(champion.directory)
+        champion_metrics = flat_scores(
+            _evaluate(context, pipes, home, champion_dir, out / "champion", None, uri, {})
         )
     record = {
         "version": version,
         "metrics": flat,
-        "champion_version": champion,
-        "champion_metrics": champion_flat,
+        "champion_version": champion.version,
+        "champion_metrics": champion_metrics,
         "ablations": {name: flat_scores(m) for name, m in metrics.get("ablations", {}).items()},
         **{f"{name}_metrics": flat_scores(m) for name, m in metrics.get("baselines", {}).items()},
     }
-    (out / "challenger.json").write_text(json.dumps(record, indent=2))
-    return dg.MaterializeResult(
-        metadata={
-            "path": str(out / "challenger.json"),
-            "model_version": version,
-            "champion_version": champion or 0,
-            **{k: dg.MetadataValue.float(round(v, 4)) for k, v in flat.items()},
-            "ablations": dg.MetadataValue.json(record["ablations"]),
-            # the bars that need no description model, on the same figures
-            **{
-                f"{name}_{k}": dg.MetadataValue.float(round(record[f"{name}_metrics"][k], 4))
-                for name in BASELINES
-                for k in BASELINE_HEADLINE
-                if k in record.get(f"{name}_metrics", {})
-            },
-        }
-    )
+    return promotion.challenger_result(out, record, _challenger_metadata(record))
+
+
+def _challenger_metadata(record: dict) -> dict[str, dg.MetadataValue]:
+    """The challenger's scores, its ablations', and the bars that need no description model."""
+    return {
+        **{k: dg.MetadataValue.float(round(v, 4)) for k, v in record["metrics"].items()},
+        "ablations": dg.MetadataValue.json(record["ablations"]),
+        **{
+            f"{name}_{k}": dg.MetadataValue.float(round(record[f"{name}_metrics"][k], 4))
+            for name in BASELINES
+            for k in BASELINE_HEADLINE
+            if k in record.get(f"{name}_metrics", {})
+        },
+    }
 
 
 challenger_beats_champion, challenger_beats_baselines, patentlmm_champion = promotion.gate_definitions(
@@ -462,20 +425,13 @@ def generated_descriptions(
     dvc: DataVersioning,
     pipes: dg.PipesSubprocessClient,
 ) -> dg.MaterializeResult:
-    from training import tracking
-
-    uri = mlflow.uri()
-    version = tracking.get_alias_version(mlflow.registered_model, tracking.CHAMPION, tracking_uri=uri)
-    model_dir = tracking.download_model(
-        f"models:/{mlflow.registered_model}@{tracking.CHAMPION}",
-        dst=home.home.store / "models" / "champion",
-        tracking_uri=uri,
-    )
+    champion = promotion.current_champion(home.home, mlflow.registered_model, mlflow.uri(), required=True)
+    version = champion.version
     # Generation resumes within one model version only; a new champion starts afresh.
     work = home.home.store / "generated" / f"{mlflow.registered_model}-v{version}"
     config = GenerateJob(
         out_dir=str(work),
-        model_dir=str(model_dir),
+        model_dir=str(champion.directory),
         max_new_tokens=96,
         figures_jsonl=str(home.home.figures_jsonl),
     )

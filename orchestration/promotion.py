@@ -1,7 +1,8 @@
 """The challenger / champion gate that both model families share.
 
-A challenger asset writes a record {"version", "metrics", "champion_version", "champion_metrics"};
-the blocking check compares the two on the promotion metric and, when the challenger loses,
+A challenger asset looks up the current champion (`current_champion`), evaluates, registers its
+model (`register_challenger`) and writes a record {"version", "metrics", "champion_version",
+"champion_metrics", "<baseline>_metrics"...} (`challenger_result`); the blocking check compares the two on the promotion metric and, when the challenger loses,
 tags the version with the reason; a warning check compares it with the model-free baselines of
 its record; the champion asset (which runs only when the blocking check passed) moves the
 registry alias. `gate_definitions` builds the two checks and the champion asset of one family
@@ -18,6 +19,72 @@ from typing import Any
 import dagster as dg
 
 from orchestration.launching import latest
+from patent_assets.layout import Home
+from training.job import write_json
+
+RECORD = "challenger.json"
+
+
+@dataclass(frozen=True)
+class Champion:
+    """A registered model's champion version and a local copy of it; both None before the first."""
+
+    model_uri: str  # models:/<name>@champion
+    version: int | None
+    directory: Path | None
+
+
+def current_champion(home: Home, model: str, uri: str, required: bool = False) -> Champion:
+    """The champion of `model` in the registry at `uri`, downloaded to `home.champion_dir(model)`
+    (kept while the alias stays). `required`: no champion yet is a failure, not an empty answer."""
+    from training import tracking
+
+    model_uri = f"models:/{model}@{tracking.CHAMPION}"
+    version = tracking.get_alias_version(model, tracking.CHAMPION, tracking_uri=uri)
+    if version is None:
+        if required:
+            raise dg.Failure(f"{model} has no champion yet: materialize the gate's champion asset first")
+        return Champion(model_uri, None, None)
+    directory = tracking.download_model(model_uri, dst=home.champion_dir(model), tracking_uri=uri)
+    return Champion(model_uri, version, directory)
+
+
+def register_challenger(
+    context: dg.AssetExecutionContext,
+    model: str,
+    run_id: str,
+    model_dir: str,
+    metrics: dict[str, float],
+    promotion_metric: str,
+    uri: str,
+) -> int:
+    """Register `model_dir` as a new version of `model` with alias `challenger` and its scores as
+    tags; warn when the scores lack the promotion metric (the gate will refuse to judge)."""
+    from training import tracking
+
+    if promotion_metric not in metrics:
+        context.log.warning(
+            f"no {promotion_metric} among the challenger's metrics (no real held-out figures?): the gate "
+            f"cannot judge; set promotion_metric to {promotion_metric.replace('real_', '')} for a "
+            "synthetic-only collection"
+        )
+    tags = {k: f"{v:.4f}" for k, v in metrics.items()}
+    return tracking.register_model(run_id, Path(model_dir), model, tags=tags, tracking_uri=uri)
+
+
+def challenger_result(
+    out_dir: Path, record: dict[str, Any], metadata: dict[str, Any]
+) -> dg.MaterializeResult:
+    """Write the challenger's record (what the checks and the champion read) and report it."""
+    path = write_json(out_dir / RECORD, record)
+    return dg.MaterializeResult(
+        metadata={
+            "path": str(path),
+            "model_version": record["version"],
+            "champion_version": record["champion_version"] or 0,
+            **metadata,
+        }
+    )
 
 
 def _decision(context: Any, challenger_asset: str, metric: str) -> tuple[dict, Any]:

@@ -10,9 +10,8 @@ head fine-tuned with ArcFace on patent identity plus the LLM-informed alignment 
 PatentLMM's descriptions); the gate judges on the real (USPTO) held-out drawings, against the
 champion, the untouched pretrained backbone and pixel matching; MLflow holds its run and
 registry versions; the index (figures, text-space projections, patents' title + abstract, the
-encoder itself) is one DVC-versioned directory that `patentflow search` reads. The index is
-still embedded inside the Dagster process (the same `build_search_index` as `patentflow index`);
-on a large collection it belongs in a launched job like the encoder's.
+encoder itself) is one DVC-versioned directory that `patentflow search` reads, built by a
+launched job too (the same `build_search_index` as `patentflow index`).
 """
 # No `from __future__ import annotations`: Dagster inspects the `context` annotation at definition time.
 
@@ -28,11 +27,12 @@ from orchestration.launching import latest, run_job, work_dir
 from orchestration.model_assets import EAGER, generated_descriptions
 from orchestration.resources import DataVersioning, MlflowTracking, PatentflowHome, RetrievalSettings
 from training.job import flat_metrics
-from training.retrieval.commands import RetrievalEvaluateJob
+from training.retrieval.commands import RetrievalEvaluateJob, SearchIndexJob
 from training.retrieval.configs import RetrievalTrainConfig
 
 RETRIEVAL_GROUP = "retrieval"
 QUERY_SPLITS = ["val", "test"]  # held-out patents; the training patents stay in the database
+BARS = ("champion", "untouched", "pixels")  # what the challenger is evaluated beside
 
 
 def _headline(flat: dict[str, float]) -> dict[str, dg.MetadataValue]:
@@ -145,63 +145,35 @@ def retrieval_challenger(
 ) -> dg.MaterializeResult:
     from training import tracking
 
-    uri = mlflow.uri()
-    out = work_dir(home, context)
-    encoder_dir = latest(context, "retrieval_encoder")
-    run_id = latest(context, "retrieval_encoder", "mlflow_run_id")
-    encoders = {"challenger": encoder_dir}
-    champion = tracking.get_alias_version(mlflow.retrieval_model, tracking.CHAMPION, tracking_uri=uri)
-    if champion is not None:
-        encoders["champion"] = str(
-            tracking.download_model(
-                f"models:/{mlflow.retrieval_model}@{tracking.CHAMPION}",
-                dst=home.home.store / "models" / "retrieval-champion",
-                tracking_uri=uri,
-            )
-        )
-    metrics = _evaluate(context, pipes, home, retrieval, encoders, out / "evaluation")
-    if retrieval.promotion_metric not in metrics["challenger"]:
-        context.log.warning(
-            f"no {retrieval.promotion_metric} (no real held-out figures?): the gate cannot judge; "
-            "set RetrievalSettings.promotion_metric to same_patent_mAP for a synthetic-only collection"
-        )
-    # the run shows all four side by side: challenger, champion, untouched backbone, pixels
-    tracking.log_metrics(
-        run_id,
-        {f"eval_{name}_{key}": value for name, values in metrics.items() for key, value in values.items()},
-        tracking_uri=uri,
+    uri, out, model = mlflow.uri(), work_dir(home, context), mlflow.retrieval_model
+    champion = promotion.current_champion(home.home, model, uri)
+    encoder_dir, run_id = (
+        latest(context, "retrieval_encoder"),
+        latest(context, "retrieval_encoder", "mlflow_run_id"),
     )
-    version = tracking.register_model(
-        run_id,
-        Path(encoder_dir),
-        mlflow.retrieval_model,
-        tags={k: f"{v:.4f}" for k, v in metrics["challenger"].items()},
-        tracking_uri=uri,
+    encoders = {"challenger": encoder_dir}
+    if champion.directory is not None:
+        encoders["champion"] = str(champion.directory)
+    metrics = _evaluate(context, pipes, home, retrieval, encoders, out / "evaluation")
+    # the run shows all four side by side: challenger, champion, untouched backbone, pixels
+    side_by_side = {
+        f"eval_{name}_{key}": value for name, values in metrics.items() for key, value in values.items()
+    }
+    tracking.log_metrics(run_id, side_by_side, tracking_uri=uri)
+    challenger = metrics["challenger"]
+    version = promotion.register_challenger(
+        context, model, run_id, encoder_dir, challenger, retrieval.promotion_metric, uri
     )
     record = {
         "version": version,
-        "metrics": metrics["challenger"],
-        "champion_version": champion,
-        "champion_metrics": metrics.get("champion") if champion != version else None,
-        "untouched_metrics": metrics.get("untouched"),
-        "pixels_metrics": metrics.get("pixels"),
+        "metrics": challenger,
+        "champion_version": champion.version,
+        **{f"{name}_metrics": metrics.get(name) for name in BARS},
     }
-    (out / "challenger.json").write_text(json.dumps(record, indent=2))
-    return dg.MaterializeResult(
-        metadata={
-            "path": str(out / "challenger.json"),
-            "model_version": version,
-            "champion_version": champion or 0,
-            **_headline(metrics["challenger"]),
-            # the bars any learned encoder must clear: the champion, the backbone as pretrained,
-            # plain pixel matching of the same figures
-            **{
-                f"{name}_{k}": v
-                for name in ("champion", "untouched", "pixels")
-                for k, v in _headline(metrics.get(name, {})).items()
-            },
-        }
-    )
+    # the bars any learned encoder must clear: the champion, the backbone as pretrained, plain
+    # pixel matching of the same figures
+    bars = {f"{name}_{k}": v for name in BARS for k, v in _headline(metrics.get(name, {})).items()}
+    return promotion.challenger_result(out, record, {**_headline(challenger), **bars})
 
 
 retrieval_challenger_beats_champion, retrieval_challenger_beats_pretrained, retrieval_champion = (
@@ -230,15 +202,6 @@ retrieval_challenger_beats_champion, retrieval_challenger_beats_pretrained, retr
 )
 
 
-def _results_table(hits: list) -> str:
-    rows = ["| rank | score | granted | patent | figure | description |", "|---|---|---|---|---|---|"]
-    rows += [
-        f"| {h.rank} | {h.score:.3f} | {h.grant_date} | {h.patent_id} | {h.figure_id} | {h.description[:80]} |"
-        for h in hits
-    ]
-    return "\n".join(rows)
-
-
 @dg.asset(
     deps=[retrieval_champion],
     group_name=RETRIEVAL_GROUP,
@@ -255,54 +218,32 @@ def retrieval_index(
     retrieval: RetrievalSettings,
     mlflow: MlflowTracking,
     dvc: DataVersioning,
+    pipes: dg.PipesSubprocessClient,
 ) -> dg.MaterializeResult:
-    from training import tracking
-    from training.retrieval import search_index
-    from training.retrieval.faiss_index import IndexOptions
-
-    uri = mlflow.uri()
-    version = tracking.get_alias_version(mlflow.retrieval_model, tracking.CHAMPION, tracking_uri=uri)
-    model_uri = f"models:/{mlflow.retrieval_model}@{tracking.CHAMPION}"
-    encoder_dir = tracking.download_model(
-        model_uri, dst=home.home.store / "models" / "retrieval-champion", tracking_uri=uri
-    )
-    out = home.home.data / search_index.PIPELINE_INDEX
-    options = search_index.BuildOptions(
+    encoder = promotion.current_champion(home.home, mlflow.retrieval_model, mlflow.uri(), required=True)
+    config = SearchIndexJob(
+        figures_jsonl=str(home.home.figures_jsonl),
+        encoder_dir=str(encoder.directory),
+        out_dir=str(home.home.search_index),
         kind=retrieval.index_kind,  # type: ignore[arg-type]
-        index_options=IndexOptions(refine=retrieval.index_refine),
+        refine=retrieval.index_refine,
         text_encoder_dir=retrieval.text_encoder_dir or None,
-        encoder_source=f"{model_uri} (version {version})",
+        encoder_source=f"{encoder.model_uri} (version {encoder.version})",
         thumbnail_weight=retrieval.index_thumbnail_weight,
         thumbnail_size=retrieval.index_thumbnail_size,
-        feature_cache=home.home.feature_cache,
+        feature_cache=str(home.home.feature_cache),
     )
-    built = search_index.build_search_index(home.home.figures_jsonl, Path(encoder_dir), out, options)
-    version_meta = dvc.track(out, f"retrieval_index {mlflow.retrieval_model} v{version}").metadata()
-    # A sample query, so the UI shows what a search returns: the newest figure against its prior art.
-    loaded = search_index.SearchIndex.load(out)
-    newest = loaded.figures.figures[-1]
-    sample = loaded.search_image(Path(newest.image_path), k=5, before=newest.grant_date)
-    counts = built.manifest["counts"]
-    same_patent = built.evaluation.get("same_patent", {})
+    built = run_job(pipes, context, "search_index", config, work_dir(home, context) / "job.json").metadata
+    message = f"retrieval_index {mlflow.retrieval_model} v{encoder.version}"
     return dg.MaterializeResult(
         metadata={
-            "path": str(out),
-            "encoder_version": version or 0,
+            **built,
+            # a sample query, so the UI shows what a search returns
+            "sample_query": dg.MetadataValue.md(str(built["sample_query"].value)),
+            "encoder_version": encoder.version or 0,
             "kind": retrieval.index_kind,
             "thumbnail_weight": retrieval.index_thumbnail_weight,
-            "figures": counts["figures"],
-            "patents": counts["patents"],
-            "rejected": counts["rejected"],
-            **{
-                f"collection_same_patent_{k}": dg.MetadataValue.float(round(same_patent[k], 4))
-                for k in ("mAP", "Rank-1")
-                if k in same_patent
-            },
-            "sample_query": dg.MetadataValue.md(
-                f"Query: {newest.figure_id} ({newest.patent_id}, granted {newest.grant_date}), "
-                f"prior art only\n\n{_results_table(sample)}"
-            ),
-            **version_meta,
+            **dvc.track(home.home.search_index, message).metadata(),
         }
     )
 

@@ -77,6 +77,15 @@ class Home:
         return self.dataset / LLAVA_DIR
 
     @property
+    def search_index(self) -> Path:
+        """The pipeline's figure-search index (`retrieval_index`), DVC-tracked; `patentflow search` reads it."""
+        return self.data / "retrieval_index"
+
+    def champion_dir(self, registered_model: str) -> Path:
+        """A local copy of a registered model's champion version (refreshed when the alias moves)."""
+        return self.store / "models" / "champions" / registered_model
+
+    @property
     def ocr_cache(self) -> Path:
         """Tesseract's output, content-addressed by image and settings: shared by every release."""
         return self.store / "ocr"

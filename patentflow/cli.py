@@ -333,7 +333,7 @@ def search(
     if image is not None and not image.is_file():
         raise typer.BadParameter(f"{image}: not found", param_hint="--image")
     home = _home()
-    directory = index_dir or home.data / search_index.PIPELINE_INDEX
+    directory = index_dir or home.search_index
     try:
         loaded = search_index.SearchIndex.load(directory)
         if image is not None:

@@ -1,12 +1,14 @@
 """The entry point of the out-of-process jobs the Dagster assets launch: one command per asset,
 one JSON config each, both model families behind one argv.
 
-    python -m training patent_mme         --config patent_mme.json          (training.describe)
+    python -m training tokenizer          --config tokenizer.json           (training.describe)
+    python -m training patent_mme         --config patent_mme.json
     python -m training patent_llama       --config patent_llama.json
     python -m training evaluate           --config evaluate.json
     python -m training generate           --config generate.json
     python -m training retrieval_encoder  --config retrieval_encoder.json   (training.retrieval)
     python -m training retrieval_evaluate --config retrieval_evaluate.json
+    python -m training search_index       --config search_index.json
 
 An asset writes the config, launches `command_line(...)` through `dagster.PipesSubprocessClient`
 and gets back what the command reports (`training.job` says what a job is). Errors propagate: a
@@ -41,12 +43,14 @@ def _evaluate(cfg: describe.EvaluateJob, report: Reporter) -> dict[str, Any]:
 
 # Every command: its config class and its function.
 COMMANDS: dict[str, tuple[type[JobConfig], Callable[[Any, Reporter], dict[str, Any]]]] = {
+    "tokenizer": (describe.TokenizerJob, describe.run_tokenizer),
     "patent_mme": (describe.PatentMMEJob, describe.run_patent_mme),
     "patent_llama": (describe.PatentLlamaJob, describe.run_patent_llama),
     "evaluate": (describe.EvaluateJob, _evaluate),
     "generate": (describe.GenerateJob, describe.run_generate),
     "retrieval_encoder": (RetrievalTrainConfig, retrieval.run_retrieval_encoder),
     "retrieval_evaluate": (retrieval.RetrievalEvaluateJob, retrieval.run_retrieval_evaluate),
+    "search_index": (retrieval.SearchIndexJob, retrieval.run_search_index),
 }
 
 

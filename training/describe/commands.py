@@ -1,4 +1,4 @@
-"""The PatentLMM jobs `training.entry` runs: encoder pretraining, LM pretraining, evaluation
+"""The PatentLMM jobs `training.entry` runs: the tokenizer, encoder pretraining, LM pretraining, evaluation
 against the ablations and the baselines, and description generation. One config dataclass each.
 """
 
@@ -56,6 +56,23 @@ class PatentLlamaJob(PatentLlamaPretraining, JobConfig):
     preset: str = "tiny"
     base_model_dir: str | None = None
     lora: bool | None = None
+
+
+@dataclass
+class TokenizerJob(JobConfig):
+    """The embedded default's byte-level BPE, trained on the training descriptions and OCR words
+    (`train_jsons`: `llava_json/*_train.json`) and on the patent text of `documents` (the held-out
+    patents of `figures_jsonl` left out), at `preset`'s vocabulary, image and length sizes.
+
+    Output: `out_dir` (`lm/` and `ocr/`, `training.describe.tokenizer`), renamed into place whole;
+    one already there is kept (the caller names `out_dir` by the training text's hash).
+    """
+
+    out_dir: str
+    train_jsons: list[str]
+    documents: list[str] = field(default_factory=list)  # documents.jsonl files or release directories
+    figures_jsonl: str | None = None
+    preset: str = "tiny"
 
 
 @dataclass
@@ -247,6 +264,43 @@ def run_patent_llama(cfg: PatentLlamaJob, report: Reporter) -> dict[str, Any]:
     summary = finite(summary)  # a run without held-out text has no perplexities
     summary_path = write_json(out_dir / "patent_llama.json", summary)
     return {**summary, "summary": str(summary_path)}
+
+
+def run_tokenizer(cfg: TokenizerJob, report: Reporter) -> dict[str, Any]:
+    from itertools import chain
+
+    from patent_assets.dataset import held_out_patents
+    from training.describe.patent_llama import read_patent_texts
+    from training.describe.tokenizer import LM_SUBDIR, corpus_from_llava, load_lm_tokenizer, train_tokenizer
+
+    preset, out_dir = _preset(cfg.preset), Path(cfg.out_dir)
+    reused = (out_dir / LM_SUBDIR).is_dir()
+    if reused:
+        report.log(f"tokenizer: {out_dir} is already trained on this text")
+    else:
+        held_out = held_out_patents(Path(cfg.figures_jsonl)) if cfg.figures_jsonl else set()
+        report.log(
+            f"tokenizer: {len(cfg.train_jsons)} training files and {len(cfg.documents)} text releases "
+            f"({len(held_out)} held-out patents left out), vocabulary {preset.vocab_size}"
+        )
+        texts = chain(
+            corpus_from_llava([Path(p) for p in cfg.train_jsons]),
+            read_patent_texts([Path(p) for p in cfg.documents], skip_patents=held_out),
+        )
+        train_tokenizer(
+            texts,
+            out_dir,
+            vocab_size=preset.vocab_size,
+            image_size=preset.image_size,
+            ocr_max_tokens=preset.ocr_max_tokens,
+            lm_max_length=preset.max_length,
+        )
+    return {
+        "path": out_dir,
+        "vocab_size": len(load_lm_tokenizer(out_dir)),
+        "text_releases": len(cfg.documents),
+        "reused": reused,
+    }
 
 
 def _progress(report: Reporter, label: str) -> Any:

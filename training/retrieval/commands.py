@@ -1,14 +1,15 @@
 """The figure-retrieval jobs `training.entry` runs: train the encoder (its config is
-`training.retrieval.configs.RetrievalTrainConfig`), evaluate encoders."""
+`training.retrieval.configs.RetrievalTrainConfig`), evaluate encoders, build the search index."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from training.job import METRICS_FILE, JobConfig, Reporter, flat_metrics, write_json
 from training.retrieval.configs import RetrievalTrainConfig
+from training.retrieval.search_index import DEFAULT_THUMBNAIL_SIZE, DEFAULT_THUMBNAIL_WEIGHT
 
 # The metrics an evaluation reports as metadata, in the order `evaluate_rankings` gives them.
 HEADLINE_METRICS = ("mAP", "Recall@10", "MRR@10", "Rank-1")
@@ -36,6 +37,26 @@ class RetrievalEvaluateJob(JobConfig):
     encoder: dict[str, Any] = field(default_factory=dict)
     pixel_baseline: bool = True
     feature_cache: str | None = None
+
+
+@dataclass
+class SearchIndexJob(JobConfig):
+    """Every figure of `figures_jsonl` embedded by the encoder at `encoder_dir` and indexed into
+    `out_dir` (`training.retrieval.search_index`; the other fields are its `BuildOptions`, `refine`
+    the IVF-PQ re-scoring of `IndexOptions`). Reports the index's counts, its same-patent
+    self-evaluation and a sample query: the newest figure against its prior art."""
+
+    figures_jsonl: str
+    encoder_dir: str
+    out_dir: str
+    kind: Literal["flat", "ivf", "hnsw", "ivfpq"] = "flat"
+    refine: int = 0
+    text_encoder_dir: str | None = None  # None: the embedded all-MiniLM-L6-v2
+    encoder_source: str = ""
+    thumbnail_weight: float = DEFAULT_THUMBNAIL_WEIGHT
+    thumbnail_size: int = DEFAULT_THUMBNAIL_SIZE
+    feature_cache: str | None = None
+    sample_results: int = 5
 
 
 def run_retrieval_encoder(cfg: RetrievalTrainConfig, report: Reporter) -> dict[str, Any]:
@@ -96,3 +117,50 @@ def run_retrieval_evaluate(cfg: RetrievalEvaluateJob, report: Reporter) -> dict[
         for key, value in flat_metrics(tasks, f"{name}_", HEADLINE_METRICS).items()
     }
     return {**flat, "figures": len(figures), "rejected": len(rejected), "metrics_json": metrics_path}
+
+
+def run_search_index(cfg: SearchIndexJob, report: Reporter) -> dict[str, Any]:
+    from training.retrieval import search_index
+    from training.retrieval.faiss_index import IndexOptions
+
+    options = search_index.BuildOptions(
+        kind=cfg.kind,
+        index_options=IndexOptions(refine=cfg.refine),
+        text_encoder_dir=cfg.text_encoder_dir,
+        encoder_source=cfg.encoder_source,
+        thumbnail_weight=cfg.thumbnail_weight,
+        thumbnail_size=cfg.thumbnail_size,
+        feature_cache=cfg.feature_cache,
+    )
+    report.log(f"search_index: indexing {cfg.figures_jsonl} ({cfg.kind}) into {cfg.out_dir}")
+    built = search_index.build_search_index(
+        Path(cfg.figures_jsonl), Path(cfg.encoder_dir), Path(cfg.out_dir), options
+    )
+    for rejection in built.rejected:
+        report.log(f"search_index: left out {rejection.item}: {rejection.reason}")
+    counts = built.manifest["counts"]
+    same_patent = built.evaluation.get("same_patent", {})
+    return {
+        "path": Path(cfg.out_dir),
+        "figures": counts["figures"],
+        "patents": counts["patents"],
+        "rejected": counts["rejected"],
+        **{f"collection_same_patent_{k}": same_patent.get(k) for k in ("mAP", "Rank-1")},
+        "sample_query": _sample_query(Path(cfg.out_dir), cfg.sample_results),
+    }
+
+
+def _sample_query(index_dir: Path, k: int) -> str:
+    """What a search returns, as a Markdown table: the newest figure against its prior art."""
+    from training.retrieval.search_index import SearchIndex
+
+    loaded = SearchIndex.load(index_dir)
+    newest = loaded.figures.figures[-1]
+    hits = loaded.search_image(Path(newest.image_path), k=k, before=newest.grant_date)
+    rows = ["| rank | score | granted | patent | figure | description |", "|---|---|---|---|---|---|"]
+    rows += [
+        f"| {h.rank} | {h.score:.3f} | {h.grant_date} | {h.patent_id} | {h.figure_id} | {h.description[:80]} |"
+        for h in hits
+    ]
+    heading = f"Query: {newest.figure_id} ({newest.patent_id}, granted {newest.grant_date}), prior art only"
+    return heading + "\n\n" + "\n".join(rows)

@@ -45,10 +45,6 @@ from training.retrieval.faiss_index import (
 if TYPE_CHECKING:
     from training.retrieval.model import Embeddings, FigureEncoder
 
-# The registry name of the champion encoder, and where the pipeline keeps its current index.
-REGISTERED_ENCODER = "patent-figure-encoder"
-PIPELINE_INDEX = "retrieval_index"  # under $PATENTFLOW_HOME/data, DVC-tracked
-
 MANIFEST = "index.json"
 ENCODER = "encoder"
 FIGURES = "figures"

@@ -295,3 +295,42 @@ def test_patent_llama_trains_from_patent_text(trained, tmp_path: Path) -> None:
     assert result["lm_dir"] == str(out / "lm") and result["adapter_dir"] is None
     LlamaForCausalLM.from_pretrained(out / "lm", local_files_only=True)
     assert sorted(p.name for p in out.iterdir()) == ["lm", "patent_llama.json"]
+
+
+def test_the_tokenizer_job_learns_the_training_text_not_the_held_out_text_and_is_reused(
+    tmp_path: Path,
+) -> None:
+    from dataclasses import replace
+
+    from tests.training.describe.test_data import make_toy_llava
+    from training.describe.tokenizer import load_lm_tokenizer
+
+    rng = random.Random(0)
+    kept = replace(grant(rng, 0), abstract="A wobblefrost hinge. " * 30)
+    held_out = replace(grant(rng, 1), abstract="A quuxvantle hinge. " * 30)
+    documents = tmp_path / "documents.jsonl"
+    write_jsonl(documents, [{"document": document_to_dict(doc)} for doc in (kept, held_out)])
+    figures = tmp_path / "figures.jsonl"
+    write_jsonl(
+        figures, [{"image_id": f"{held_out.patent_id}__1", "patent_id": held_out.patent_id, "split": "test"}]
+    )
+    out = tmp_path / "tokenizer"
+    config = _config(
+        tmp_path / "tokenizer.json",
+        out_dir=out,
+        train_jsons=[make_toy_llava(tmp_path / "toy")],
+        documents=[documents],
+        figures_jsonl=figures,
+    )
+
+    trained = entry.run("tokenizer", config)
+    vocabulary = load_lm_tokenizer(out).get_vocab()
+    assert "Ġwobblefrost" in vocabulary and "Ġquuxvantle" not in vocabulary  # held-out text trains nothing
+    assert "Ġchair" in vocabulary  # the training descriptions
+    assert (trained["reused"], trained["text_releases"]) == (False, 1)
+    assert trained["vocab_size"] == len(vocabulary)
+
+    stamp = (out / "lm").stat().st_mtime_ns
+    again = entry.run("tokenizer", config)  # its directory names its training text: kept
+    assert again["reused"] is True and again["vocab_size"] == trained["vocab_size"]
+    assert (out / "lm").stat().st_mtime_ns == stamp

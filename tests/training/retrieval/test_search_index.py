@@ -312,3 +312,29 @@ def test_an_index_built_from_the_feature_cache_equals_one_built_from_pixels(
     first = search_index.SearchIndex.load(tmp_path / "cached").figures.figures[0]
     hits = search_index.SearchIndex.load(tmp_path / "cached").search_image(Path(first.image_path), k=1)
     assert hits[0].figure_id == first.figure_id
+
+
+def test_the_search_index_job_builds_reports_a_sample_query_and_refuses_an_unknown_kind(
+    collection: dict[str, Path], tmp_path: Path
+) -> None:
+    from training import entry
+
+    out = tmp_path / "index"
+    config = tmp_path / "search_index.json"
+    fields = {"figures_jsonl": str(collection["figures"]), "encoder_dir": str(collection["encoder"])}
+    config.write_text(json.dumps({**fields, "out_dir": str(out), "thumbnail_weight": 0.25}))
+
+    reported = entry.run("search_index", config)
+    loaded = search_index.SearchIndex.load(out)
+    newest = loaded.figures.figures[-1]
+    assert (reported["figures"], reported["rejected"]) == (len(loaded.figures.figures), 2)
+    assert loaded.manifest["figure_vectors"]["thumbnail_weight"] == 0.25
+    assert reported["sample_query"].startswith(f"Query: {newest.figure_id} ({newest.patent_id}")
+    assert (
+        "prior art only" in reported["sample_query"] and 0.0 < reported["collection_same_patent_mAP"] <= 1.0
+    )
+
+    config.write_text(json.dumps({**fields, "out_dir": str(tmp_path / "other"), "kind": "annoy"}))
+    with pytest.raises(ValueError, match=r"kind='annoy' is not a"):
+        entry.run("search_index", config)
+    assert not (tmp_path / "other").exists()
