@@ -499,9 +499,10 @@ def ingest(
 ) -> IngestSummary:
     """All data steps on any sources: `out_dir/figures.jsonl` and `out_dir/rejected.jsonl`.
 
-    A source is a USPTO release in any real shape, or a PatentDesc JSON (`*.json`).
+    A source is a USPTO release in any real shape, or a PatentDesc JSON (`*.json`). Image paths
+    are written absolute, so that the records read the same from any working directory.
     """
-    out_dir = Path(out_dir)
+    out_dir = Path(out_dir).resolve()
     work = out_dir / "work"
     cache_dir = cache_dir or work / "ocr-cache"
     releases = [Path(p) for p in paths if Path(p).suffix.lower() != ".json"]

@@ -17,7 +17,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from patent_assets import pipeline, synthetic
-from patent_assets.records import FigureRecord, read_figures, read_rejections
+from patent_assets.records import FigureRecord, read_figure_rows, read_figures, read_rejections
 from patentflow.cli import app
 from tests.conftest import ALIGNMENT_SCORER
 from tests.http_server import Fault, serve
@@ -34,10 +34,16 @@ def _no_partial_files(root: Path) -> list[Path]:
     return [p for p in root.rglob("*") if p.name.endswith((".tmp", ".part")) or p.name.startswith(".tmp")]
 
 
-def test_real_design_grants_land_on_the_right_sheets(realdata: Path, tmp_path: Path) -> None:
+def test_real_design_grants_land_on_the_right_sheets(
+    realdata: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     labels = realdata / "design_patents_with_drawings_2021" / "sheet_figure_labels.json"
-    _ingest(str(realdata / "design_patents_with_drawings_2021"), "--out", str(tmp_path / "out"))
+    monkeypatch.chdir(tmp_path)  # a relative --out: the records must not depend on the working directory
+    _ingest(str(realdata / "design_patents_with_drawings_2021"), "--out", "out")
     records = read_figures(tmp_path / "out" / "figures.jsonl")
+    rows, _ = read_figure_rows(tmp_path / "out" / "figures.jsonl", "test")
+    monkeypatch.chdir(realdata)
+    assert len(rows) == len(records) and all(Path(row["image_path"]).is_file() for row in rows)
     assert len({r.patent_id for r in records}) == 16
     # our own count: every printed label on the sheet the answer key names
     truth = {
