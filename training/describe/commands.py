@@ -315,13 +315,23 @@ def _progress(report: Reporter, label: str) -> Any:
     return on_batch
 
 
+@dataclass
+class _Described:
+    """The test figures of each kind that the model described, its texts and the references."""
+
+    figures: dict[str, list[Any]] = field(default_factory=dict)
+    predictions: dict[str, dict[str, str]] = field(default_factory=dict)
+    references: dict[str, dict[str, str]] = field(default_factory=dict)
+    rejected: list[Rejection] = field(default_factory=list)
+
+
 def run_evaluate(
     cfg: EvaluateJob, report: Reporter, embedder_factory: EmbedderFactory | None = None
 ) -> dict[str, Any]:
     """`embedder_factory` makes the nearest-neighbour baseline's `Embedder` from (encoder dir or
     None, untouched preset, encoder overrides, feature cache); `training.entry` passes the
     retrieval family's, so that this family never imports that one."""
-    from training.describe.inference import describe_figures, load_for_inference, split_figures
+    from training.describe.inference import load_for_inference
     from training.describe.metrics import METRIC_NAMES, evaluate_split
 
     out_dir = Path(cfg.out_dir)
@@ -333,14 +343,77 @@ def run_evaluate(
         name: main if model_dir is None else load_for_inference(Path(model_dir), tokenizer_dir=tokenizer_dir)
         for name, model_dir in cfg.ablations.items()
     }
+    described = _describe_test_figures(cfg, main, figures_jsonl, report)
+    sheets = _sheet_labels(figures_jsonl) if figures_jsonl is not None else {}
+    synthetic = {image_id: is_synthetic for image_id, (_, is_synthetic) in sheets.items()} or None
 
-    rejected: list[Rejection] = []
-    figures_by_kind: dict[str, list[Any]] = {}
-    predictions: dict[str, dict[str, str]] = {}
-    references: dict[str, dict[str, str]] = {}
+    def score(texts: Mapping[str, Mapping[str, str]], where: Path) -> dict[str, Any]:
+        scores = evaluate_split(texts, described.references, where, synthetic)
+        _add_label_rates(scores, texts, sheets)
+        return scores
+
+    results = score(described.predictions, out_dir)
+    ablation_results: dict[str, Any] = {}
+    for name, inference in ablation_models.items():
+        which = "main model" if inference is main else inference.model_dir
+        report.log(f"evaluate: ablation {name} ({which})")
+        ablated = _describe_ablated(cfg, name, inference, described, report)
+        ablation_results[name] = score(ablated, out_dir / "ablations" / name)
+        ablation_results[name]["model_dir"] = str(inference.model_dir)
+    baseline_results = {
+        name: score(texts, out_dir / "baselines" / name)
+        for name, texts in _baseline_descriptions(cfg, described.figures, report, embedder_factory).items()
+    }
+
+    kinds = list(described.figures)
+    # What the full model gains over each ablation (positive: the ablated input helps).
+    comparison = {
+        name: {kind: {m: results[kind][m] - scores[kind][m] for m in METRIC_NAMES} for kind in kinds}
+        for name, scores in ablation_results.items()
+    }
+    combined = {
+        **results,
+        "model_dir": cfg.model_dir,
+        "rejected": len(described.rejected),
+        "ablations": ablation_results,
+        "baselines": baseline_results,
+        "comparison": comparison,
+    }
+    write_jsonl(out_dir / "rejected.jsonl", described.rejected)
+    metrics_path = write_json(out_dir / METRICS_FILE, combined)
+
+    flat = flat_scores(results) | {f"{kind}_figures": results[kind]["figures"] for kind in kinds}
+    others = _prefixed_scores(ablation_results, "") | _prefixed_scores(baseline_results, "baseline_")
+    if cfg.mlflow_run_id:
+        _log_to_mlflow(
+            cfg,
+            flat | others,
+            described.figures,
+            described.predictions,
+            described.references,
+            out_dir,
+            report,
+        )
+    return {
+        **flat,
+        **{key: value for key, value in others.items() if key.endswith(("_bleu4", "_rougeL"))},
+        "rejected": len(described.rejected),
+        "metrics_json": metrics_path,
+        **{f"predictions_{kind}": out_dir / f"predictions_{kind}.json" for kind in kinds},
+        "mlflow_run_id": cfg.mlflow_run_id,
+    }
+
+
+def _describe_test_figures(
+    cfg: EvaluateJob, main: Any, figures_jsonl: Path | None, report: Reporter
+) -> _Described:
+    """Greedy descriptions of every test figure of each kind by the main model."""
+    from training.describe.inference import describe_figures, split_figures
+
+    described = _Described()
     for kind in sorted(cfg.test_jsons):
         figures, refs, left_out = split_figures(Path(cfg.test_jsons[kind]), figures_jsonl, limit=cfg.limit)
-        rejected += left_out
+        described.rejected += left_out
         report.log(f"evaluate: {len(figures)} {kind} test figures ({len(left_out)} entries left out)")
         run = describe_figures(
             figures,
@@ -350,88 +423,46 @@ def run_evaluate(
             max_new_tokens=cfg.max_new_tokens,
             on_batch=_progress(report, f"evaluate {kind}"),
         )
-        rejected += run.rejected
+        described.rejected += run.rejected
         if not run.descriptions:
             raise ValueError(f"{cfg.test_jsons[kind]}: no {kind} test figure could be described")
         # Scored on the figures described; the ones whose image failed are in rejected.jsonl.
-        figures_by_kind[kind] = [f for f in figures if f.image_id in run.descriptions]
-        predictions[kind] = run.descriptions
-        references[kind] = {i: refs[i] for i in run.descriptions}
-    sheets = _sheet_labels(figures_jsonl) if figures_jsonl is not None else {}
-    synthetic = {image_id: is_synthetic for image_id, (_, is_synthetic) in sheets.items()} or None
+        described.figures[kind] = [f for f in figures if f.image_id in run.descriptions]
+        described.predictions[kind] = run.descriptions
+        described.references[kind] = {i: refs[i] for i in run.descriptions}
+    return described
 
-    def score(texts: Mapping[str, Mapping[str, str]], where: Path) -> dict[str, Any]:
-        scores = evaluate_split(texts, references, where, synthetic)
-        _add_label_rates(scores, texts, sheets)
-        return scores
 
-    results = score(predictions, out_dir)
-    ablation_results: dict[str, Any] = {}
-    for name, inference in ablation_models.items():
-        report.log(
-            f"evaluate: ablation {name} ({'main model' if inference is main else inference.model_dir})"
+def _describe_ablated(
+    cfg: EvaluateJob, name: str, inference: Any, described: _Described, report: Reporter
+) -> dict[str, dict[str, str]]:
+    """The same figures described by an ablation, with its input ablated (`describe_figures` inputs)."""
+    from training.describe.inference import describe_figures
+
+    ablated: dict[str, dict[str, str]] = {}
+    for kind, figures in described.figures.items():
+        run = describe_figures(
+            figures,
+            inference,
+            kind,  # type: ignore[arg-type]
+            batch_size=cfg.batch_size,
+            max_new_tokens=cfg.max_new_tokens,
+            inputs=name,  # type: ignore[arg-type]
+            on_batch=_progress(report, f"ablation {name} {kind}"),
         )
-        ablated: dict[str, dict[str, str]] = {}
-        for kind, figures in figures_by_kind.items():
-            run = describe_figures(
-                figures,
-                inference,
-                kind,  # type: ignore[arg-type]
-                batch_size=cfg.batch_size,
-                max_new_tokens=cfg.max_new_tokens,
-                inputs=name,  # type: ignore[arg-type]
-                on_batch=_progress(report, f"ablation {name} {kind}"),
-            )
-            missing = sorted(set(references[kind]) - set(run.descriptions))
-            if missing:
-                raise ValueError(f"ablation {name}: {kind} figures {missing[:5]} could not be described")
-            ablated[kind] = run.descriptions
-        ablation_results[name] = score(ablated, out_dir / "ablations" / name)
-        ablation_results[name]["model_dir"] = str(inference.model_dir)
-    baseline_results = {
-        name: score(texts, out_dir / "baselines" / name)
-        for name, texts in _baseline_descriptions(cfg, figures_by_kind, report, embedder_factory).items()
-    }
+        missing = sorted(set(described.references[kind]) - set(run.descriptions))
+        if missing:
+            raise ValueError(f"ablation {name}: {kind} figures {missing[:5]} could not be described")
+        ablated[kind] = run.descriptions
+    return ablated
 
-    # What the full model gains over each ablation (positive: the ablated input helps).
-    comparison = {
-        name: {
-            kind: {m: results[kind][m] - scores[kind][m] for m in METRIC_NAMES} for kind in figures_by_kind
-        }
-        for name, scores in ablation_results.items()
-    }
-    combined = {
-        **results,
-        "model_dir": cfg.model_dir,
-        "rejected": len(rejected),
-        "ablations": ablation_results,
-        "baselines": baseline_results,
-        "comparison": comparison,
-    }
-    write_jsonl(out_dir / "rejected.jsonl", rejected)
-    metrics_path = write_json(out_dir / METRICS_FILE, combined)
 
-    flat = flat_scores(results)
-    flat |= {f"{kind}_figures": results[kind]["figures"] for kind in figures_by_kind}
-    others = {
-        f"{name}_{key}": value
-        for name, scores in ablation_results.items()
-        for key, value in flat_scores(scores).items()
-    }
-    others |= {
-        f"baseline_{name}_{key}": value
-        for name, scores in baseline_results.items()
-        for key, value in flat_scores(scores).items()
-    }
-    if cfg.mlflow_run_id:
-        _log_to_mlflow(cfg, flat | others, figures_by_kind, predictions, references, out_dir, report)
+def _prefixed_scores(scores_by_name: Mapping[str, Any], prefix: str) -> dict[str, float]:
+    """{"image_blind": {"brief": {"bleu4": x}}} -> {"image_blind_brief_bleu4": x} (after `prefix`)."""
     return {
-        **flat,
-        **{key: value for key, value in others.items() if key.endswith(("_bleu4", "_rougeL"))},
-        "rejected": len(rejected),
-        "metrics_json": metrics_path,
-        **{f"predictions_{kind}": out_dir / f"predictions_{kind}.json" for kind in figures_by_kind},
-        "mlflow_run_id": cfg.mlflow_run_id,
+        f"{prefix}{name}_{key}": value
+        for name, scores in scores_by_name.items()
+        for key, value in flat_scores(scores).items()
     }
 
 
