@@ -352,10 +352,6 @@ def patentlmm_challenger(
     metrics = _evaluate(
         context, pipes, home, model_dir, out / "challenger", run_id, uri, ablations, baselines
     )
-    flat = flat_scores(metrics)
-    version = promotion.register_challenger(
-        context, model, run_id, model_dir, flat, settings.promotion_metric, uri
-    )
     champion_metrics = None
     if champion.directory is not None:  # on the same split, without ablations or baselines
         champion_dir = str(champion.directory)
@@ -363,13 +359,23 @@ def patentlmm_challenger(
             _evaluate(context, pipes, home, champion_dir, out / "champion", None, uri, {})
         )
     record = {
-        "version": version,
-        "metrics": flat,
+        "metrics": flat_scores(metrics),
         "champion_version": champion.version,
         "champion_metrics": champion_metrics,
         "ablations": {name: flat_scores(m) for name, m in metrics.get("ablations", {}).items()},
         **{f"{name}_metrics": flat_scores(m) for name, m in metrics.get("baselines", {}).items()},
     }
+    record["version"] = promotion.register_challenger(
+        context,
+        FAMILY,
+        home=home.home,
+        model=model,
+        run_id=run_id,
+        model_dir=model_dir,
+        record=record,
+        promotion_metric=settings.promotion_metric,
+        uri=uri,
+    )
     return promotion.challenger_result(out, record, _challenger_metadata(record))
 
 
@@ -386,6 +392,23 @@ def _challenger_metadata(record: dict) -> dict[str, dg.MetadataValue]:
         },
     }
 
+
+def _save_mlflow_model(model_dir: Path, out: Path) -> Path:
+    from training.describe import pyfunc
+
+    return pyfunc.save(model_dir, out)
+
+
+FAMILY = promotion.Family(
+    save=_save_mlflow_model,
+    description='PatentLMM (AAAI 2025): writes the brief description of a patent drawing, e.g. "FIG. 3 is a '
+    'side view of the chair". Input: a DataFrame with `image` (base64 PNG or TIFF) and optional `kind` '
+    "(brief or detailed); OCR runs inside. Versions are trained and gated by PatentFlow's Dagster pipeline "
+    "on the USPTO releases; `champion` is the one in use.",
+    headline=(*BASELINE_HEADLINE, "brief_meteor", "brief_cider"),
+    compared=("champion", *BASELINES),
+    dataset_asset="llava_dataset",
+)
 
 challenger_beats_champion, challenger_beats_baselines, patentlmm_champion = promotion.gate_definitions(
     promotion.Gate(

@@ -1,10 +1,12 @@
 """The challenger / champion gate that both model families share.
 
 A challenger asset looks up the current champion (`current_champion`), evaluates, registers its
-model (`register_challenger`) and writes a record {"version", "metrics", "champion_version",
-"champion_metrics", "<baseline>_metrics"...} (`challenger_result`); the blocking check compares the two on the promotion metric and, when the challenger loses,
-tags the version with the reason; a warning check compares it with the model-free baselines of
-its record; the champion asset (which runs only when the blocking check passed) moves the
+model as an MLflow model whose description says what it trained on and how it scored
+(`register_challenger`) and writes a record {"version", "metrics", "champion_version",
+"champion_metrics", "<baseline>_metrics"...} (`challenger_result`); the blocking check compares
+challenger and champion on the promotion metric and, when the challenger loses, records the
+decision on the version; a warning check compares it with the model-free baselines of its
+record; the champion asset (which runs only when the blocking check passed) moves the
 registry alias. `gate_definitions` builds the two checks and the champion asset of one family
 from a `Gate`, so the chain is written once.
 """
@@ -31,7 +33,7 @@ class Champion:
 
     model_uri: str  # models:/<name>@champion
     version: int | None
-    directory: Path | None
+    directory: Path | None  # the trained directory inside the MLflow model
 
 
 def current_champion(home: Home, model: str, uri: str, required: bool = False) -> Champion:
@@ -45,31 +47,80 @@ def current_champion(home: Home, model: str, uri: str, required: bool = False) -
         if required:
             raise dg.Failure(f"{model} has no champion yet: materialize the gate's champion asset first")
         return Champion(model_uri, None, None)
-    directory = tracking.download_model(model_uri, dst=home.champion_dir(model), tracking_uri=uri)
-    return Champion(model_uri, version, directory)
+    from training.pyfunc import artifact_dir
+
+    downloaded = tracking.download_model(model_uri, dst=home.champion_dir(model), tracking_uri=uri)
+    return Champion(model_uri, version, artifact_dir(downloaded))
+
+
+@dataclass(frozen=True)
+class Family:
+    """What registering a family's challenger needs: how its MLflow model is written, what the
+    registered model is, and what a version's description tabulates."""
+
+    save: Callable[[Path, Path], Path]  # (trained dir, out) -> the pyfunc model (`training.pyfunc`)
+    description: str  # the registered model's
+    headline: Sequence[str]  # the metrics in a version's score table
+    compared: Sequence[str]  # the other columns: record keys "<name>_metrics" (champion, baselines)
+    dataset_asset: str  # the data asset the model trained on (its DVC md5 goes in the description)
 
 
 def register_challenger(
     context: dg.AssetExecutionContext,
+    family: Family,
+    *,
+    home: Home,
     model: str,
     run_id: str,
     model_dir: str,
-    metrics: dict[str, float],
+    record: dict[str, Any],
     promotion_metric: str,
     uri: str,
 ) -> int:
-    """Register `model_dir` as a new version of `model` with alias `challenger` and its scores as
-    tags; warn when the scores lack the promotion metric (the gate will refuse to judge)."""
+    """Register `model_dir` as a new version of `model` (alias `challenger`), an MLflow model whose
+    description says what it trained on and how it scored beside the champion and the baselines of
+    `record`; warn when the scores lack the promotion metric (the gate will refuse to judge)."""
     from training import tracking
 
-    if promotion_metric not in metrics:
+    if promotion_metric not in record["metrics"]:
         context.log.warning(
             f"no {promotion_metric} among the challenger's metrics (no real held-out figures?): the gate "
             f"cannot judge; set promotion_metric to {promotion_metric.replace('real_', '')} for a "
             "synthetic-only collection"
         )
-    tags = {k: f"{v:.4f}" for k, v in metrics.items()}
-    return tracking.register_model(run_id, Path(model_dir), model, tags=tags, tracking_uri=uri)
+    description = _trained_on(context, family, home, run_id) + "\n\n" + _score_table(family, record)
+    return tracking.register_model(
+        run_id,
+        Path(model_dir),
+        model,
+        family.save,
+        description=description,
+        model_description=family.description,
+        tracking_uri=uri,
+    )
+
+
+def _trained_on(context: dg.AssetExecutionContext, family: Family, home: Home, run_id: str) -> str:
+    from patent_assets import dataset
+
+    landed = sorted(home.releases.iterdir()) if home.releases.is_dir() else []
+    releases = [release.name for release in landed if dataset.release_passed(release)]
+    md5 = latest(context, family.dataset_asset, "dvc_md5")
+    return (
+        f"Trained on `{family.dataset_asset}` (DVC md5 `{md5}`) from {len(releases)} validated releases "
+        f"({', '.join(releases)}); MLflow run `{run_id}`, Dagster run `{context.run.run_id}`."
+    )
+
+
+def _score_table(family: Family, record: dict[str, Any]) -> str:
+    columns = {"challenger": record["metrics"]}
+    columns |= {name: record[f"{name}_metrics"] for name in family.compared if record.get(f"{name}_metrics")}
+    rows = [f"| metric | {' | '.join(columns)} |", "|---" * (len(columns) + 1) + "|"]
+    for metric in family.headline:
+        values = [scores.get(metric) for scores in columns.values()]
+        if values[0] is not None:
+            rows.append(f"| {metric} | " + " | ".join("" if v is None else f"{v:.4f}" for v in values) + " |")
+    return "\n".join(rows)
 
 
 def challenger_result(
@@ -117,7 +168,7 @@ def gate_check(
 def promote(
     context: dg.AssetExecutionContext, challenger_asset: str, model: str, metric: str, uri: str
 ) -> dg.MaterializeResult:
-    """Move the `champion` alias of `model` to the challenger; its decision is on the version's tags."""
+    """Move the `champion` alias of `model` to the challenger; the decision goes on the version."""
     from training import tracking
 
     record, decision = _decision(context, challenger_asset, metric)
@@ -141,7 +192,7 @@ def beats_baselines(
 ) -> dg.AssetCheckResult:
     """A warning check: does the challenger beat every model-free baseline of its record (e.g. the
     untouched pretrained backbone, `"<baseline>_metrics"`) on every one of `metrics`? The answer
-    goes on the version's tags (`beats_<baseline>`, `<baseline>_<metric>`) either way, so a loss
+    goes on the version's tags (`beats_<baseline>`; the scores are in its description) either way, so a loss
     is never shipped silently; a metric missing on either side counts as a loss."""
     from training import tracking
 
@@ -160,7 +211,6 @@ def beats_baselines(
             verdict = f"challenger {metric} {float(ours):.4f} vs the {baseline} baseline {float(theirs):.4f}"
             (wins if float(ours) > float(theirs) else losses).append(verdict)
             beaten &= float(ours) > float(theirs)
-            tags[f"{baseline}_{metric}"] = f"{float(theirs):.4f}"
             metadata[f"{baseline}_{metric}"] = float(theirs)
         tags[f"beats_{baseline}"] = str(beaten)
     tracking.tag_version(model, record["version"], tags, tracking_uri=uri)

@@ -35,14 +35,16 @@ QUERY_SPLITS = ["val", "test"]  # held-out patents; the training patents stay in
 BARS = ("champion", "untouched", "pixels")  # what the challenger is evaluated beside
 
 
+# What the challenger's metadata and its registry version show, in this order.
+HEADLINE = [
+    f"{origin}{key}"
+    for origin in ("real_", "synthetic_", "")
+    for key in ("same_patent_mAP", "same_patent_Rank-1", "prior_art_mAP")
+] + ["same_patent_Rank-5", "prior_art_Recall@10"]
+
+
 def _headline(flat: dict[str, float]) -> dict[str, dg.MetadataValue]:
-    keys = [
-        f"{origin}{key}"
-        for origin in ("real_", "synthetic_", "")
-        for key in ("same_patent_mAP", "same_patent_Rank-1", "prior_art_mAP")
-    ]
-    keys += ["same_patent_Rank-5", "prior_art_Recall@10"]
-    return {key: dg.MetadataValue.float(round(flat[key], 4)) for key in keys if key in flat}
+    return {key: dg.MetadataValue.float(round(flat[key], 4)) for key in HEADLINE if key in flat}
 
 
 @dg.asset(
@@ -161,20 +163,44 @@ def retrieval_challenger(
     }
     tracking.log_metrics(run_id, side_by_side, tracking_uri=uri)
     challenger = metrics["challenger"]
-    version = promotion.register_challenger(
-        context, model, run_id, encoder_dir, challenger, retrieval.promotion_metric, uri
-    )
     record = {
-        "version": version,
         "metrics": challenger,
         "champion_version": champion.version,
         **{f"{name}_metrics": metrics.get(name) for name in BARS},
     }
+    record["version"] = promotion.register_challenger(
+        context,
+        FAMILY,
+        home=home.home,
+        model=model,
+        run_id=run_id,
+        model_dir=encoder_dir,
+        record=record,
+        promotion_metric=retrieval.promotion_metric,
+        uri=uri,
+    )
     # the bars any learned encoder must clear: the champion, the backbone as pretrained, plain
     # pixel matching of the same figures
     bars = {f"{name}_{k}": v for name in BARS for k, v in _headline(metrics.get(name, {})).items()}
     return promotion.challenger_result(out, record, {**_headline(challenger), **bars})
 
+
+def _save_mlflow_model(encoder_dir: Path, out: Path) -> Path:
+    from training.retrieval import pyfunc
+
+    return pyfunc.save(encoder_dir, out)
+
+
+FAMILY = promotion.Family(
+    save=_save_mlflow_model,
+    description="The patent figure encoder for prior-art search: an L2-normalised embedding per drawing "
+    "(input: a DataFrame with `image`, base64 PNG or TIFF); cosine similarity ranks figures of the same "
+    "design or patent first. Versions are fine-tuned (ArcFace on patent identity, alignment with "
+    "PatentLMM's descriptions) and gated by PatentFlow's Dagster pipeline; `champion` builds the index.",
+    headline=HEADLINE,
+    compared=BARS,
+    dataset_asset="figure_dataset",
+)
 
 retrieval_challenger_beats_champion, retrieval_challenger_beats_pretrained, retrieval_champion = (
     promotion.gate_definitions(

@@ -130,6 +130,7 @@ def describe(
     {"image", "description"}; or, with --split, PatentLMM's batch output {image_id: text}."""
     from training import tracking
     from training.describe import inference
+    from training.describe import pyfunc as describe_model
 
     if kind not in ("brief", "detailed"):
         raise typer.BadParameter("brief or detailed", param_hint="--kind")
@@ -140,7 +141,7 @@ def describe(
         model_dir = tracking.download_model(
             model, dst=home.store / "models" / "describe", tracking_uri=tracking.tracking_uri(home)
         )
-        loaded = inference.load_for_inference(Path(model_dir))
+        loaded = describe_model.load(Path(model_dir)).inference  # the registry's MLflow model, or a directory
     except (LookupError, FileNotFoundError, ValueError, tracking.TrackingUnavailable) as exc:
         typer.echo(f"patentflow describe: cannot load model {model}: {exc}", err=True)
         raise typer.Exit(2) from exc
@@ -227,7 +228,8 @@ def index(
 ) -> None:
     """Embed every figure with the encoder (default: the registry's champion) and write a FAISS
     search index: images, their text-space projections, and the patents' title + abstract."""
-    from training import tracking
+    from training import pyfunc, tracking
+    from training.retrieval import pyfunc as encoder_model
     from training.retrieval import search_index
     from training.retrieval.faiss_index import IndexOptions
 
@@ -247,9 +249,10 @@ def index(
         raise typer.BadParameter(f"{figures}: not found", param_hint="FIGURES")
     home = _home()
     try:
-        encoder_dir = tracking.download_model(
+        downloaded = tracking.download_model(
             encoder, dst=home.store / "models" / "index-encoder", tracking_uri=tracking.tracking_uri(home)
         )
+        loaded = encoder_model.load(downloaded)  # the registry's MLflow model, or a directory
     except (LookupError, FileNotFoundError, ValueError, tracking.TrackingUnavailable) as exc:
         typer.echo(
             f"patentflow index: cannot load encoder {encoder}: {exc} "
@@ -269,7 +272,8 @@ def index(
         # runs and earlier indexes have usually computed them already
         feature_cache=home.feature_cache,
     )
-    built = search_index.build_search_index(figures, Path(encoder_dir), out, options)
+    encoder_dir = pyfunc.artifact_dir(downloaded)  # copied into the index beside the vectors
+    built = search_index.build_search_index(figures, encoder_dir, out, options, encoder=loaded.encoder)
     counts = built.manifest["counts"]
     typer.echo(
         f"{counts['figures']} figures of {counts['patents']} patents -> {out} ({kind}); "

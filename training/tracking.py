@@ -7,7 +7,9 @@ The store is SQLite under `$PATENTFLOW_HOME/mlflow/mlflow.db` with artifacts bes
 Promotion uses registry aliases, never the deprecated stages: a new version becomes
 `challenger`; `compare` decides from metrics on the same test split; `promote` moves
 `champion` only when the decision says so (the first version always becomes champion) and
-records the decision on the version's tags either way.
+records the decision on the version (a few tags, and its description) either way. A version is
+an MLflow pyfunc model (`training.pyfunc`), so `mlflow.pyfunc.load_model` and
+`mlflow models serve` open it.
 
 Every function takes an optional `tracking_uri`; without it the URI comes from the
 environment each time (`tracking_uri()`), so nothing depends on process-global MLflow state.
@@ -22,7 +24,7 @@ import shutil
 import subprocess
 import tempfile
 import textwrap
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -401,13 +403,18 @@ def register_model(
     run_id: str,
     model_dir: Path,
     name: str,
+    save: Callable[[Path, Path], Path],
+    *,
+    description: str = "",
+    model_description: str = "",
     tags: Mapping[str, str] | None = None,
     alias: str | None = CHALLENGER,
     tracking_uri: str | None = None,
 ) -> int:
-    """Log the HF-format `model_dir` as the run's `model/` artifacts, register
-    `runs:/<run_id>/model` as a new version of `name`, tag it, and point `alias` at it
-    (`challenger` by default; None for no alias). Return the version number."""
+    """Log the HF-format `model_dir` as the run's MLflow model `model/` (`save` writes it: the
+    family's pyfunc, `training.pyfunc`), register `runs:/<run_id>/model` as a new version of
+    `name` with `description` and `tags`, and point `alias` at it (`challenger` by default; None
+    for no alias). `model_description` describes the registered model itself. Return the version."""
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise FileNotFoundError(f"model directory {model_dir} does not exist")
@@ -417,17 +424,21 @@ def register_model(
         )
 
     client = _client(tracking_uri)
-    client.log_artifacts(run_id, str(model_dir), "model")
+    with tempfile.TemporaryDirectory(prefix="patentflow-mlflow-model-") as scratch:
+        client.log_artifacts(run_id, str(save(model_dir, Path(scratch) / "model")), "model")
     try:
-        client.create_registered_model(name)
+        client.create_registered_model(name, description=model_description or None)
     except MlflowException as error:
         if error.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
+        if model_description and client.get_registered_model(name).description != model_description:
+            client.update_registered_model(name, description=model_description)
     version = client.create_model_version(
         name,
         source=f"runs:/{run_id}/model",
         run_id=run_id,
         tags={mlflow_key(k): str(v) for k, v in (tags or {}).items()},
+        description=description or None,
     )
     if alias:
         client.set_registered_model_alias(name, alias, str(version.version))
@@ -573,30 +584,37 @@ def _is_number(value: Any) -> bool:
 
 def promote(name: str, version: int, decision: Decision, tracking_uri: str | None = None) -> Decision:
     """Move `champion` to `version` when `decision.promote`, or when there is no champion yet
-    ("first version"); record the decision on the version's tags either way. Returns the
-    decision actually applied."""
+    ("first version"); record the decision either way: a few filterable tags (decision, metric,
+    both values, the champion's version) and the reason, in the version's description. Returns
+    the decision actually applied."""
     client = _client(tracking_uri)
     current = get_alias_version(name, CHAMPION, tracking_uri=client.tracking_uri)
     if current is None and not decision.promote:
         decision = Decision(
             True, "first version", decision.metric, decision.challenger_value, None, decision.details
         )
-
     tags = {
         "promotion_decision": "promoted" if decision.promote else "rejected",
-        "promotion_reason": decision.reason,
         "promotion_metric": decision.metric,
         "promotion_challenger_value": _tag_number(decision.challenger_value),
         "promotion_champion_value": _tag_number(decision.champion_value),
         "promotion_champion_version": str(current) if current is not None else "none",
-        "promotion_decided_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        **{mlflow_key(f"promotion_{key}"): _tag_number(value) for key, value in decision.details.items()},
     }
     for key, value in tags.items():
         client.set_model_version_tag(name, str(version), key, value)
+    described = client.get_model_version(name, str(version)).description or ""
+    client.update_model_version(name, str(version), description=described + _decision_text(decision, current))
     if decision.promote:
         client.set_registered_model_alias(name, CHAMPION, str(version))
     return decision
+
+
+def _decision_text(decision: Decision, champion_version: int | None) -> str:
+    """The decision as a paragraph of the version's description (the scores are in its table)."""
+    verdict = "Promoted to champion" if decision.promote else "Not promoted"
+    against = f"champion version {champion_version}" if champion_version is not None else "no champion"
+    when = datetime.now(UTC).isoformat(timespec="seconds")
+    return f"\n\n### Promotion\n\n{verdict} ({when}, against {against}): {decision.reason}."
 
 
 def tag_version(name: str, version: int, tags: Mapping[str, str], tracking_uri: str | None = None) -> None:

@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 import dagster as dg
+import mlflow.pyfunc
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -96,9 +97,23 @@ def test_first_model_is_trained_evaluated_registered_and_becomes_champion(traine
         "does NOT beat" in warning.metadata["reason"].value and "baseline" in warning.metadata["reason"].value
     )
     assert tracking.get_alias_version("patentlmm", "champion", tracking_uri=uri) == 1
-    tags = dict(MlflowClient(tracking_uri=uri).get_model_version("patentlmm", "1").tags)
-    assert tags["promotion_reason"] == "first version"
-    assert tags["beats_constant"] == "False" and "nearest_neighbour_brief_real_rougeL" in tags
+    # the registry reads well: an MLflow model, a few tags, a description of data, scores and decision
+    client = MlflowClient(tracking_uri=uri)
+    version = client.get_model_version("patentlmm", "1")
+    assert version.tags["promotion_decision"] == "promoted" and version.tags["beats_constant"] == "False"
+    assert len(version.tags) <= 10, version.tags
+    assert (
+        "Trained on `llava_dataset` (DVC md5 `" in version.description and "2013-04-16" in version.description
+    )
+    table = version.description.split("\n\n")[1].splitlines()
+    assert table[0] == "| metric | challenger | constant | nearest_neighbour | ocr_label |"
+    assert any(row.startswith("| brief_real_rougeL | ") for row in table)
+    assert "Promoted to champion" in version.description and "first version" in version.description
+    assert "PatentLMM" in client.get_registered_model("patentlmm").description
+    served = mlflow.pyfunc.load_model(
+        str(tracking.download_model("models:/patentlmm@champion", tracking_uri=uri))
+    )
+    assert served.metadata.get_input_schema().input_names() == ["image", "kind"]
     # the training runs carry what was trained on and how it went
     # PatentLLaMA and the tokenizer read the real text of every validated release, the weekly
     # full-text file's 25 grants too, and not the held-out patents' text
@@ -147,8 +162,9 @@ def test_a_challenger_that_ties_with_the_champion_is_not_promoted(trained) -> No
     assert tracking.get_alias_version("patentlmm", "champion", tracking_uri=uri) == 1
     assert tracking.get_alias_version("patentlmm", "challenger", tracking_uri=uri) == 2
     client = MlflowClient(tracking_uri=uri)
-    tags = dict(client.get_model_version("patentlmm", "2").tags)
-    assert tags["promotion_decision"] == "rejected" and "ties with champion" in tags["promotion_reason"]
+    version = client.get_model_version("patentlmm", "2")
+    assert version.tags["promotion_decision"] == "rejected" and "Not promoted" in version.description
+    assert "ties with champion" in version.description
     assert dict(client.get_model_version("patentlmm", "1").tags)["promotion_decision"] == "promoted"
 
 

@@ -20,6 +20,8 @@ from PIL import Image
 
 from tests.http_server import Fault, serve
 from training import tracking
+from training.describe import pyfunc as describe_model
+from training.pyfunc import artifact_dir
 from training.tracking import TrackingUnavailable
 
 
@@ -145,7 +147,14 @@ def test_register_promote_and_download_by_alias(store: str, tmp_path: Path) -> N
     def new_version(marker: str) -> int:
         run_id = tracking.start_training_run("test-registry", marker, {"marker": marker}, tracking_uri=store)
         return tracking.register_model(
-            run_id, _model_dir(tmp_path / marker, marker), name, {"kind": "brief"}, tracking_uri=store
+            run_id,
+            _model_dir(tmp_path / marker, marker),
+            name,
+            describe_model.save,
+            description=f"the {marker} one",
+            model_description="descriptions of drawings",
+            tags={"kind": "brief"},
+            tracking_uri=store,
         )
 
     assert tracking.get_alias_version(name, tracking.CHAMPION, tracking_uri=store) is None
@@ -165,13 +174,17 @@ def test_register_promote_and_download_by_alias(store: str, tmp_path: Path) -> N
     assert tracking.get_alias_version(name, tracking.CHAMPION, tracking_uri=store) == first
     assert tracking.get_alias_version(name, tracking.CHALLENGER, tracking_uri=store) == worse
     tags = _version_tags(store, name, worse)
-    assert tags["promotion_decision"] == "rejected"
-    assert "does not beat champion" in tags["promotion_reason"]
-    assert tags["promotion_metric"] == "bleu4"
+    assert tags["promotion_decision"] == "rejected" and tags["promotion_metric"] == "bleu4"
     assert (
         float(tags["promotion_challenger_value"]) == 0.25 and float(tags["promotion_champion_value"]) == 0.30
     )
-    assert tags["promotion_champion_version"] == "1" and tags["promotion_champion_rougeL"] == "0.5"
+    assert tags["promotion_champion_version"] == "1" and tags["kind"] == "brief"
+    assert len(tags) <= 6  # few and filterable; the scores and the reason are in the description
+    described = MlflowClient(tracking_uri=store).get_model_version(name, str(worse)).description
+    assert described.startswith("the worse one") and "Not promoted" in described
+    assert "does not beat champion 0.3" in described and "against champion version 1" in described
+    registered = MlflowClient(tracking_uri=store).get_registered_model(name)
+    assert registered.description == "descriptions of drawings"
 
     better = new_version("better")
     decision = tracking.compare({"bleu4": 0.35}, champion_scores, primary)
@@ -180,36 +193,36 @@ def test_register_promote_and_download_by_alias(store: str, tmp_path: Path) -> N
     assert tracking.get_alias_version(name, tracking.CHAMPION, tracking_uri=store) == better == 3
     assert _version_tags(store, name, better)["promotion_decision"] == "promoted"
 
-    local = tracking.download_model(f"models:/{name}@champion", tracking_uri=store)
+    local = artifact_dir(tracking.download_model(f"models:/{name}@champion", tracking_uri=store))
     assert json.loads((local / "config.json").read_text())["marker"] == "better"
     assert (local / "model.safetensors").read_bytes() == b"better" * 64
 
     # A named destination is filled atomically, reused while the alias stays, refreshed when it moves.
     cache = tmp_path / "cache" / "champion"
     assert tracking.download_model(f"models:/{name}@champion", cache, tracking_uri=store) == cache
-    stamp = (cache / "config.json").stat().st_mtime_ns
+    stamp = (cache / "MLmodel").stat().st_mtime_ns
     tracking.download_model(f"models:/{name}@champion", cache, tracking_uri=store)
-    assert (cache / "config.json").stat().st_mtime_ns == stamp
+    assert (cache / "MLmodel").stat().st_mtime_ns == stamp
     MlflowClient(tracking_uri=store).set_registered_model_alias(name, tracking.CHAMPION, str(first))
     tracking.download_model(f"models:/{name}@champion", cache, tracking_uri=store)
-    assert json.loads((cache / "config.json").read_text())["marker"] == "first"
-    assert (
-        json.loads(
-            (tracking.download_model(f"models:/{name}/2", tracking_uri=store) / "config.json").read_text()
-        )["marker"]
-        == "worse"
-    )
+    assert json.loads((artifact_dir(cache) / "config.json").read_text())["marker"] == "first"
+    second = artifact_dir(tracking.download_model(f"models:/{name}/2", tracking_uri=store))
+    assert json.loads((second / "config.json").read_text())["marker"] == "worse"
     assert tracking.download_model(tmp_path / "first", tracking_uri=store) == tmp_path / "first"
 
 
 def test_registry_bad_input_gets_clear_errors(store: str, tmp_path: Path) -> None:
     run_id = tracking.start_training_run("test-registry", "bad", {}, tracking_uri=store)
     with pytest.raises(FileNotFoundError, match="missing-model"):
-        tracking.register_model(run_id, tmp_path / "missing-model", "bad-model", tracking_uri=store)
+        tracking.register_model(
+            run_id, tmp_path / "missing-model", "bad-model", describe_model.save, tracking_uri=store
+        )
     (tmp_path / "not-hf").mkdir()
     (tmp_path / "not-hf" / "weights.bin").write_bytes(b"x")
     with pytest.raises(ValueError, match="not in HF format"):
-        tracking.register_model(run_id, tmp_path / "not-hf", "bad-model", tracking_uri=store)
+        tracking.register_model(
+            run_id, tmp_path / "not-hf", "bad-model", describe_model.save, tracking_uri=store
+        )
     with pytest.raises(LookupError, match="no alias 'champion'"):
         tracking.download_model("models:/never-registered@champion", tracking_uri=store)
     with pytest.raises(FileNotFoundError, match="nowhere"):
@@ -319,11 +332,14 @@ def test_round_trip_through_a_real_tracking_server(
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
     assert tracking.configure(timeout=5) == mlflow_server
     run_id = tracking.start_training_run("served", "stage2", {"lr": 2e-4})
-    version = tracking.register_model(run_id, _model_dir(tmp_path / "model", "served"), "patentlmm-served")
+    model_dir = _model_dir(tmp_path / "model", "served")
+    version = tracking.register_model(run_id, model_dir, "patentlmm-served", describe_model.save)
     tracking.promote(
         version=version, name="patentlmm-served", decision=tracking.compare({"bleu4": 0.2}, None, "bleu4")
     )
-    local = tracking.download_model("models:/patentlmm-served@champion", tmp_path / "downloaded")
+    local = artifact_dir(
+        tracking.download_model("models:/patentlmm-served@champion", tmp_path / "downloaded")
+    )
     assert json.loads((local / "config.json").read_text())["marker"] == "served"
     # Artifacts went through the server to its own destination, not to a local path.
     assert list((tmp_path / "art").rglob("model.safetensors"))

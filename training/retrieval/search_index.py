@@ -156,17 +156,23 @@ class IndexContents:
 
 
 def build_search_index(
-    figures_jsonl: Path, encoder_dir: Path, out_dir: Path, options: BuildOptions | None = None
+    figures_jsonl: Path,
+    encoder_dir: Path,
+    out_dir: Path,
+    options: BuildOptions | None = None,
+    encoder: FigureEncoder | None = None,
 ) -> BuildResult:
-    """Embed every figure of `figures_jsonl` with the encoder at `encoder_dir`, index the image
-    embeddings, their text-space projections and the patents' texts, evaluate same-patent
-    retrieval over the collection, and write it all to `out_dir` atomically."""
+    """Embed every figure of `figures_jsonl` with the encoder at `encoder_dir` (`encoder`: that
+    directory already loaded), index the image embeddings, their text-space projections and the
+    patents' texts, evaluate same-patent retrieval over the collection, and write it all (the
+    encoder directory too) to `out_dir` atomically."""
     from training.retrieval.model import load_encoder
 
     options = options or BuildOptions()
     figures_jsonl, encoder_dir, out_dir = Path(figures_jsonl), Path(encoder_dir), Path(out_dir)
     rows, rejected = _read_figures(figures_jsonl)
-    embedded = _embed_images(load_encoder(encoder_dir), [row["image_path"] for row in rows], options)
+    encoder = encoder if encoder is not None else load_encoder(encoder_dir)
+    embedded = _embed_images(encoder, [row["image_path"] for row in rows], options)
     for position, reason in sorted(embedded.failed.items()):
         rejected.append(Rejection(rows[position]["image_id"], reason, "index", str(figures_jsonl)))
     rows = [rows[position] for position in embedded.kept]
