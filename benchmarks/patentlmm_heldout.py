@@ -38,6 +38,7 @@ from patent_assets import dataset, pipeline  # noqa: E402
 from patent_assets.layout import Home  # noqa: E402
 from patent_assets.records import FigureRecord, read_jsonl, write_jsonl  # noqa: E402
 from patent_assets.splits import split_key  # noqa: E402
+from training.pyfunc import artifact_dir  # noqa: E402
 
 HELD_OUT_SOURCES = ("design_patents_with_drawings_2021_more", "applications_with_drawings_2025")
 
@@ -63,7 +64,8 @@ def main(argv: list[str] | None = None) -> None:
     args = base_parser(__doc__, "bench-patentlmm-heldout").parse_args(argv)
     started = time.perf_counter()
     home = Home(args.home)
-    champion, home_figures = home.champion_dir("patentlmm"), home.figures_jsonl
+    # the MLflow model the pipeline downloaded; the evaluation job reads the trained directory in it
+    champion, home_figures = artifact_dir(home.champion_dir("patentlmm")), home.figures_jsonl
     if not (champion / "config.json").exists() or not home_figures.exists():
         raise SystemExit(f"no champion or figure dataset under {args.home}: run `make run` first")
     trained = [row for row in read_jsonl(home_figures) if row["split"] == "train"]
