@@ -32,10 +32,16 @@ def _home() -> Home:
     os.environ.setdefault("DAGSTER_HOME", str(home.dagster))
     os.environ.setdefault("DVC_NO_ANALYTICS", "1")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    home.dagster.mkdir(parents=True, exist_ok=True)
-    config = home.dagster / "dagster.yaml"
-    if not config.exists():  # the instance's storage defaults to DAGSTER_HOME; no phoning home
-        config.write_text("telemetry:\n  enabled: false\n")
+    if (
+        Path(os.environ["DAGSTER_HOME"]) == home.dagster
+    ):  # ours: local SQLite, or PostgreSQL by the environment
+        from orchestration import instance
+
+        try:
+            instance.configure(home.dagster)
+        except ValueError as error:
+            typer.echo(f"patentflow: {error}", err=True)
+            raise typer.Exit(2) from error
     return home
 
 

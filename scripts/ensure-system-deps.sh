@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the system programs PatentFlow needs, only when missing:
-#   tesseract (OCR; always), chromium (headless UI tests; with --test).
+#   tesseract (OCR; always), chromium (headless UI tests) and postgresql (the servers the
+#   production-configuration tests start) with --test.
 set -euo pipefail
 need=()
 command -v tesseract >/dev/null 2>&1 || need+=(tesseract-ocr)
@@ -8,6 +9,7 @@ command -v git >/dev/null 2>&1 || need+=(git)
 command -v java >/dev/null 2>&1 || need+=(default-jre-headless)  # METEOR / PTB tokenizer jars
 if [[ "${1:-}" == "--test" ]]; then
   command -v chromium >/dev/null 2>&1 || need+=(chromium)
+  compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need+=(postgresql)
 fi
 [[ ${#need[@]} -eq 0 ]] && exit 0
 echo "installing system packages: ${need[*]}"
