@@ -6,7 +6,9 @@ on them, gated the same way, and the search index that `patentflow search` reads
 from __future__ import annotations
 
 import json
+import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
@@ -19,6 +21,8 @@ from orchestration.definitions import build_definitions
 from orchestration.resources import LandingDirectory, PatentflowHome, PatentLMMSettings, RetrievalSettings
 from patent_assets import real_sample, synthetic
 from tests.conftest import share_ocr_cache
+from tests.mlflow_server import mlflow_server, s3_server
+from tests.postgres import postgres_server
 from training import tracking
 
 pytestmark = pytest.mark.slow
@@ -33,7 +37,24 @@ REAL_GRANTS = ("USD0907292-20210105", "USD0909824-20210209", "USD0915935-2021041
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory, ocr_cache: Path):
+def production_mlflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    """MLflow as in production (README, "Running past one machine"): `mlflow/server.sh` with its
+    backend store on PostgreSQL and its artifacts on an S3 API; every command of the module
+    reaches it through MLFLOW_TRACKING_URI."""
+    with s3_server("patentflow") as s3, postgres_server() as database, pytest.MonkeyPatch.context() as env:
+        backend = database.create_database("mlflow").replace("postgresql://", "postgresql+psycopg2://", 1)
+        config = {
+            **s3.env,
+            "MLFLOW_BACKEND_STORE_URI": backend,
+            "MLFLOW_ARTIFACTS_DESTINATION": "s3://patentflow/mlflow",
+        }
+        with mlflow_server(tmp_path_factory.mktemp("mlflow-server"), config) as url:
+            env.setenv("MLFLOW_TRACKING_URI", url)
+            yield {"uri": url, "s3": s3, "database": database}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, ocr_cache: Path, production_mlflow: dict):
     root = share_ocr_cache(tmp_path_factory.mktemp("model-home"), ocr_cache)
     landing = root / "landing"
     # seed 0: the hash splits give this release a non-empty test split
@@ -75,10 +96,10 @@ def _metadata(result: dg.ExecuteInProcessResult, asset: str) -> dict:
     )
 
 
-def test_first_model_is_trained_evaluated_registered_and_becomes_champion(trained) -> None:
+def test_first_model_is_trained_evaluated_registered_and_becomes_champion(trained, production_mlflow) -> None:
     _, _, root, first = trained
     assert first.success
-    uri = f"sqlite:///{root}/mlflow/mlflow.db"
+    uri = os.environ["MLFLOW_TRACKING_URI"]  # the production server of the module
     challenger = _metadata(first, "patentlmm_challenger")
     assert challenger["model_version"].value == 1
     for name in ("brief_bleu4", "brief_rougeL", "brief_meteor", "brief_cider"):
@@ -110,6 +131,11 @@ def test_first_model_is_trained_evaluated_registered_and_becomes_champion(traine
     assert any(row.startswith("| brief_real_rougeL | ") for row in table)
     assert "Promoted to champion" in version.description and "first version" in version.description
     assert "PatentLMM" in client.get_registered_model("patentlmm").description
+    # the registry lives in PostgreSQL, the model's files in the S3 bucket, served through the server
+    database = production_mlflow["database"]
+    assert database.query("mlflow", "SELECT version FROM model_versions WHERE name = 'patentlmm'") == ["1"]
+    stored = production_mlflow["s3"].keys("mlflow/")
+    assert any(key.endswith("/model/MLmodel") for key in stored) and not (root / "mlflow").exists()
     served = mlflow.pyfunc.load_model(
         str(tracking.download_model("models:/patentlmm@champion", tracking_uri=uri))
     )
@@ -141,8 +167,8 @@ def test_first_model_is_trained_evaluated_registered_and_becomes_champion(traine
 
 
 def test_a_challenger_that_ties_with_the_champion_is_not_promoted(trained) -> None:
-    defs, instance, root, first = trained
-    uri = f"sqlite:///{root}/mlflow/mlflow.db"
+    defs, instance, _, first = trained
+    uri = os.environ["MLFLOW_TRACKING_URI"]  # the production server of the module
     # The same stage-2 model evaluated again and registered as version 2: it ties with the
     # champion, and a tie does not promote. Only the gate runs again, not the training.
     second = defs.resolve_job_def("retrain_patentlmm").execute_in_process(
@@ -176,7 +202,6 @@ def test_describe_uses_the_champion_on_real_sheets(trained, realdata: Path, monk
 
     _, _, root, _ = trained
     monkeypatch.setenv("PATENTFLOW_HOME", str(root))
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     design = realdata / "design_patents_with_drawings_2021"
     sheets = [
         design / "USD0907292-20210105" / "USD0907292-20210105-D00001.TIF",
@@ -212,7 +237,7 @@ def test_retrieval_encoder_is_trained_registered_promoted_and_indexed(trained, r
     _, _, root, _ = trained
     first, _ = retrieval_runs
     assert first.success
-    uri = f"sqlite:///{root}/mlflow/mlflow.db"
+    uri = os.environ["MLFLOW_TRACKING_URI"]  # the production server of the module
     encoder = _metadata(first, "retrieval_encoder")
     assert {"same_patent_mAP", "untrained_same_patent_mAP"} <= set(encoder)
     # the gate's evaluation: the challenger and its bars, on the real held-out drawings
@@ -248,9 +273,8 @@ def test_retrieval_encoder_is_trained_registered_promoted_and_indexed(trained, r
 
 
 def test_a_retrieval_challenger_that_ties_is_not_promoted(trained, retrieval_runs) -> None:
-    _, _, root, _ = trained
     _, second = retrieval_runs
-    uri = f"sqlite:///{root}/mlflow/mlflow.db"
+    uri = os.environ["MLFLOW_TRACKING_URI"]  # the production server of the module
     [check] = [
         c
         for c in second.get_asset_check_evaluations()
@@ -273,7 +297,6 @@ def test_search_and_index_default_to_the_pipeline(trained, retrieval_runs, tmp_p
 
     _, _, root, _ = trained
     monkeypatch.setenv("PATENTFLOW_HOME", str(root))
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     figures = root / "data" / "dataset" / "figures" / "figures.jsonl"
     query = json.loads(figures.read_text().splitlines()[-1])
     found = CliRunner().invoke(app, ["search", "--image", query["image_path"], "--k", "2", "--json"])

@@ -4,21 +4,17 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import sqlite3
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from tests.http_server import Fault, serve
+from tests.mlflow_server import free_port
+from tests.mlflow_server import mlflow_server as running_mlflow_server
 from training import tracking
 from training.describe import pyfunc as describe_model
 from training.pyfunc import artifact_dir
@@ -27,10 +23,6 @@ from training.tracking import TrackingUnavailable
 
 def _version_tags(store: str, name: str, version: int) -> dict[str, str]:
     return dict(MlflowClient(tracking_uri=store).get_model_version(name, str(version)).tags)
-
-
-# STACK.md: ~22 s on a fresh database; well past that, the server is broken, not slow.
-SERVER_START_LIMIT_S = 120.0
 
 
 @pytest.fixture(scope="module")
@@ -48,12 +40,6 @@ def _model_dir(root: Path, marker: str) -> Path:
     (root / "config.json").write_text(json.dumps({"model_type": "patentlmm", "marker": marker}))
     (root / "model.safetensors").write_bytes(marker.encode() * 64)
     return root
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def test_tracking_uri_default_and_override(monkeypatch: pytest.MonkeyPatch, patentflow_home: Path) -> None:
@@ -247,10 +233,10 @@ def test_compare_rules() -> None:
 
 
 def test_unreachable_server_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    closed = f"http://127.0.0.1:{_free_port()}"
+    closed = f"http://127.0.0.1:{free_port()}"
     with pytest.raises(TrackingUnavailable, match=f"MLflow tracking server {closed} is unreachable"):
         tracking.check_reachable(closed, timeout=2)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://user:secret@127.0.0.1:{_free_port()}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://user:secret@127.0.0.1:{free_port()}")
     with pytest.raises(TrackingUnavailable, match=r"user:\*\*\*@127\.0\.0\.1") as raised:
         tracking.configure(timeout=2)
     assert "secret" not in str(raised.value)
@@ -264,7 +250,7 @@ def test_unreachable_server_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) ->
 
 @pytest.fixture
 def mlflow_server(store: str, tmp_path: Path) -> Iterator[str]:
-    """`mlflow server` on 127.0.0.1 with its own SQLite store and proxied artifacts.
+    """`mlflow/server.sh` on 127.0.0.1 with its own SQLite store and proxied artifacts.
 
     The store starts as a copy of the module's, whose tables exist: creating them would add
     ~8 s to the server's start."""
@@ -272,58 +258,12 @@ def mlflow_server(store: str, tmp_path: Path) -> Iterator[str]:
     with sqlite3.connect(tmp_path / "mlflow.db") as copy:
         source.backup(copy)
     source.close()
-    port = _free_port()
-    # Job execution (GenAI scorer jobs) is not needed and doubles the start-up time.
-    env = dict(os.environ, MLFLOW_DISABLE_TELEMETRY="true", MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
-    env.pop("MLFLOW_TRACKING_URI", None)
-    log = (tmp_path / "server.log").open("wb")
-    command = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "server",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-    ]
-    command += [
-        "--backend-store-uri",
-        f"sqlite:///{tmp_path}/mlflow.db",
-        "--artifacts-destination",
-        str(tmp_path / "art"),
-    ]
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + SERVER_START_LIMIT_S
-        while True:
-            if process.poll() is not None:
-                pytest.fail(
-                    f"mlflow server exited with {process.returncode}: {(tmp_path / 'server.log').read_text()[-2000:]}"
-                )
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(
-                    f"mlflow server did not answer /health within {SERVER_START_LIMIT_S:.0f} s: "
-                    f"{(tmp_path / 'server.log').read_text()[-2000:]}"
-                )
-            time.sleep(0.3)
+    env = {
+        "MLFLOW_BACKEND_STORE_URI": f"sqlite:///{tmp_path}/mlflow.db",
+        "MLFLOW_ARTIFACTS_DESTINATION": str(tmp_path / "art"),
+    }
+    with running_mlflow_server(tmp_path, env) as url:
         yield url
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-        log.close()
 
 
 def test_round_trip_through_a_real_tracking_server(
