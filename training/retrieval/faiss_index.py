@@ -1,10 +1,13 @@
-"""FAISS index over figure embeddings, with the prior-art date filter done inside the search.
+"""FAISS index over figure embeddings, with the prior-art date filter and the classification
+filter done inside the search.
 
 Figures get FAISS ids in grant-date order (stable sort by date, then figure id), so "granted
 strictly before D" is always the id prefix [0, cutoff). The filter is an `IDSelectorRange`
 passed in the search parameters of every index kind (flat, IVF, HNSW, IVF-PQ): FAISS never
 scores a later figure, so a query gets its k best prior-art hits however few of them there are,
-with no over-fetching and dropping.
+with no over-fetching and dropping. A classification prefix (`LOCARNO:14`, stored form) becomes
+an `IDSelectorBitmap` over the same ids: the union of the per-class id lists made when the index
+is loaded, cut at the date's prefix, so both filters are one selector that FAISS tests per id.
 
 On disk an index is a directory: `index.faiss`, `metadata.jsonl` (one figure per line, in id
 order) and `index.json` (kind, metric, dim, count, date range, file checksums), written to a
@@ -22,6 +25,7 @@ import math
 import os
 import shutil
 import tempfile
+from collections import OrderedDict, defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import date
@@ -42,10 +46,26 @@ INDEX_FILE = "index.faiss"
 METADATA_FILE = "metadata.jsonl"
 MANIFEST_FILE = "index.json"
 FORMAT_VERSION = 1
+SELECTIONS_KEPT = 16  # class filters whose id bitmaps stay built (at 1M figures, 125 kB each)
 
 
 class IndexFileError(ValueError):
     """A saved index is missing a file, or a file is corrupt or inconsistent."""
+
+
+@dataclass(frozen=True)
+class FigureMeta:
+    figure_id: str
+    patent_id: str
+    grant_date: str
+    classes: list[str] = field(default_factory=list)  # stored form: LOCARNO:1403, CPC:A61C 8/00, ...
+    description: str = ""  # what `patentflow search` prints: the brief description (or a title)
+    image_path: str = ""
+    # What the search page shows beside the figure (absent from indexes built before the page).
+    title: str = ""
+    brief_description: str = ""
+    figure_labels: list[str] = field(default_factory=list)
+    generated_description: str = ""  # PatentLMM's description of the figure, when it has one
 
 
 @dataclass(frozen=True)
@@ -57,16 +77,28 @@ class Hit:
     rank: int  # 1-based
     description: str = ""
     image_path: str = ""
-
-
-@dataclass(frozen=True)
-class FigureMeta:
-    figure_id: str
-    patent_id: str
-    grant_date: str
+    title: str = ""
     classes: list[str] = field(default_factory=list)
-    description: str = ""  # what `patentflow search` prints: the brief description (or a title)
-    image_path: str = ""
+    figure_labels: list[str] = field(default_factory=list)
+    brief_description: str = ""
+    generated_description: str = ""
+
+    @classmethod
+    def of(cls, figure: FigureMeta, score: float, rank: int) -> Hit:
+        return cls(
+            figure_id=figure.figure_id,
+            patent_id=figure.patent_id,
+            grant_date=figure.grant_date,
+            score=float(score),
+            rank=rank,
+            description=figure.description,
+            image_path=figure.image_path,
+            title=figure.title,
+            classes=list(figure.classes),
+            figure_labels=list(figure.figure_labels),
+            brief_description=figure.brief_description,
+            generated_description=figure.generated_description,
+        )
 
 
 @dataclass
@@ -143,20 +175,51 @@ def _metadata(rows: Sequence[dict[str, Any]]) -> list[FigureMeta]:
         seen.add(figure_id)
         if "grant_date" not in row:
             raise ValueError(f"metadata row {position} (figure {figure_id}): missing grant_date")
-        classes = row.get("classes") or []
-        if isinstance(classes, str):
-            classes = [classes]
         figures.append(
             FigureMeta(
                 figure_id=figure_id,
                 patent_id=str(row.get("patent_id") or ""),
                 grant_date=_iso_date(row["grant_date"], f"metadata row {position} (figure {figure_id})"),
-                classes=[str(c) for c in classes],
+                classes=_strings(row.get("classes")),
                 description=str(row.get("description") or ""),
                 image_path=str(row.get("image_path") or ""),
+                title=str(row.get("title") or ""),
+                brief_description=str(row.get("brief_description") or ""),
+                figure_labels=_strings(row.get("figure_labels")),
+                generated_description=str(row.get("generated_description") or ""),
             )
         )
     return figures
+
+
+def _strings(value: Any) -> list[str]:
+    """A metadata list field: absent is empty, a lone string is a list of one."""
+    if not value:
+        return []
+    return [value] if isinstance(value, str) else [str(item) for item in value]
+
+
+def _per_query(value: Any, count: int, what: str, single: tuple[type, ...]) -> list[Any]:
+    """One filter value for all queries, or one per query."""
+    if value is None or isinstance(value, single):
+        return [value] * count
+    if len(value) != count:
+        raise ValueError(f"{what}: {len(value)} values for {count} queries")
+    return list(value)
+
+
+def _class_members(figures: list[FigureMeta]) -> dict[str, np.ndarray]:
+    """Each class's figure ids, ascending: what a classification filter unites into its bitmap."""
+    members: dict[str, list[int]] = defaultdict(list)
+    for position, figure in enumerate(figures):
+        for name in dict.fromkeys(figure.classes):
+            members[name].append(position)
+    return {name: np.asarray(ids, dtype=np.int64) for name, ids in members.items()}
+
+
+def _allowed(cutoff: int, selection: tuple[np.ndarray, np.ndarray] | None) -> int:
+    """How many of the ids below `cutoff` a class selection keeps (all of them without one)."""
+    return cutoff if selection is None else int(np.searchsorted(selection[0], cutoff))
 
 
 def _default_nlist(count: int) -> int:
@@ -184,6 +247,9 @@ class FigureIndex:
         self.options = options
         self.dim = int(index.d)
         self._dates = [figure.grant_date for figure in figures]
+        self._classes = _class_members(figures)
+        self._class_names = sorted(self._classes)
+        self._selections: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()
         self._gpu_index: Any = None
         self._gpu_resources: Any = None
         self._gpu_vectors: np.ndarray | None = None
@@ -290,37 +356,91 @@ class FigureIndex:
             return len(self._dates)
         return bisect.bisect_left(self._dates, _iso_date(before, "before"))
 
-    def _search_params(self, cutoff: int):
-        if cutoff >= self.index.ntotal:
-            selector = None
-        else:
+    def class_selection(self, prefix: str | None) -> tuple[np.ndarray, np.ndarray] | None:
+        """(ids, bitmap) of the figures with a class starting with `prefix` (stored form, e.g.
+        `LOCARNO:14`): the ids ascending and FAISS's one bit per id, little-endian bytes. None: no
+        class filter. The last few prefixes asked are kept, so a page's repeated filter costs nothing."""
+        if not prefix:
+            return None
+        if prefix in self._selections:
+            self._selections.move_to_end(prefix)
+            return self._selections[prefix]
+        first = bisect.bisect_left(self._class_names, prefix)
+        members = np.zeros(len(self.figures), dtype=bool)
+        for name in self._class_names[first:]:
+            if not name.startswith(prefix):
+                break  # sorted: every name with the prefix comes in one run
+            members[self._classes[name]] = True
+        selection = np.flatnonzero(members), np.packbits(members, bitorder="little")
+        self._selections[prefix] = selection
+        if len(self._selections) > SELECTIONS_KEPT:
+            self._selections.popitem(last=False)
+        return selection
+
+    def count_allowed(self, before: DateLike | None = None, classification: str | None = None) -> int:
+        """How many figures pass both filters: granted strictly before `before`, with a class
+        starting with `classification`."""
+        return _allowed(self.cutoff(before), self.class_selection(classification))
+
+    def _selector(self, cutoff: int, bitmap: np.ndarray | None) -> tuple[Any, list[Any]]:
+        """The FAISS selector of ids below `cutoff` (and set in `bitmap`), and what it points into."""
+        if bitmap is None:
+            if cutoff >= self.index.ntotal:
+                return None, []
             # IVF lists hold ids in increasing order (added in id order), so the range selector
             # may binary-search each list instead of testing every entry.
-            selector = faiss.IDSelectorRange(0, cutoff, self.kind in ("ivf", "ivfpq"))
+            return faiss.IDSelectorRange(0, cutoff, self.kind in ("ivf", "ivfpq")), []
+        # The date's prefix cut into the class bitmap: one selector, tested once per candidate.
+        prefix = np.ascontiguousarray(bitmap[: (cutoff + 7) // 8]).copy()
+        if cutoff % 8:
+            prefix[-1] &= (1 << (cutoff % 8)) - 1
+        return faiss.IDSelectorBitmap(len(prefix), faiss.swig_ptr(prefix)), [prefix]
+
+    def _nprobe(self, allowed: int, k: int) -> int:
+        """IVF cells to visit: `options.nprobe`, or more when the filters keep few figures, so that
+        the cells visited hold about 2k allowed figures (were the filter independent of the cells).
+        A cell's entries that the selector refuses cost a bit test, not a distance."""
+        nlist = faiss.extract_index_ivf(self.index).nlist
+        wanted = math.ceil(2 * k * nlist / max(allowed, 1))
+        return min(nlist, max(self.options.nprobe, wanted))
+
+    def _search_params(self, cutoff: int, bitmap: np.ndarray | None = None, allowed: int = 0, k: int = 1):
+        selector, keep_alive = self._selector(cutoff, bitmap)
         selection = {} if selector is None else {"sel": selector}
         if self.kind in ("ivf", "ivfpq"):
-            params = faiss.SearchParametersIVF(nprobe=self.options.nprobe, **selection)
+            nprobe = self._nprobe(allowed, k) if selector is not None else self.options.nprobe
+            params = faiss.SearchParametersIVF(nprobe=nprobe, **selection)
         elif self.kind == "hnsw":
             params = faiss.SearchParametersHNSW(efSearch=self.options.ef_search, **selection)
         else:
             params = faiss.SearchParameters(**selection)
-        keep_alive = [selector, params]  # FAISS holds raw pointers to these while it searches
+        keep_alive += [selector, params]  # FAISS holds raw pointers to these while it searches
         if isinstance(self.index, faiss.IndexRefine):
-            # The filter and nprobe go to the PQ index; its refine x k candidates are re-scored.
+            # The filters and nprobe go to the PQ index; its refine x k candidates are re-scored.
             params = faiss.IndexRefineSearchParameters(
                 k_factor=float(max(self.options.refine, 1)), base_index_params=params
             )
         return params, keep_alive
 
-    def _raw_search(self, queries: np.ndarray, k: int, cutoff: int) -> tuple[np.ndarray, np.ndarray]:
-        if self.on_gpu:
+    def _raw_search(
+        self,
+        queries: np.ndarray,
+        k: int,
+        cutoff: int,
+        bitmap: np.ndarray | None = None,
+        allowed: int | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """FAISS's (scores, ids) among ids below `cutoff` and set in `bitmap`; `allowed`: how many
+        pass both (default: `cutoff`), which sets how many IVF cells a filtered query visits."""
+        # GPU indexes ignore selectors: a class-filtered query runs on the CPU index, kept beside.
+        if self.on_gpu and bitmap is None:
             if cutoff >= self.index.ntotal:
                 return self._gpu_index.search(queries, k)
             faiss_metric = faiss.METRIC_INNER_PRODUCT if self.metric == "ip" else faiss.METRIC_L2
             return faiss.knn_gpu(
                 self._gpu_resources, queries, self._gpu_vectors[:cutoff], min(k, cutoff), metric=faiss_metric
             )
-        params, keep_alive = self._search_params(cutoff)
+        params, keep_alive = self._search_params(cutoff, bitmap, cutoff if allowed is None else allowed, k)
         # faiss.contrib.torch_utils (imported by pytorch-metric-learning) replaces `search` with a
         # wrapper that has no `params`; it keeps the original as `search_numpy`.
         search = getattr(self.index, "search_numpy", self.index.search)
@@ -334,11 +454,14 @@ class FigureIndex:
         k: int = 10,
         before: DateLike | Sequence[DateLike | None] | None = None,
         rerank: KReciprocalConfig | None = None,
+        classification: str | Sequence[str | None] | None = None,
     ) -> list[list[Hit]]:
-        """The k nearest figures of each query, only among those granted strictly before `before`.
+        """The k nearest figures of each query, only among those granted strictly before `before`
+        and with a class starting with `classification` (stored form, e.g. `LOCARNO:14`).
 
-        `before` is one date for all queries or one per query (None: no filter). With `rerank`,
-        each query's date-filtered shortlist of `rerank.pool` is re-ranked k-reciprocally.
+        `before` and `classification` are one value for all queries or one per query (None: no
+        filter). With `rerank`, each query's filtered shortlist of `rerank.pool` is re-ranked
+        k-reciprocally.
         """
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
@@ -346,36 +469,27 @@ class FigureIndex:
         if self.metric == "ip":
             vectors = _normalised(vectors, "queries")
         count = vectors.shape[0]
-        if before is None or isinstance(before, (str, date)):
-            cutoffs = [self.cutoff(before)] * count
-        else:
-            if len(before) != count:
-                raise ValueError(f"before: {len(before)} dates for {count} queries")
-            cutoffs = [self.cutoff(value) for value in before]
+        cutoffs = [self.cutoff(value) for value in _per_query(before, count, "before", (str, date))]
+        prefixes = _per_query(classification, count, "classification", (str,))
 
         fetch = max(k, rerank.pool) if rerank else k
         results: list[list[Hit]] = [[] for _ in range(count)]
-        # One FAISS call per distinct cutoff: queries of the same date share a selector.
-        for cutoff in sorted(set(cutoffs)):
-            rows = [row for row, value in enumerate(cutoffs) if value == cutoff]
-            if cutoff == 0:
-                continue  # nothing was granted before that date
-            scores, ids = self._raw_search(vectors[rows], min(fetch, cutoff), cutoff)
+        # One FAISS call per distinct pair of filters: queries that share them share a selector.
+        for cutoff, prefix in dict.fromkeys(zip(cutoffs, prefixes, strict=True)):
+            rows = [row for row in range(count) if (cutoffs[row], prefixes[row]) == (cutoff, prefix)]
+            selection = self.class_selection(prefix)
+            allowed = _allowed(cutoff, selection)
+            if allowed == 0:
+                continue  # nothing was granted before that date in that class
+            bitmap = None if selection is None or len(selection[0]) == len(self.figures) else selection[1]
+            scores, ids = self._raw_search(vectors[rows], min(fetch, allowed), cutoff, bitmap, allowed)
             for position, row in enumerate(rows):
                 found = ids[position] >= 0  # -1: fewer allowed figures than asked for
                 row_ids, row_scores = ids[position][found], scores[position][found]
                 if rerank and row_ids.size > 1:
                     row_ids, row_scores = self._rerank(vectors[row], row_ids, rerank)
                 results[row] = [
-                    Hit(
-                        figure_id=self.figures[i].figure_id,
-                        patent_id=self.figures[i].patent_id,
-                        grant_date=self.figures[i].grant_date,
-                        score=float(score),
-                        rank=rank,
-                        description=self.figures[i].description,
-                        image_path=self.figures[i].image_path,
-                    )
+                    Hit.of(self.figures[i], score, rank)
                     for rank, (i, score) in enumerate(zip(row_ids[:k], row_scores[:k], strict=True), start=1)
                 ]
         return results

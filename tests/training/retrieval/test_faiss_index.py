@@ -37,7 +37,8 @@ def metadata(count: int, seed: int) -> list[dict]:
             "figure_id": f"USD{i:07d}S1__D{i % 7:05d}",
             "patent_id": f"USD{i // 4:07d}S1",
             "grant_date": (start + timedelta(weeks=int(w))).isoformat(),
-            "classes": [f"D{i % 30:02d}"],
+            # stored form, as uspto_xml writes it: 30 Locarno classes of 7 subclasses, a USPC class
+            "classes": [f"LOCARNO:{i % 30 + 1:02d}{i % 7 + 1:02d}", f"USPC:D{i % 30 + 1}"],
         }
         for i, w in enumerate(weeks)
     ]
@@ -61,9 +62,14 @@ def indexes(corpus) -> dict[str, FigureIndex]:
     return built
 
 
-def brute_force(embeddings: np.ndarray, rows: list[dict], query: np.ndarray, k: int, before: str):
-    """Cosine top-k over the figures granted strictly before `before`, by plain numpy."""
-    allowed = np.array([row["grant_date"] < before for row in rows])
+def brute_force(
+    embeddings: np.ndarray, rows: list[dict], query: np.ndarray, k: int, before: str, prefix: str = ""
+):
+    """Cosine top-k over the figures granted strictly before `before` with a class starting with
+    `prefix`, by plain numpy."""
+    allowed = np.array(
+        [row["grant_date"] < before and any(c.startswith(prefix) for c in row["classes"]) for row in rows]
+    )
     unit = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
     scores = unit @ (query / np.linalg.norm(query))
     scores[~allowed] = -np.inf
@@ -122,6 +128,58 @@ def test_per_query_dates(corpus, indexes):
     assert results[1] == indexes["flat"].search(queries[1], k=5)[0]
     assert results[2] == []  # nothing granted before the first Tuesday of the corpus
     assert all(hit.grant_date < "2016-05-03" for hit in results[3])
+
+
+CLASS_FILTERS = [
+    ("2030-01-01", "LOCARNO:14"),  # a class alone: 1/30 of the corpus
+    ("2012-06-01", "LOCARNO:1403"),  # a subclass and a date: about 1/210 of 60%
+    ("2006-03-01", "LOCARNO:07"),  # a few dozen figures: an over-fetch-and-drop would come up short
+    ("2030-01-01", "USPC:D1"),  # a bare string prefix: D1, D10-D19 alike
+]
+
+
+@pytest.mark.parametrize(("before", "prefix"), CLASS_FILTERS)
+def test_class_and_date_filtered_exact_search_equals_brute_force(corpus, indexes, before, prefix):
+    embeddings, rows, queries = corpus
+    index = indexes["flat"]
+    allowed = sum(r["grant_date"] < before and any(c.startswith(prefix) for c in r["classes"]) for r in rows)
+    assert index.count_allowed(before, prefix) == allowed > 10
+    for query, hits in zip(
+        queries[:20], index.search(queries[:20], k=10, before=before, classification=prefix), strict=True
+    ):
+        expected_ids, expected_scores = brute_force(embeddings, rows, query, 10, before, prefix)
+        assert [hit.figure_id for hit in hits] == expected_ids
+        np.testing.assert_allclose([hit.score for hit in hits], expected_scores, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", [*KINDS, "ivfpq-refine"])
+def test_every_hit_obeys_both_filters_for_each_kind(corpus, indexes, kind):
+    _, _, queries = corpus
+    index = indexes[kind]
+    for before, prefix in CLASS_FILTERS:
+        for hits in index.search(queries[:30], k=10, before=before, classification=prefix):
+            assert hits, f"{kind} found nothing for {prefix} before {before} though some exists"
+            assert all(hit.grant_date < before for hit in hits)
+            assert all(any(c.startswith(prefix) for c in hit.classes) for hit in hits)
+            if kind == "flat":
+                assert len(hits) == 10
+    assert index.search(queries[:2], k=5, classification="LOCARNO:99") == [[], []]  # no such class
+
+
+def test_per_query_classes_and_the_selection_cache(corpus, indexes):
+    _, _, queries = corpus
+    index = indexes["flat"]
+    prefixes = ["LOCARNO:14", None, "LOCARNO:1403", "LOCARNO:14"]
+    results = index.search(queries[:4], k=5, classification=prefixes)
+    for row, prefix in enumerate(prefixes):
+        assert results[row] == index.search(queries[row], k=5, classification=prefix)[0]
+    assert all(hit.classes[0].startswith("LOCARNO:14") for hit in results[0])
+    ids, bitmap = index.class_selection("LOCARNO:14")
+    members = np.unpackbits(bitmap, bitorder="little")[: len(index.figures)].astype(bool)
+    assert list(np.flatnonzero(members)) == list(ids)
+    assert all(index.figures[i].classes[0].startswith("LOCARNO:14") for i in ids)
+    with pytest.raises(ValueError, match="classification: 2 values for 4 queries"):
+        index.search(queries[:4], k=5, classification=["LOCARNO:14", None])
 
 
 def recall_at_10(approximate: list[list], exact: list[list]) -> float:
