@@ -235,8 +235,9 @@ retrieval_challenger_beats_champion, retrieval_challenger_beats_pretrained, retr
     automation_condition=EAGER,
     description="The search index of every figure, built with the champion encoder: image embeddings "
     "(fused with ink thumbnails by default), their text-space projections and the patents' title + "
-    "abstract, each a FAISS index in grant-date order (prior-art filtering inside the search). "
-    "DVC-versioned; `patentflow search` reads it.",
+    "abstract, each a FAISS index in grant-date order (prior-art and classification filtering inside "
+    "the search), with each figure's PatentLMM description. DVC-versioned; `patentflow search` and "
+    "`patentflow serve` read it.",
 )
 def retrieval_index(
     context: dg.AssetExecutionContext,
@@ -258,6 +259,8 @@ def retrieval_index(
         thumbnail_weight=retrieval.index_thumbnail_weight,
         thumbnail_size=retrieval.index_thumbnail_size,
         feature_cache=str(home.home.feature_cache),
+        # upstream through the encoder, which trained on them: hits show PatentLMM's description
+        generated_descriptions=latest(context, "generated_descriptions"),
     )
     built = run_job(pipes, context, "search_index", config, work_dir(home, context) / "job.json").metadata
     message = f"retrieval_index {mlflow.retrieval_model} v{encoder.version}"

@@ -263,6 +263,7 @@ def test_retrieval_encoder_is_trained_registered_promoted_and_indexed(trained, r
     index = _metadata(first, "retrieval_index")
     figures = [json.loads(line) for line in (root / "data" / "dataset" / "figures" / "figures.jsonl").open()]
     assert index["figures"].value == len(figures)
+    assert 0 < index["generated_descriptions"].value <= len(figures)  # hits show PatentLMM's text
     assert index["dvc_md5"].value.endswith(".dir")
     assert "prior art only" in index["sample_query"].value
     assert index["thumbnail_weight"].value == 0.0 and 0.0 < index["collection_same_patent_mAP"].value <= 1.0

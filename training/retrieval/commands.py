@@ -43,8 +43,9 @@ class RetrievalEvaluateJob(JobConfig):
 class SearchIndexJob(JobConfig):
     """Every figure of `figures_jsonl` embedded by the encoder at `encoder_dir` and indexed into
     `out_dir` (`training.retrieval.search_index`; the other fields are its `BuildOptions`, `refine`
-    the IVF-PQ re-scoring of `IndexOptions`). Reports the index's counts, its same-patent
-    self-evaluation and a sample query: the newest figure against its prior art."""
+    the IVF-PQ re-scoring of `IndexOptions`; `generated_descriptions` PatentLMM's {image_id: text},
+    shown with each hit). Reports the index's counts, its same-patent self-evaluation and a sample
+    query: the newest figure against its prior art."""
 
     figures_jsonl: str
     encoder_dir: str
@@ -56,6 +57,7 @@ class SearchIndexJob(JobConfig):
     thumbnail_weight: float = DEFAULT_THUMBNAIL_WEIGHT
     thumbnail_size: int = DEFAULT_THUMBNAIL_SIZE
     feature_cache: str | None = None
+    generated_descriptions: str | None = None
     sample_results: int = 5
 
 
@@ -131,6 +133,7 @@ def run_search_index(cfg: SearchIndexJob, report: Reporter) -> dict[str, Any]:
         thumbnail_weight=cfg.thumbnail_weight,
         thumbnail_size=cfg.thumbnail_size,
         feature_cache=cfg.feature_cache,
+        generated_descriptions=cfg.generated_descriptions,
     )
     report.log(f"search_index: indexing {cfg.figures_jsonl} ({cfg.kind}) into {cfg.out_dir}")
     built = search_index.build_search_index(
@@ -145,6 +148,7 @@ def run_search_index(cfg: SearchIndexJob, report: Reporter) -> dict[str, Any]:
         "figures": counts["figures"],
         "patents": counts["patents"],
         "rejected": counts["rejected"],
+        "generated_descriptions": built.manifest["generated_descriptions"]["figures"],
         **{f"collection_same_patent_{k}": same_patent.get(k) for k in ("mAP", "Rank-1")},
         "sample_query": _sample_query(Path(cfg.out_dir), cfg.sample_results),
     }

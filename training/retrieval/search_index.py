@@ -13,7 +13,13 @@ One directory holds everything a search needs, so that an index is a single vers
 `aligned/` exists because the encoder is trained to align its image embeddings with a frozen text
 encoder (Lo et al., 2024): a text query is embedded by that text encoder and searched among the
 images' projections. `patents/` is PatentCL's patent-level text search. Every FigureIndex sorts by
-grant date, so the prior-art filter (`before`) works the same in all three.
+grant date, so the prior-art filter (`before`) and the classification filter work the same in all three.
+
+Several views of one design are one query: each view is searched under the same filters and a
+figure scores its best match among the views (max-score fusion, CombMAX). Each indexed figure is a
+single view, so a front view found by the query's front view must not be diluted by its cosine to
+the query's side view, as a mean of the views' embeddings would; and the fused top k is exact,
+since a figure whose best view-score ranks it in the top k ranks in that view's own top k.
 """
 
 from __future__ import annotations
@@ -22,19 +28,23 @@ import json
 import shutil
 import tempfile
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from patent_assets.classifications import class_prefix
+from patent_assets.images import ImageLimits, load_sheet
 from patent_assets.records import Rejection, read_figure_rows, replace_path, write_jsonl
 from patent_assets.store import ArtifactStore
 from training.retrieval import text_encoder
 from training.retrieval.faiss_index import (
     DateLike,
     FigureIndex,
+    FigureMeta,
     Hit,
     IndexFileError,
     IndexKind,
@@ -43,6 +53,8 @@ from training.retrieval.faiss_index import (
 )
 
 if TYPE_CHECKING:
+    from PIL import Image
+
     from training.retrieval.model import Embeddings, FigureEncoder
 
 MANIFEST = "index.json"
@@ -120,6 +132,8 @@ class BuildOptions:
     query up to `evaluation_queries` (then a seeded sample), `EVALUATION_DEPTH` deep.
     `feature_cache`: read the backbone's pooled features from that content-addressed cache
     (`training.retrieval.features`), as training and the gate left them, when the encoder alone is indexed.
+    `generated_descriptions`: PatentLMM's `{image_id: text}` (the `generated_descriptions` asset),
+    kept with each figure's metadata so that a hit shows it; figures without one show none.
     """
 
     kind: IndexKind = "flat"
@@ -130,6 +144,7 @@ class BuildOptions:
     thumbnail_size: int = DEFAULT_THUMBNAIL_SIZE
     evaluation_queries: int = EVALUATION_QUERIES
     feature_cache: str | Path | None = None
+    generated_descriptions: str | Path | None = None
     batch_size: int = 32
     progress: bool = False
 
@@ -171,6 +186,7 @@ def build_search_index(
     options = options or BuildOptions()
     figures_jsonl, encoder_dir, out_dir = Path(figures_jsonl), Path(encoder_dir), Path(out_dir)
     rows, rejected = _read_figures(figures_jsonl)
+    generated = read_generated_descriptions(options.generated_descriptions)  # before the long part
     encoder = encoder if encoder is not None else load_encoder(encoder_dir)
     embedded = _embed_images(encoder, [row["image_path"] for row in rows], options)
     for position, reason in sorted(embedded.failed.items()):
@@ -178,9 +194,25 @@ def build_search_index(
     rows = [rows[position] for position in embedded.kept]
     if not rows:
         raise ValueError(f"{figures_jsonl}: no figure could be indexed ({len(rejected)} rejected)")
-    contents = _index_contents(rows, embedded, options)
+    contents = _index_contents(rows, embedded, options, generated)
     manifest = _write_index(out_dir, encoder_dir, figures_jsonl, contents, rejected, options)
     return BuildResult(out_dir, manifest, rejected)
+
+
+def read_generated_descriptions(path: str | Path | None) -> dict[str, str]:
+    """PatentLMM's `{image_id: text}` file (none: empty); a file that is not one is an error naming it."""
+    if path is None:
+        return {}
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such generated-descriptions file ({{image_id: text}} JSON)")
+    try:
+        texts = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path}: not JSON ({error})") from error
+    if not isinstance(texts, dict) or not all(isinstance(text, str) for text in texts.values()):
+        raise ValueError(f"{path}: expected a JSON object of image_id -> description text")
+    return {str(image_id): text.strip() for image_id, text in texts.items()}
 
 
 def _read_figures(figures_jsonl: Path) -> tuple[list[dict[str, Any]], list[Rejection]]:
@@ -220,7 +252,9 @@ def _embed_images(model: FigureEncoder, paths: list[str], options: BuildOptions)
     )
 
 
-def _index_contents(rows: list[dict[str, Any]], embedded: Embeddings, options: BuildOptions) -> IndexContents:
+def _index_contents(
+    rows: list[dict[str, Any]], embedded: Embeddings, options: BuildOptions, generated: dict[str, str]
+) -> IndexContents:
     """The indexed figures' metadata and vectors, the patents' texts embedded, and the evaluation."""
     figures = [
         {
@@ -230,6 +264,10 @@ def _index_contents(rows: list[dict[str, Any]], embedded: Embeddings, options: B
             "classes": row.get("classifications", []),
             "description": row.get("brief_description") or row.get("title", ""),
             "image_path": row["image_path"],
+            "title": row.get("title", ""),
+            "brief_description": row.get("brief_description", ""),
+            "figure_labels": row.get("figure_labels", []),
+            "generated_description": generated.get(row["image_id"], ""),
         }
         for row in rows
     ]
@@ -340,6 +378,10 @@ def _manifest(
             "thumbnail_size": options.thumbnail_size if options.thumbnail_weight > 0 else 0,
         },
         "counts": {"figures": len(contents.figures), "patents": len(contents.patents), "rejected": rejected},
+        "generated_descriptions": {
+            "path": str(options.generated_descriptions) if options.generated_descriptions else None,
+            "figures": sum(1 for figure in contents.figures if figure["generated_description"]),
+        },
         "grant_dates": list(_date_range(contents.figures)),
         "evaluation": contents.evaluation,
     }
@@ -362,6 +404,98 @@ def _date_range(metadata: list[dict[str, Any]]) -> tuple[str, str]:
     return dates[0], dates[-1]
 
 
+@dataclass(frozen=True)
+class Query:
+    """One search: drawings (several views of one design are one query) or a text, and its filters.
+
+    `classification` is a person's spelling or the stored form (`14-03`, `LOCARNO:1403`, `CPC:A61C`);
+    `patents` searches patents' title + abstract with the text; `rerank` re-ranks one drawing's hits
+    k-reciprocally."""
+
+    images: tuple[Path | Image.Image, ...] = ()
+    text: str | None = None
+    before: DateLike | None = None
+    classification: str | None = None
+    k: int = 10
+    patents: bool = False
+    rerank: bool = False
+    id: str = ""
+
+    def __post_init__(self) -> None:
+        if bool(self.images) == (self.text is not None):
+            raise ValueError("a query is drawings or a text: give exactly one")
+        if self.k < 1:
+            raise ValueError(f"k must be at least 1, got {self.k}")
+        if self.patents and self.text is None:
+            raise ValueError("a patent search is a text search: give a text")
+        if self.rerank and len(self.images) != 1:
+            raise ValueError("re-ranking works on image queries of one drawing")
+        if self.before is not None and not isinstance(self.before, date):
+            try:
+                date.fromisoformat(str(self.before))
+            except ValueError as error:
+                raise ValueError(f"before: {self.before!r} is not a date (YYYY-MM-DD)") from error
+        class_prefix(self.classification)  # a spelling of no class is refused here, not mid-run
+
+
+QUERY_FIELDS = ("id", "image", "images", "text", "before", "classification", "k")
+
+
+def read_queries(
+    path: Path, *, k: int = 10, before: DateLike | None = None, classification: str | None = None
+) -> list[Query]:
+    """The queries of a JSON-lines file, one object a line with `id`, `image` (a path) or `images`
+    (paths: one query over several views) or `text`, and optional `before`, `classification`, `k`.
+
+    Relative image paths are taken from the file's folder; `k`, `before` and `classification` fill
+    what a line leaves out. A bad line is an error naming the file and line, raised before any
+    query runs."""
+    path = Path(path)
+    defaults = {"k": k, "before": before, "classification": classification}
+    queries: list[Query] = []
+    seen: set[str] = set()
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                query = _query_of(json.loads(line), path.parent, defaults)
+            except (json.JSONDecodeError, ValueError, TypeError) as error:
+                raise ValueError(f"{path}:{number}: {error}") from error
+            if query.id in seen:
+                raise ValueError(f"{path}:{number}: id {query.id!r} is used by an earlier query")
+            seen.add(query.id)
+            queries.append(query)
+    return queries
+
+
+def _query_of(row: Any, folder: Path, defaults: dict[str, Any]) -> Query:
+    if not isinstance(row, dict):
+        raise ValueError("not a JSON object")
+    unknown = sorted(set(row) - set(QUERY_FIELDS))
+    if unknown:
+        raise ValueError(f"unknown field(s) {', '.join(unknown)}; a query has {', '.join(QUERY_FIELDS)}")
+    if row.get("id") in (None, ""):
+        raise ValueError("missing id: each hit line carries its query's id")
+    given = [name for name in ("image", "images", "text") if row.get(name) not in (None, "", [])]
+    if len(given) != 1:
+        raise ValueError("give exactly one of image, images and text")
+    images = [row["image"]] if "image" in given else row.get("images") or []
+    if not isinstance(images, list) or not all(isinstance(image, str) for image in images):
+        raise ValueError("images: a list of paths")
+    k = row.get("k", defaults["k"])
+    if not isinstance(k, int) or isinstance(k, bool):
+        raise ValueError(f"k: {k!r} is not a whole number")
+    return Query(
+        images=tuple(folder / image for image in images),
+        text=str(row["text"]) if "text" in given else None,
+        before=row.get("before", defaults["before"]),
+        classification=row.get("classification", defaults["classification"]),
+        k=k,
+        id=str(row["id"]),
+    )
+
+
 class SearchIndex:
     """A built index directory, loaded for queries."""
 
@@ -372,7 +506,12 @@ class SearchIndex:
         self.figures = FigureIndex.load(directory / FIGURES, use_gpu=True)
         self.aligned = FigureIndex.load(directory / ALIGNED, use_gpu=True)
         self.patents = FigureIndex.load(directory / PATENTS, use_gpu=True)
+        self.image_limits = ImageLimits()  # what a query drawing may be (size, pixels: no bombs)
         self._encoder: Any = None
+        self._by_id = {figure.figure_id: figure for figure in self.figures.figures}
+        self._by_patent: dict[str, list[FigureMeta]] = defaultdict(list)
+        for figure in self.figures.figures:
+            self._by_patent[figure.patent_id].append(figure)
 
     @classmethod
     def load(cls, directory: Path | str) -> SearchIndex:
@@ -400,37 +539,112 @@ class SearchIndex:
             self._encoder = load_encoder(self.directory / ENCODER)
         return self._encoder
 
+    def warm(self) -> SearchIndex:
+        """Load the image and the text encoder now, so that a server's first query is not the slow one."""
+        _ = self.encoder
+        text_encoder.load_text_encoder(self.manifest["text_encoder"].get("path"))
+        return self
+
+    def figure(self, figure_id: str) -> FigureMeta | None:
+        return self._by_id.get(figure_id)
+
+    def patent_figures(self, patent_id: str) -> list[FigureMeta]:
+        """Every indexed figure of a patent, in sheet order (figure id)."""
+        return sorted(self._by_patent.get(patent_id, []), key=lambda figure: figure.figure_id)
+
     def _text_vector(self, text: str) -> np.ndarray:
         if not text.strip():
             raise ValueError("the text query is empty")
         return text_encoder.encode_texts([text], self.manifest["text_encoder"].get("path"))
 
-    def search_image(
-        self,
-        image: Path,
-        k: int = 10,
-        before: DateLike | None = None,
-        rerank: KReciprocalConfig | None = None,
-    ) -> list[Hit]:
-        """Figures that look like `image`, granted before `before` when given."""
+    def read_image(self, image: Path | Image.Image) -> Image.Image:
+        """A query drawing, decoded within `image_limits` (ImageRejected, a ValueError, says why not)."""
+        return (
+            image if not isinstance(image, (str, Path)) else load_sheet(Path(image), limits=self.image_limits)
+        )
+
+    def _image_vectors(self, images: Sequence[Path | Image.Image]) -> np.ndarray:
+        """One searchable vector per view: the encoder's embedding, fused with the ink thumbnail
+        when the index was built so."""
         from training.retrieval.model import embed_images, fuse_with_thumbnails
 
         fusion = self.manifest.get("figure_vectors", {})  # absent in indexes built before fusion
         weight = fusion.get("thumbnail_weight", 0.0)
+        decoded = [self.read_image(image) for image in images]
         embedded = embed_images(
-            self.encoder, [image], thumbnail_size=fusion["thumbnail_size"] if weight else None
+            self.encoder, decoded, thumbnail_size=fusion["thumbnail_size"] if weight else None
         )
         if embedded.failed:
-            raise ValueError(embedded.failed[0])
-        vector = embedded.retrieval
+            position, reason = next(iter(embedded.failed.items()))
+            raise ValueError(f"view {position + 1}: {reason}")
+        vectors = embedded.retrieval
         if embedded.thumbnails is not None:
-            vector = fuse_with_thumbnails(vector, embedded.thumbnails, weight)
-        return self.figures.search(vector, k=k, before=before, rerank=rerank)[0]
+            vectors = fuse_with_thumbnails(vectors, embedded.thumbnails, weight)
+        return vectors
 
-    def search_text(self, text: str, k: int = 10, before: DateLike | None = None) -> list[Hit]:
+    def search_images(
+        self,
+        images: Sequence[Path | Image.Image],
+        k: int = 10,
+        before: DateLike | None = None,
+        classification: str | None = None,
+        rerank: KReciprocalConfig | None = None,
+    ) -> list[Hit]:
+        """Figures that look like a design drawn in one or several views, granted before `before`
+        and of a class starting with `classification` (a person's spelling or the stored form).
+        Views are fused by their best score (max-score fusion: see the module's docstring)."""
+        if not images:
+            raise ValueError("no drawing to search with")
+        if rerank and len(images) > 1:
+            raise ValueError("re-ranking works on image queries of one drawing")
+        prefix = class_prefix(classification)
+        vectors = self._image_vectors(images)
+        per_view = self.figures.search(vectors, k=k, before=before, rerank=rerank, classification=prefix)
+        return per_view[0] if len(per_view) == 1 else _best_of_views(per_view, k)
+
+    def search_image(
+        self,
+        image: Path | Image.Image,
+        k: int = 10,
+        before: DateLike | None = None,
+        rerank: KReciprocalConfig | None = None,
+        classification: str | None = None,
+    ) -> list[Hit]:
+        """Figures that look like `image`, granted before `before` when given."""
+        return self.search_images([image], k=k, before=before, classification=classification, rerank=rerank)
+
+    def search_text(
+        self, text: str, k: int = 10, before: DateLike | None = None, classification: str | None = None
+    ) -> list[Hit]:
         """Figures whose image embedding lies nearest `text` in the aligned text space."""
-        return self.aligned.search(self._text_vector(text), k=k, before=before)[0]
+        prefix = class_prefix(classification)
+        return self.aligned.search(self._text_vector(text), k=k, before=before, classification=prefix)[0]
 
-    def search_patents(self, text: str, k: int = 10, before: DateLike | None = None) -> list[Hit]:
+    def search_patents(
+        self, text: str, k: int = 10, before: DateLike | None = None, classification: str | None = None
+    ) -> list[Hit]:
         """Patents whose title + abstract are nearest `text` (PatentCL's task)."""
-        return self.patents.search(self._text_vector(text), k=k, before=before)[0]
+        prefix = class_prefix(classification)
+        return self.patents.search(self._text_vector(text), k=k, before=before, classification=prefix)[0]
+
+    def run(self, query: Query) -> list[Hit]:
+        """The hits of one `Query`."""
+        filters = {"k": query.k, "before": query.before, "classification": query.classification}
+        if query.images:
+            rerank = KReciprocalConfig() if query.rerank else None
+            return self.search_images(list(query.images), rerank=rerank, **filters)
+        if query.patents:
+            return self.search_patents(query.text or "", **filters)
+        return self.search_text(query.text or "", **filters)
+
+
+def _best_of_views(per_view: list[list[Hit]], k: int) -> list[Hit]:
+    """Max-score fusion: each figure keeps its best score among the views' hits (inner product:
+    higher is better); the k best, ranked again. Ties keep the earlier view's order."""
+    best: dict[str, Hit] = {}
+    for hits in per_view:
+        for hit in hits:
+            if hit.figure_id not in best or hit.score > best[hit.figure_id].score:
+                best[hit.figure_id] = hit
+    ranked = sorted(best.values(), key=lambda hit: -hit.score)[:k]
+    return [replace(hit, rank=rank) for rank, hit in enumerate(ranked, start=1)]
