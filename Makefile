@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PATENTFLOW_HOME ?= $(CURDIR)/.patentflow
 
-.PHONY: setup run test ui lint bench bench-retrieval bench-retrieval-real clean
+.PHONY: setup run test ui search lint bench bench-retrieval bench-retrieval-real clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ test: setup
 
 ui: setup
 	$(BIN)/patentflow ui
+
+# the prior-art search page on http://127.0.0.1:8000 over the pipeline's index (after make run)
+search: setup
+	$(BIN)/patentflow serve
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

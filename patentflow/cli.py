@@ -7,7 +7,8 @@ patentflow ui                          the Dagster UI on 127.0.0.1
 patentflow restore PATH --commit C     bring back the exact data of a past materialization
 patentflow describe IMAGE...           a description of each drawing (default model: the champion)
 patentflow index FIGURES.jsonl --out DIR   a search index over ingested figures (champion encoder)
-patentflow search (--image P | --text T)   prior-art search of an index (default: the pipeline's)
+patentflow search (--image P... | --text T | --queries F)   prior-art search of an index (default: the pipeline's)
+patentflow serve                       the prior-art search page on 127.0.0.1:8000
 """
 
 from __future__ import annotations
@@ -17,11 +18,15 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from patent_assets.layout import Home
+
+if TYPE_CHECKING:
+    from training.retrieval.faiss_index import Hit
+    from training.retrieval.search_index import Query, SearchIndex
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
@@ -231,6 +236,13 @@ def index(
     thumbnail_size: Annotated[
         int, typer.Option(help="Thumbnail side in pixels, with --thumbnail-weight above 0.")
     ] = 32,
+    generated_descriptions: Annotated[
+        Path | None,
+        typer.Option(
+            help="PatentLMM's {image_id: text} JSON (the pipeline's "
+            "data/generated_descriptions/generated_descriptions.json): search hits show it."
+        ),
+    ] = None,
 ) -> None:
     """Embed every figure with the encoder (default: the registry's champion) and write a FAISS
     search index: images, their text-space projections, and the patents' title + abstract."""
@@ -253,6 +265,10 @@ def index(
         raise typer.BadParameter(f"must be at least 32, got {thumbnail_size}", param_hint="--thumbnail-size")
     if not figures.is_file():
         raise typer.BadParameter(f"{figures}: not found", param_hint="FIGURES")
+    if generated_descriptions is not None and not generated_descriptions.is_file():
+        raise typer.BadParameter(
+            f"{generated_descriptions}: not found", param_hint="--generated-descriptions"
+        )
     home = _home()
     try:
         downloaded = tracking.download_model(
@@ -277,6 +293,7 @@ def index(
         # the frozen backbone's features, keyed by its weights and preprocessing: the pipeline's
         # runs and earlier indexes have usually computed them already
         feature_cache=home.feature_cache,
+        generated_descriptions=generated_descriptions,
     )
     encoder_dir = pyfunc.artifact_dir(downloaded)  # copied into the index beside the vectors
     built = search_index.build_search_index(figures, encoder_dir, out, options, encoder=loaded.encoder)
@@ -301,62 +318,103 @@ def index(
 
 @app.command()
 def search(
-    image: Annotated[Path | None, typer.Option(help="A drawing (PNG/TIFF) to find figures like.")] = None,
+    image: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="A drawing (PNG/TIFF) to find figures like; repeat for several views of one design."
+        ),
+    ] = None,
     text: Annotated[str | None, typer.Option(help="A text to find figures (or patents) for.")] = None,
+    queries: Annotated[
+        Path | None,
+        typer.Option(
+            help="Many queries in one run: a JSON-lines file, one {id, image | images | text, before, "
+            "classification, k} a line (image paths relative to the file); one JSON line per hit out, "
+            "with its query_id. --before, --classification and --k fill what a line leaves out."
+        ),
+    ] = None,
     index_dir: Annotated[
         Path | None, typer.Option("--index", help="An index directory (default: the pipeline's).")
     ] = None,
     before: Annotated[
         str | None, typer.Option(help="Prior art only: figures granted before YYYY-MM-DD.")
     ] = None,
+    classification: Annotated[
+        str | None,
+        typer.Option(
+            help="Only figures of this class: LOCARNO:14, LOCARNO:1403 (or 14-03), CPC:A61C, USPC:D14."
+        ),
+    ] = None,
     k: Annotated[int, typer.Option(help="How many results.")] = 10,
     patents: Annotated[bool, typer.Option(help="With --text: search patents' title + abstract.")] = False,
     rerank: Annotated[
         bool,
         typer.Option(
-            help="With --image: k-reciprocal re-ranking (k1 10, k2 3); scores become distances, lower is better."
+            help="With one --image: k-reciprocal re-ranking (k1 10, k2 3); scores become distances, lower is better."
         ),
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
 ) -> None:
-    """Search an index by image or text; results ranked with figure id, patent id, grant date,
-    score and description."""
-    from dataclasses import asdict
-    from datetime import date
-
+    """Search an index by drawings (several views of one design are one query) or text; results
+    ranked with figure id, patent id, grant date, score and description."""
     from training.retrieval import search_index
-    from training.retrieval.faiss_index import IndexFileError, KReciprocalConfig
+    from training.retrieval.faiss_index import IndexFileError
 
-    if (image is None) == (text is None):
-        raise typer.BadParameter("give exactly one of --image and --text")
-    if patents and text is None:
-        raise typer.BadParameter("--patents searches by text: give --text", param_hint="--patents")
-    if rerank and image is None:
-        raise typer.BadParameter("re-ranking works on image queries: give --image", param_hint="--rerank")
-    if before is not None:
-        try:
-            date.fromisoformat(before)
-        except ValueError as exc:
-            raise typer.BadParameter(f"{before!r} is not a date (YYYY-MM-DD)", param_hint="--before") from exc
-    if k < 1:
-        raise typer.BadParameter("must be at least 1", param_hint="--k")
-    if image is not None and not image.is_file():
-        raise typer.BadParameter(f"{image}: not found", param_hint="--image")
-    home = _home()
-    directory = index_dir or home.search_index
+    if sum(given is not None for given in (image, text, queries)) != 1:
+        raise typer.BadParameter("give exactly one of --image, --text and --queries")
+    missing = [str(path) for path in image or [] if not path.is_file()]
+    if missing:
+        raise typer.BadParameter(f"{', '.join(missing)}: not found", param_hint="--image")
     try:
-        loaded = search_index.SearchIndex.load(directory)
-        if image is not None:
-            hits = loaded.search_image(
-                image, k=k, before=before, rerank=KReciprocalConfig() if rerank else None
-            )
-        elif patents:
-            hits = loaded.search_patents(text or "", k=k, before=before)
+        if queries is not None:
+            batch = search_index.read_queries(queries, k=k, before=before, classification=classification)
         else:
-            hits = loaded.search_text(text or "", k=k, before=before)
+            one = search_index.Query(
+                images=tuple(image or ()),
+                text=text,
+                before=before,
+                classification=classification,
+                k=k,
+                patents=patents,
+                rerank=rerank,
+            )
+    except FileNotFoundError as exc:
+        raise typer.BadParameter(f"{queries}: not found", param_hint="--queries") from exc
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    home = _home()
+    try:
+        loaded = search_index.SearchIndex.load(index_dir or home.search_index)
+        if queries is not None:
+            raise typer.Exit(_search_many(loaded, batch))
+        hits = loaded.run(one)
     except (IndexFileError, ValueError) as exc:
         typer.echo(f"patentflow search: {exc}", err=True)
         raise typer.Exit(2) from exc
+    _print_hits(hits, as_json, before)
+
+
+def _search_many(loaded: SearchIndex, queries: list[Query]) -> int:
+    """Every query of a --queries file, one JSON line per hit; a query that fails is reported on
+    stderr and the others still run. The exit status: 1 if any failed."""
+    from dataclasses import asdict
+
+    failed = 0
+    for query in queries:
+        try:
+            hits = loaded.run(query)
+        except ValueError as exc:
+            failed += 1
+            typer.echo(f"patentflow search: query {query.id}: {exc}", err=True)
+            continue
+        for hit in hits:
+            typer.echo(json.dumps({"query_id": query.id, **asdict(hit)}, ensure_ascii=False))
+    return 1 if failed else 0
+
+
+def _print_hits(hits: list[Hit], as_json: bool, before: str | None) -> None:
+    from dataclasses import asdict
+
     for hit in hits:
         if as_json:
             typer.echo(json.dumps(asdict(hit), ensure_ascii=False))
@@ -367,6 +425,40 @@ def search(
             )
     if not hits and not as_json:
         typer.echo("no results" + (f" granted before {before}" if before else ""))
+
+
+@app.command()
+def serve(
+    index_dir: Annotated[
+        Path | None, typer.Option("--index", help="An index directory (default: the pipeline's).")
+    ] = None,
+    host: Annotated[
+        str, typer.Option(help="Interface to listen on (default: this machine only).")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    max_upload_mb: Annotated[
+        float, typer.Option(help="Largest request the page accepts (all drawings of a query together).")
+    ] = 20.0,
+) -> None:
+    """The prior-art search page: upload drawings or type a text, filter by date and class, look
+    at the figures, export the list. The index and its encoders are loaded once, at start."""
+    from patentflow.web import app as web
+    from training.retrieval import search_index
+    from training.retrieval.faiss_index import IndexFileError
+
+    if max_upload_mb <= 0:
+        raise typer.BadParameter(f"must be above 0, got {max_upload_mb}", param_hint="--max-upload-mb")
+    directory = index_dir or _home().search_index
+    try:
+        loaded = search_index.SearchIndex.load(directory).warm()
+    except (IndexFileError, FileNotFoundError, ValueError) as exc:
+        typer.echo(f"patentflow serve: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    settings = web.Settings(max_upload_bytes=int(max_upload_mb * 1024 * 1024))
+    typer.echo(
+        f"Prior-art search: http://{host}:{port}  ({len(loaded.figures.figures)} figures from {directory})"
+    )
+    web.serve(web.create_app(loaded, settings), host=host, port=port)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,1 @@
+"""`patentflow serve`: the prior-art search page over a search index (`app`)."""
