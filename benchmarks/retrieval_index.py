@@ -10,15 +10,21 @@ ivfpq-refine: IVF-PQ whose candidates are re-scored with the exact vectors, `--r
    training, adding); the flat row is mostly that bookkeeping, the others add FAISS training.
 2. single-query latency p50 / p99 (batch of 1, as an interactive `patentflow search` runs),
    unfiltered and with the prior-art filter (`before=` a date) keeping about 50% and 10% of
-   the collection; "vs all" is the filtered p50 over the unfiltered p50 of the same index.
-3. recall@10 of each approximate kind against exact flat search under the same filter.
+   the collection, then with the classification filter: each query restricted to its own
+   Locarno class (`classification="LOCARNO:14"`, as a searcher filters by the class of the design
+   at hand), alone and with the 50% date; "vs all" is the filtered p50 over the unfiltered p50
+   of the same index.
+3. recall@10 of each approximate kind against exact flat search under the same filters.
 4. throughput of one `search` call over a batch of queries.
 
 The vectors are synthetic but shaped like learned embeddings: a mixture of a few thousand
 clusters of unequal size (Dirichlet weights), each with the same anisotropic covariance
 (variances falling as 1/i in a random basis), L2-normalised, metric "ip" (cosine); the queries
 are held-out draws from the same mixture. Grant dates are weekly release Tuesdays over 20 years
-with grants per week growing twofold across the span, independent of the clusters.
+with grants per week growing twofold across the span, independent of the clusters. Each cluster
+belongs to one of 32 Locarno classes drawn with Zipf weights (1/rank: the largest class holds about
+a quarter of the figures, the smallest under 1%), so a class is a region of the embedding space,
+as real classes are; a query's class is its cluster's.
 
 Ratios are measured within one run; absolute times on shared machines are noisy. On a
 2-core machine that other work shares, FAISS's OpenMP threads wait on each other: a single
@@ -48,6 +54,7 @@ from patent_assets.records import atomic_write
 from training.retrieval.faiss_index import FigureIndex, IndexKind, IndexOptions
 
 KINDS: tuple[IndexKind, ...] = ("flat", "ivf", "hnsw", "ivfpq")
+LOCARNO_CLASSES = 32
 BENCHED = (*KINDS, "ivfpq-refine")  # the last: kind ivfpq with IndexOptions.refine
 FIRST_RELEASE = date(2005, 1, 4)  # a Tuesday: USPTO grants are published weekly on Tuesdays
 RELEASE_WEEKS = 20 * 52
@@ -60,13 +67,15 @@ class Collection:
     metadata: list[dict[str, Any]]
     queries: np.ndarray  # (query_count, dim) float32, held out of `vectors`
     sorted_dates: list[str]  # every grant date, ascending (to place the filters)
+    query_classes: list[str]  # each query's Locarno class prefix, e.g. "LOCARNO:14"
 
 
 @dataclass(frozen=True)
 class PriorArtFilter:
-    name: str  # "all", "50%", "10%"
+    name: str  # "all", "50%", "10%", "class", "class + 50%"
     before: str | None  # ISO date; None: no filter
-    kept: float  # fraction of the collection granted strictly before `before`
+    kept: float  # fraction of the collection that passes (for class filters: the mean over queries)
+    by_class: bool = False  # each query restricted to its own class
 
 
 @dataclass
@@ -117,7 +126,15 @@ def synthetic_collection(
         for position, week in enumerate(weeks.tolist())
     ]
     sorted_dates = [release_dates[week] for week in np.sort(weeks).tolist()]
-    return Collection(vectors[:count], metadata, vectors[count:], sorted_dates)
+    # Classes from a generator of their own: the vectors and dates stay those of earlier runs.
+    class_rng = np.random.default_rng(seed + 1)
+    zipf = 1.0 / np.arange(1, LOCARNO_CLASSES + 1)
+    cluster_class = class_rng.choice(LOCARNO_CLASSES, size=clusters, p=zipf / zipf.sum()) + 1
+    subclass = class_rng.integers(1, 10, size=count)
+    for position, row in enumerate(metadata):
+        row["classes"] = [f"LOCARNO:{cluster_class[labels[position]]:02d}{subclass[position]:02d}"]
+    query_classes = [f"LOCARNO:{cluster_class[label]:02d}" for label in labels[count:].tolist()]
+    return Collection(vectors[:count], metadata, vectors[count:], sorted_dates, query_classes)
 
 
 def prior_art_filters(sorted_dates: list[str], fractions: list[float]) -> list[PriorArtFilter]:
@@ -131,20 +148,44 @@ def prior_art_filters(sorted_dates: list[str], fractions: list[float]) -> list[P
     return filters
 
 
-def top_ids(index: FigureIndex, queries: np.ndarray, before: str | None) -> list[list[str]]:
-    return [[hit.figure_id for hit in hits] for hits in index.search(queries, k=TOP_K, before=before)]
+def class_filters(
+    collection: Collection, prior_art: list[PriorArtFilter], query_count: int
+) -> list[PriorArtFilter]:
+    """Each query in its own class, without a date and with the first prior-art date; `kept` is
+    the mean share of the collection that passes, over the first `query_count` queries."""
+    figure_classes = np.array([row["classes"][0][: len("LOCARNO:14")] for row in collection.metadata])
+    figure_dates = np.array([row["grant_date"] for row in collection.metadata])
+    asked = collection.query_classes[:query_count]
+    filters = []
+    for dated in prior_art[:2]:  # no date, then the first prior-art date
+        passes = np.ones(len(figure_dates), bool) if dated.before is None else figure_dates < dated.before
+        share = {name: float(np.mean(passes & (figure_classes == name))) for name in set(asked)}
+        name = "class" if dated.before is None else f"class + {dated.name}"
+        filters.append(PriorArtFilter(name, dated.before, float(np.mean([share[c] for c in asked])), True))
+    return filters
+
+
+def top_ids(
+    index: FigureIndex, queries: np.ndarray, before: str | None, classes: list[str] | None = None
+) -> list[list[str]]:
+    hits = index.search(queries, k=TOP_K, before=before, classification=classes)
+    return [[hit.figure_id for hit in row] for row in hits]
 
 
 def single_query_latencies(
-    index: FigureIndex, queries: np.ndarray, before: str | None, label: str
+    index: FigureIndex, queries: np.ndarray, before: str | None, label: str, classes: list[str] | None = None
 ) -> tuple[np.ndarray, list[list[str]]]:
-    """Milliseconds of each one-query `search`, and the figure ids it returned."""
-    index.search(queries[:5], k=TOP_K, before=before)  # warm caches and OpenMP threads
+    """Milliseconds of each one-query `search`, and the figure ids it returned; `classes`: each
+    query's class filter."""
+    index.search(
+        queries[:5], k=TOP_K, before=before, classification=classes[:5] if classes else None
+    )  # warm up
     latencies = np.empty(len(queries))
     found: list[list[str]] = []
     for row in tqdm(range(len(queries)), desc=label, leave=False, file=sys.stderr):
+        classification = classes[row] if classes else None
         started = time.perf_counter()
-        hits = index.search(queries[row : row + 1], k=TOP_K, before=before)[0]
+        hits = index.search(queries[row : row + 1], k=TOP_K, before=before, classification=classification)[0]
         latencies[row] = (time.perf_counter() - started) * 1000.0
         found.append([hit.figure_id for hit in hits])
     return latencies, found
@@ -164,13 +205,22 @@ def bench_size(count: int, args: argparse.Namespace, options: IndexOptions) -> l
         count, max(args.queries, args.batch), args.dim, args.clusters, args.spread, args.seed
     )
     filters = prior_art_filters(collection.sorted_dates, args.filters)
+    if args.class_filters:
+        filters += class_filters(collection, filters, args.queries)
     single, batch = collection.queries[: args.queries], collection.queries[: args.batch]
+    single_classes, batch_classes = (
+        collection.query_classes[: args.queries],
+        collection.query_classes[: args.batch],
+    )
     kinds = [kind for kind in BENCHED if kind in args.kinds]  # flat first: it is the ground truth
     exact: dict[str, list[list[str]]] = {}
     if "flat" not in kinds:
         log(f"[{count:,}] exact search for the recall ground truth")
         truth_index = FigureIndex.build(collection.vectors, collection.metadata, kind="flat", metric="ip")
-        exact = {f.name: top_ids(truth_index, single, f.before) for f in filters}
+        exact = {
+            f.name: top_ids(truth_index, single, f.before, single_classes if f.by_class else None)
+            for f in filters
+        }
         del truth_index
     rows: list[Row] = []
     for kind in kinds:
@@ -189,15 +239,24 @@ def bench_size(count: int, args: argparse.Namespace, options: IndexOptions) -> l
         unfiltered_p50 = float("nan")
         for prior_art in filters:
             latencies, found = single_query_latencies(
-                index, single, prior_art.before, f"{kind} {prior_art.name}"
+                index,
+                single,
+                prior_art.before,
+                f"{kind} {prior_art.name}",
+                single_classes if prior_art.by_class else None,
             )
             if kind == "flat":
                 exact[prior_art.name] = found
             started = time.perf_counter()
-            index.search(batch, k=TOP_K, before=prior_art.before)
+            index.search(
+                batch,
+                k=TOP_K,
+                before=prior_art.before,
+                classification=batch_classes if prior_art.by_class else None,
+            )
             batch_s = time.perf_counter() - started
             p50, p99 = np.percentile(latencies, [50, 99])
-            if prior_art.before is None:
+            if prior_art.name == "all":
                 unfiltered_p50 = float(p50)
             rows.append(
                 Row(
@@ -242,6 +301,9 @@ def markdown_table(rows: list[Row], batch: int) -> str:
     for row in rows:
         first_of_index = row.filter == "all"
         filter_cell = "none" if row.before is None else f"< {row.before} ({row.kept:.0%})"
+        if row.filter.startswith("class"):
+            dated = "" if row.before is None else f", < {row.before}"
+            filter_cell = f"own class{dated} ({row.kept:.1%})"
         recall = "exact" if row.kind == "flat" else f"{row.recall_at_10:.3f}"
         lines.append(
             f"| {row.vectors:,} | {row.kind if first_of_index else ''} "
@@ -274,6 +336,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         nargs="+",
         default=[0.5, 0.1],
         help="prior-art filters: share of figures kept",
+    )
+    parser.add_argument(
+        "--class-filters",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also time each query restricted to its own Locarno class, without and with the first date filter",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(

@@ -41,7 +41,8 @@ def test_tiny_run_prints_the_table_and_writes_json(tmp_path):
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     table = [line for line in result.stdout.splitlines() if line.startswith("| 3,000 |")]
-    assert len(table) == 5 * 3  # five kinds, each unfiltered and under two prior-art filters
+    # five kinds, each unfiltered, under two prior-art filters, its own class and class + date
+    assert len(table) == 5 * 5
     assert "| 3,000 | flat |" in table[0] and "| exact |" in table[0]
     assert "FAISS " in result.stdout and "1 OpenMP threads" in result.stdout
 
@@ -51,20 +52,27 @@ def test_tiny_run_prints_the_table_and_writes_json(tmp_path):
     assert report["notes"]["index_options"]["nlist"] == 16
     rows = {(row["kind"], row["filter"]): row for row in report["rows"]}
     kinds = ("flat", "ivf", "hnsw", "ivfpq", "ivfpq-refine")
-    assert set(rows) == {(k, f) for k in kinds for f in ("all", "50%", "10%")}
+    filters = ("all", "50%", "10%", "class", "class + 50%")
+    assert set(rows) == {(k, f) for k in kinds for f in filters}
     for name in ("all", "50%", "10%"):  # exact re-scoring only adds what the PQ codes lost
         assert rows["ivfpq-refine", name]["recall_at_10"] >= rows["ivfpq", name]["recall_at_10"]
-    for (_kind, name), row in rows.items():
+    for (kind, name), row in rows.items():
         assert row["p99_ms"] >= row["p50_ms"] > 0 and row["batch_qps"] > 0 and row["build_s"] > 0
         assert 0.0 <= row["recall_at_10"] <= 1.0
         if name == "all":
             assert row["before"] is None and row["kept"] == 1.0 and row["p50_vs_unfiltered"] == 1.0
+        elif name.startswith("class"):
+            assert 0.0 < row["kept"] < 0.5 and row["before"] == (
+                None if name == "class" else rows[kind, "50%"]["before"]
+            )
         else:
             assert abs(row["kept"] - float(name.rstrip("%")) / 100) < 0.03
-    assert all(rows[("flat", name)]["recall_at_10"] == 1.0 for name in ("all", "50%", "10%"))
+    assert rows["flat", "class + 50%"]["kept"] < rows["flat", "class"]["kept"]
+    assert "| own class (" in result.stdout and "| own class, < " in result.stdout
+    assert all(rows[("flat", name)]["recall_at_10"] == 1.0 for name in filters)
     # On 3,000 vectors a graph search with efSearch 128 is near exact: a wrong ground truth
-    # (say, one taken without the date filter) would pull this far down.
-    assert all(rows[("hnsw", name)]["recall_at_10"] >= 0.9 for name in ("all", "50%", "10%"))
+    # (say, one taken without the date or the class filter) would pull this far down.
+    assert all(rows[("hnsw", name)]["recall_at_10"] >= 0.9 for name in filters)
     assert rows[("ivf", "10%")]["before"] < rows[("ivf", "50%")]["before"]
 
 
@@ -90,6 +98,32 @@ def test_synthetic_collection_is_unit_vectors_on_weekly_tuesdays(bench):
     # Same seed, same collection: runs are comparable.
     again = bench.synthetic_collection(2000, 50, dim=16, clusters=10, spread=5.0, seed=3)
     np.testing.assert_array_equal(again.vectors, collection.vectors)
+
+
+def test_each_query_has_its_cluster_s_class_and_the_class_filters_count_what_passes(bench):
+    collection = bench.synthetic_collection(3000, 80, dim=16, clusters=40, spread=5.0, seed=5)
+    classes = [row["classes"][0] for row in collection.metadata]
+    assert all(len(name) == len("LOCARNO:1403") and name.startswith("LOCARNO:") for name in classes)
+    assert len({name[:10] for name in classes}) > 5  # several Locarno classes, of unequal size
+    assert set(collection.query_classes) <= {name[:10] for name in classes}
+    prior_art = bench.prior_art_filters(collection.sorted_dates, [0.5])
+    alone, dated = bench.class_filters(collection, prior_art, 80)
+    assert (alone.name, alone.before, dated.name, dated.before) == (
+        "class",
+        None,
+        "class + 50%",
+        prior_art[1].before,
+    )
+    expected = np.mean([np.mean([c.startswith(q) for c in classes]) for q in collection.query_classes])
+    assert alone.kept == pytest.approx(expected)
+    dates = [row["grant_date"] for row in collection.metadata]
+    expected = np.mean(
+        [
+            np.mean([c.startswith(q) and d < dated.before for c, d in zip(classes, dates, strict=True)])
+            for q in collection.query_classes
+        ]
+    )
+    assert dated.kept == pytest.approx(expected) and dated.by_class and alone.by_class
 
 
 def test_prior_art_filters_keep_the_requested_share(bench):

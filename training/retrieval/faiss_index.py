@@ -46,7 +46,8 @@ INDEX_FILE = "index.faiss"
 METADATA_FILE = "metadata.jsonl"
 MANIFEST_FILE = "index.json"
 FORMAT_VERSION = 1
-SELECTIONS_KEPT = 16  # class filters whose id bitmaps stay built (at 1M figures, 125 kB each)
+# Class filters whose selections stay built: at 1M figures a bitmap is 125 kB, plus 4 bytes a member.
+SELECTIONS_KEPT = 64
 
 
 class IndexFileError(ValueError):
@@ -371,7 +372,7 @@ class FigureIndex:
             if not name.startswith(prefix):
                 break  # sorted: every name with the prefix comes in one run
             members[self._classes[name]] = True
-        selection = np.flatnonzero(members), np.packbits(members, bitorder="little")
+        selection = np.flatnonzero(members).astype(np.int32), np.packbits(members, bitorder="little")
         self._selections[prefix] = selection
         if len(self._selections) > SELECTIONS_KEPT:
             self._selections.popitem(last=False)
