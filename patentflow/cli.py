@@ -362,26 +362,31 @@ def search(
 
     if sum(given is not None for given in (image, text, queries)) != 1:
         raise typer.BadParameter("give exactly one of --image, --text and --queries")
+    if queries is not None and (patents or rerank):
+        raise typer.BadParameter("--patents and --rerank are not for a --queries run")
     missing = [str(path) for path in image or [] if not path.is_file()]
     if missing:
         raise typer.BadParameter(f"{', '.join(missing)}: not found", param_hint="--image")
     try:
-        if queries is not None:
-            batch = search_index.read_queries(queries, k=k, before=before, classification=classification)
-        else:
-            one = search_index.Query(
-                images=tuple(image or ()),
-                text=text,
-                before=before,
-                classification=classification,
-                k=k,
-                patents=patents,
-                rerank=rerank,
-            )
-    except FileNotFoundError as exc:
-        raise typer.BadParameter(f"{queries}: not found", param_hint="--queries") from exc
+        one = search_index.Query(
+            images=tuple(image or ()),
+            text=text if queries is None else "",  # a --queries run: its lines are the queries
+            before=before,
+            classification=classification,
+            k=k,
+            patents=patents,
+            rerank=rerank,
+        )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
+    if queries is not None:
+        if not queries.is_file():
+            raise typer.BadParameter(f"{queries}: not found", param_hint="--queries")
+        try:
+            batch = search_index.read_queries(queries, k=k, before=before, classification=classification)
+        except ValueError as exc:  # a bad line: named by file and line, before any query runs
+            typer.echo(f"patentflow search: {exc}", err=True)
+            raise typer.Exit(2) from exc
     home = _home()
     try:
         loaded = search_index.SearchIndex.load(index_dir or home.search_index)

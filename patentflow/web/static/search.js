@@ -114,6 +114,13 @@ async function search(event) {
   event.preventDefault();
   const form = event.target;
   showError("");
+  const limit = Number(form.dataset.maxUploadBytes);
+  const size = [...$("image").files].reduce((total, file) => total + file.size, 0);
+  if (size > limit) {
+    // The server refuses it too (413), but only after the upload: say so before sending.
+    showError(`The drawings are ${(size / 1048576).toFixed(1)} MB, over the limit of ${(limit / 1048576).toFixed(1)} MB.`);
+    return;
+  }
   $("status").textContent = "Searching…";
   $("search").disabled = true;
   try {

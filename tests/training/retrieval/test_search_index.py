@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from datetime import date
 from pathlib import Path
 
@@ -15,6 +16,12 @@ from patentflow.cli import app
 from training.retrieval import search_index
 from training.retrieval.faiss_index import IndexFileError
 from training.retrieval.model import build_encoder, preset, save_encoder
+
+
+def _cpc(symbol: tuple[str, str, str, str, str]) -> str:
+    """The stored form uspto_xml writes: CPC:F16M 13/02."""
+    section, klass, subclass, group, subgroup = symbol
+    return f"CPC:{section}{klass}{subclass} {group}/{subgroup}"
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +42,11 @@ def collection(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
                         "patent_id": patent.patent_id,
                         "image_path": str(path),
                         "grant_date": patent.grant_date.isoformat(),
-                        "classifications": [f"CPC:{patent.object_class.cpc[0]}{patent.object_class.cpc[1]}"],
+                        "classifications": [
+                            f"LOCARNO:{patent.object_class.locarno}",
+                            _cpc(patent.object_class.cpc),
+                        ],
+                        "figure_labels": [f"FIG. {sheet.num}"],
                         "title": patent.title,
                         "abstract": patent.abstract,
                         "brief_description": f"FIG. {sheet.num} is a view of the {patent.object_class.name}.",
@@ -338,3 +349,184 @@ def test_the_search_index_job_builds_reports_a_sample_query_and_refuses_an_unkno
     with pytest.raises(ValueError, match=r"kind='annoy' is not a"):
         entry.run("search_index", config)
     assert not (tmp_path / "other").exists()
+
+
+# ---- several views, the class filter, a file of queries, PatentLMM's descriptions ----------------
+
+
+def test_several_views_are_one_query_scored_by_each_figure_s_best_view(collection: dict[str, Path]) -> None:
+    loaded = search_index.SearchIndex.load(collection["index"])
+    first, second = loaded.figures.figures[0], loaded.figures.figures[-1]
+    views = [Path(first.image_path), Path(second.image_path)]
+    fused = loaded.search_images(views, k=6)
+    per_view = [loaded.search_image(view, k=6) for view in views]
+    best: dict[str, float] = {}
+    for hits in per_view:
+        for hit in hits:
+            best[hit.figure_id] = max(best.get(hit.figure_id, -2.0), hit.score)
+    expected = sorted(best.items(), key=lambda item: -item[1])[:6]
+    assert [(h.figure_id, h.score) for h in fused] == [(f, pytest.approx(s)) for f, s in expected]
+    assert {first.figure_id, second.figure_id} <= {h.figure_id for h in fused[:2]}  # each view finds itself
+    assert [h.rank for h in fused] == list(range(1, 7))
+    with pytest.raises(ValueError, match="one drawing"):
+        loaded.search_images(views, k=3, rerank=search_index.KReciprocalConfig())
+
+
+def test_the_class_filter_takes_a_person_s_spelling_and_keeps_only_that_class(
+    collection: dict[str, Path],
+) -> None:
+    loaded = search_index.SearchIndex.load(collection["index"])
+    query = Path(loaded.figures.figures[0].image_path)
+    containers = [f for f in loaded.figures.figures if any(c.startswith("CPC:B65D") for c in f.classes)]
+    hits = loaded.search_image(query, k=50, classification="b65d")
+    assert {h.figure_id for h in hits} == {f.figure_id for f in containers}  # exact: all of them, no other
+    assert loaded.search_text("a wheel", k=50, classification="12-10")
+    assert all(
+        "LOCARNO:1210" in h.classes for h in loaded.search_text("a wheel", k=50, classification="12-10")
+    )
+    assert loaded.search_patents("bracket", k=5, classification="LOCARNO:08")[0].patent_id.startswith("US")
+    with pytest.raises(ValueError, match="a Locarno class is 2 digits"):
+        loaded.search_image(query, classification="LOCARNO:1")
+
+
+def _queries_file(collection: dict[str, Path], folder: Path, lines: list[object]) -> Path:
+    path = folder / "queries.jsonl"
+    path.write_text("\n".join(line if isinstance(line, str) else json.dumps(line) for line in lines) + "\n")
+    return path
+
+
+def test_cli_runs_a_file_of_queries_and_prints_each_hit_with_its_query_id(
+    collection: dict[str, Path], tmp_path: Path
+) -> None:
+    loaded = search_index.SearchIndex.load(collection["index"])
+    newest = loaded.figures.figures[-1]
+    image = Path(newest.image_path)
+    (tmp_path / "views").mkdir()
+    (tmp_path / "views" / "front.png").write_bytes(image.read_bytes())  # a path relative to the file
+    queries = _queries_file(
+        collection,
+        tmp_path,
+        [
+            {"id": "one", "image": "views/front.png", "k": 3},
+            {
+                "id": 2,
+                "images": [str(image), str(loaded.figures.figures[0].image_path)],
+                "before": newest.grant_date,
+            },
+            {"id": "text", "text": "a wheel", "classification": "CPC:B60B", "k": 50},
+            {"id": "defaults", "text": "a lamp"},
+        ],
+    )
+    result = CliRunner().invoke(
+        app, ["search", "--queries", str(queries), "--index", str(collection["index"]), "--k", "4"]
+    )
+    assert result.exit_code == 0, result.output
+    hits = [json.loads(line) for line in result.output.splitlines()]
+    by_query: dict[str, list[dict]] = {}
+    for hit in hits:
+        by_query.setdefault(hit["query_id"], []).append(hit)
+    assert by_query["one"][0]["figure_id"] == newest.figure_id and len(by_query["one"]) == 3
+    assert by_query["2"] and all(h["grant_date"] < newest.grant_date for h in by_query["2"])
+    wheels = [f for f in loaded.figures.figures if any(c.startswith("CPC:B60B") for c in f.classes)]
+    assert {h["figure_id"] for h in by_query["text"]} == {f.figure_id for f in wheels}
+    assert len(by_query["defaults"]) == 4  # --k fills what a line leaves out
+    assert {"query_id", "figure_id", "score", "classes", "figure_labels", "generated_description"} <= set(
+        hits[0]
+    )
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ({"id": "a", "image": "x.png", "text": "wheel"}, "exactly one of image, images and text"),
+        ({"image": "x.png"}, "missing id"),
+        ({"id": "a", "text": "wheel", "befor": "2020-01-01"}, "unknown field(s) befor"),
+        ({"id": "a", "text": "wheel", "before": "2020-13-01"}, "not a date"),
+        ({"id": "a", "text": "wheel", "classification": "LOCARNO:1"}, "2 digits"),
+        ({"id": "a", "text": "wheel", "k": "ten"}, "not a whole number"),
+        ("{not json", "queries.jsonl:2"),
+    ],
+)
+def test_cli_refuses_a_bad_queries_file_by_its_line_before_running_any(
+    line: object, message: str, collection: dict[str, Path], tmp_path: Path
+) -> None:
+    queries = _queries_file(collection, tmp_path, [{"id": "ok", "text": "wheel"}, line])
+    result = CliRunner().invoke(
+        app, ["search", "--queries", str(queries), "--index", str(collection["index"])]
+    )
+    assert result.exit_code == 2 and message in result.output and "queries.jsonl:2" in result.output
+    assert '"query_id"' not in result.output
+
+
+def test_cli_a_query_that_fails_is_reported_and_the_others_still_run(
+    collection: dict[str, Path], tmp_path: Path
+) -> None:
+    (tmp_path / "notes.png").write_text("not a drawing")
+    queries = _queries_file(
+        collection, tmp_path, [{"id": "bad", "image": "notes.png"}, {"id": "good", "text": "wheel", "k": 2}]
+    )
+    result = CliRunner().invoke(
+        app, ["search", "--queries", str(queries), "--index", str(collection["index"])]
+    )
+    assert result.exit_code == 1
+    assert "query bad:" in result.stderr and "not an image" in result.stderr
+    assert [json.loads(line)["query_id"] for line in result.stdout.splitlines()] == ["good", "good"]
+
+
+def test_cli_several_views_and_a_class_on_the_command_line(collection: dict[str, Path]) -> None:
+    loaded = search_index.SearchIndex.load(collection["index"])
+    views = [loaded.figures.figures[0].image_path, loaded.figures.figures[-1].image_path]
+    args = ["search", "--image", views[0], "--image", views[1], "--index", str(collection["index"]), "--json"]
+    result = CliRunner().invoke(app, [*args, "--classification", "08-08", "--k", "50"])
+    assert result.exit_code == 0, result.output
+    hits = [json.loads(line) for line in result.output.splitlines()]
+    brackets = [f for f in loaded.figures.figures if "LOCARNO:0808" in f.classes]
+    assert {h["figure_id"] for h in hits} == {f.figure_id for f in brackets}
+    assert hits == [
+        json.loads(json.dumps(asdict(h)))
+        for h in loaded.search_images([Path(v) for v in views], k=50, classification="08-08")
+    ]
+    refused = CliRunner().invoke(app, [*args, "--classification", "wheel"])
+    assert refused.exit_code == 2 and "not a class" in refused.output
+    refused = CliRunner().invoke(app, [*args, "--rerank"])
+    assert refused.exit_code == 2 and "one drawing" in refused.output
+
+
+def test_the_index_keeps_patentlmm_s_descriptions_and_the_cli_passes_them(
+    collection: dict[str, Path], tmp_path: Path
+) -> None:
+    rows = list(read_jsonl(collection["figures"]))[:-2]
+    described = {rows[0]["image_id"]: "A bracket with two holes.", rows[3]["image_id"]: " A wheel. "}
+    generated = tmp_path / "generated_descriptions.json"
+    generated.write_text(json.dumps(described))
+    out = tmp_path / "described"
+    result = CliRunner().invoke(
+        app,
+        [
+            "index", str(collection["figures"]), "--out", str(out), "--encoder", str(collection["encoder"]),
+            "--generated-descriptions", str(generated),
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    loaded = search_index.SearchIndex.load(out)
+    assert loaded.manifest["generated_descriptions"] == {"path": str(generated), "figures": 2}
+    texts = {f.figure_id: f.generated_description for f in loaded.figures.figures}
+    assert (
+        texts[rows[0]["image_id"]] == "A bracket with two holes." and texts[rows[3]["image_id"]] == "A wheel."
+    )
+    assert sum(1 for text in texts.values() if text) == 2  # the others show none
+    hit = loaded.search_image(Path(rows[0]["image_path"]), k=1)[0]
+    assert (hit.generated_description, hit.figure_labels, hit.title) == (
+        "A bracket with two holes.",
+        rows[0]["figure_labels"],
+        rows[0]["title"],
+    )
+    generated.write_text(json.dumps(["not", "a", "mapping"]))
+    with pytest.raises(ValueError, match="image_id -> description"):
+        search_index.build_search_index(
+            collection["figures"],
+            collection["encoder"],
+            tmp_path / "never",
+            search_index.BuildOptions(generated_descriptions=generated),
+        )
+    assert not (tmp_path / "never").exists()
