@@ -79,7 +79,11 @@ def test_patentflow_run_keeps_runs_and_events_in_postgresql(tmp_path: Path) -> N
 def test_the_weekly_schedule_requests_the_retraining_on_tuesday_morning() -> None:
     tuesday = datetime(2026, 12, 8, 6, 0, tzinfo=UTC)
     assert weekly_retrain.cron_schedule == "0 6 * * 2" and tuesday.weekday() == 1
-    with dg.instance_for_test() as instance:
-        context = dg.build_schedule_context(instance=instance, scheduled_execution_time=tuesday)
+    # The context enters an instance of its own: closed with it, it leaves no current
+    # DefsStateStorage behind for the next test that loads Definitions in this process.
+    with (
+        dg.instance_for_test() as instance,
+        dg.build_schedule_context(instance=instance, scheduled_execution_time=tuesday) as context,
+    ):
         [request] = weekly_retrain.evaluate_tick(context).run_requests
     assert weekly_retrain.job_name == "retrain_patentlmm" and request.job_name in (None, "retrain_patentlmm")
