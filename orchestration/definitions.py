@@ -14,6 +14,7 @@ from orchestration.resources import (
     PatentLMMSettings,
     ReleaseSource,
     RetrievalSettings,
+    TrainingLauncher,
 )
 from orchestration.sensors import new_uspto_releases
 
@@ -23,6 +24,7 @@ def build_definitions(
     home: PatentflowHome | None = None,
     settings: PatentLMMSettings | None = None,
     retrieval: RetrievalSettings | None = None,
+    launcher: TrainingLauncher | None = None,
 ) -> dg.Definitions:
     """The graph with its resources; tests pass another release source, home or model settings."""
     home = home or PatentflowHome()
@@ -44,8 +46,8 @@ def build_definitions(
             "mlflow": MlflowTracking(home=home),
             "settings": settings or PatentLMMSettings(),
             "retrieval": retrieval or RetrievalSettings(),
-            # training runs in a subprocess (DeepSpeed launcher); Dagster's K8s/Pipes clients scale it out
-            "pipes": dg.PipesSubprocessClient(),
+            # each training step through Pipes: a subprocess here, a pod with TrainingLauncher(kind="k8s")
+            "launcher": launcher or TrainingLauncher.from_environment(home),
         },
     )
 

@@ -5,9 +5,8 @@ from pathlib import Path
 
 import dagster as dg
 
-from orchestration.resources import PatentflowHome
+from orchestration.resources import PatentflowHome, TrainingLauncher
 from training import entry, job
-from training.describe import distributed
 
 
 def latest(context: dg.AssetExecutionContext, asset: str, key: str = "path") -> str:
@@ -18,25 +17,21 @@ def latest(context: dg.AssetExecutionContext, asset: str, key: str = "path") -> 
 
 
 def run_job(
-    pipes: dg.PipesSubprocessClient,
+    launcher: TrainingLauncher,
     context: dg.AssetExecutionContext,
     command: str,
     config: job.JobConfig,
     config_path: Path,
     extra: dict | None = None,
 ) -> dg.MaterializeResult:
-    """Run `python -m training COMMAND --config CONFIG` through Pipes; add our own metadata.
+    """Run `python -m training COMMAND --config CONFIG` through Pipes (a subprocess or a pod, as
+    the launcher says); add our own metadata.
 
     `config` is the command's own config class, built by the asset: a key the job does not know
     fails here, in the Dagster process, not in the launched job."""
     config_path.parent.mkdir(parents=True, exist_ok=True)
     config.to_json(config_path)
-    reported = pipes.run(
-        command=entry.command_line(command, config_path),
-        context=context,
-        env=distributed.training_env(),
-        cwd=str(distributed.PROJECT_ROOT),
-    ).get_materialize_result()
+    reported = launcher.run(context, entry.command_line(command, config_path))
     return dg.MaterializeResult(metadata={**(reported.metadata or {}), **(extra or {})})
 
 

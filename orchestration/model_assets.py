@@ -28,6 +28,7 @@ from orchestration.resources import (
     PatentflowHome,
     PatentLMMSettings,
     RetrievalSettings,
+    TrainingLauncher,
 )
 from patent_assets import dataset, pipeline
 from patent_assets.records import atomic_write
@@ -64,7 +65,7 @@ def description_tokenizer(
     context: dg.AssetExecutionContext,
     home: PatentflowHome,
     settings: PatentLMMSettings,
-    pipes: dg.PipesSubprocessClient,
+    launcher: TrainingLauncher,
 ) -> dg.MaterializeResult:
     preset = settings.model_preset()
     if preset.tokenizer_dir:
@@ -81,7 +82,7 @@ def description_tokenizer(
         preset=settings.preset,
     )
     return run_job(
-        pipes, context, "tokenizer", config, work_dir(home, context) / "job.json", {"source": "trained"}
+        launcher, context, "tokenizer", config, work_dir(home, context) / "job.json", {"source": "trained"}
     )
 
 
@@ -97,7 +98,7 @@ def patent_mme(
     context: dg.AssetExecutionContext,
     home: PatentflowHome,
     settings: PatentLMMSettings,
-    pipes: dg.PipesSubprocessClient,
+    launcher: TrainingLauncher,
 ) -> dg.MaterializeResult:
     out = work_dir(home, context)
     config = PatentMMEJob(
@@ -108,7 +109,7 @@ def patent_mme(
         checkpoint_dir=settings.model_preset().encoder_dir,
         steps=settings.pretrain_steps,
     )
-    return run_job(pipes, context, "patent_mme", config, out / "job.json", {"path": str(out / "encoder")})
+    return run_job(launcher, context, "patent_mme", config, out / "job.json", {"path": str(out / "encoder")})
 
 
 @dg.asset(
@@ -124,7 +125,7 @@ def patent_llama(
     context: dg.AssetExecutionContext,
     home: PatentflowHome,
     settings: PatentLMMSettings,
-    pipes: dg.PipesSubprocessClient,
+    launcher: TrainingLauncher,
 ) -> dg.MaterializeResult:
     out = work_dir(home, context)
     config = PatentLlamaJob(
@@ -136,7 +137,7 @@ def patent_llama(
         base_model_dir=settings.model_preset().lm_dir,
         steps=settings.pretrain_steps,
     )
-    return run_job(pipes, context, "patent_llama", config, out / "job.json", {"path": str(out / "lm")})
+    return run_job(launcher, context, "patent_llama", config, out / "job.json", {"path": str(out / "lm")})
 
 
 def _train_stage(
@@ -145,7 +146,7 @@ def _train_stage(
     home: PatentflowHome,
     settings: PatentLMMSettings,
     mlflow: MlflowTracking,
-    pipes: dg.PipesSubprocessClient,
+    launcher: TrainingLauncher,
     input_mode: str = "full",
 ) -> dict:
     """Launch one training (DeepSpeed, through Pipes) in its own MLflow run; its metadata."""
@@ -166,15 +167,10 @@ def _train_stage(
         replace(cfg, mlflow_run_id=run_id).to_json(out / "train_config.json")
         command = distributed.launch_command(
             out / "train_config.json",
-            nproc_per_node=settings.nproc_per_node or None,
+            nproc_per_node=settings.nproc_per_node or launcher.processes(),
             launcher=settings.launcher,
         )  # type: ignore[arg-type]
-        reported = pipes.run(
-            command=command,
-            context=context,
-            env=distributed.training_env({"MLFLOW_TRACKING_URI": uri}),
-            cwd=str(distributed.PROJECT_ROOT),
-        ).get_materialize_result()
+        reported = launcher.run(context, command, {"MLFLOW_TRACKING_URI": uri})
         rows = (json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip())
         history = [row for row in rows if "step" in row]
         if history:
@@ -227,9 +223,9 @@ def patentlmm_stage1(
     home: PatentflowHome,
     settings: PatentLMMSettings,
     mlflow: MlflowTracking,
-    pipes: dg.PipesSubprocessClient,
+    launcher: TrainingLauncher,
 ) -> dg.MaterializeResult:
-    return dg.MaterializeResult(metadata=_train_stage(1, context, home, settings, mlflow, pipes))
+    return dg.MaterializeResult(metadata=_train_stage(1, context, home, settings, mlflow, launcher))
 
 
 @dg.asset(
@@ -244,9 +240,9 @@ def patentlmm_stage2(
     home: PatentflowHome,
     settings: PatentLMMSettings,
     mlflow: MlflowTracking,
-    pipes: dg.PipesSubprocessClient,
+    launcher: TrainingLauncher,
 ) -> dg.MaterializeResult:
-    return dg.MaterializeResult(metadata=_train_stage(2, context, home, settings, mlflow, pipes))
+    return dg.MaterializeResult(metadata=_train_stage(2, context, home, settings, mlflow, launcher))
 
 
 @dg.asset(
@@ -263,13 +259,13 @@ def patentlmm_ablations(
     home: PatentflowHome,
     settings: PatentLMMSettings,
     mlflow: MlflowTracking,
-    pipes: dg.PipesSubprocessClient,
+    launcher: TrainingLauncher,
 ) -> dg.MaterializeResult:
     unknown = sorted(set(settings.ablations) - set(ABLATIONS))
     if unknown:
         raise ValueError(f"unknown ablations {unknown}: PatentLMMSettings.ablations takes {list(ABLATIONS)}")
     trained = {
-        mode: _train_stage(2, context, home, settings, mlflow, pipes, input_mode=mode)
+        mode: _train_stage(2, context, home, settings, mlflow, launcher, input_mode=mode)
         for mode in settings.ablations
     }
     paths = {mode: meta["path"] for mode, meta in trained.items()}
@@ -280,7 +276,7 @@ def patentlmm_ablations(
 
 def _evaluate(
     context: dg.AssetExecutionContext,
-    pipes: dg.PipesSubprocessClient,
+    launcher: TrainingLauncher,
     home: PatentflowHome,
     model_dir: str,
     out: Path,
@@ -302,7 +298,7 @@ def _evaluate(
         max_new_tokens=96,
         **(baselines or {}),
     )
-    run_job(pipes, context, "evaluate", config, out / "job.json")
+    run_job(launcher, context, "evaluate", config, out / "job.json")
     return json.loads((out / "metrics.json").read_text())
 
 
@@ -339,7 +335,7 @@ def patentlmm_challenger(
     mlflow: MlflowTracking,
     retrieval: RetrievalSettings,
     settings: PatentLMMSettings,
-    pipes: dg.PipesSubprocessClient,
+    launcher: TrainingLauncher,
 ) -> dg.MaterializeResult:
     uri, out, model = mlflow.uri(), work_dir(home, context), mlflow.registered_model
     champion = promotion.current_champion(home.home, model, uri)
@@ -350,13 +346,13 @@ def patentlmm_challenger(
     ablations = json.loads(Path(latest(context, "patentlmm_ablations")).read_text())
     baselines = _baselines(home, retrieval, mlflow)
     metrics = _evaluate(
-        context, pipes, home, model_dir, out / "challenger", run_id, uri, ablations, baselines
+        context, launcher, home, model_dir, out / "challenger", run_id, uri, ablations, baselines
     )
     champion_metrics = None
     if champion.directory is not None:  # on the same split, without ablations or baselines
         champion_dir = str(champion.directory)
         champion_metrics = flat_scores(
-            _evaluate(context, pipes, home, champion_dir, out / "champion", None, uri, {})
+            _evaluate(context, launcher, home, champion_dir, out / "champion", None, uri, {})
         )
     record = {
         "metrics": flat_scores(metrics),
@@ -446,7 +442,7 @@ def generated_descriptions(
     home: PatentflowHome,
     mlflow: MlflowTracking,
     dvc: DataVersioning,
-    pipes: dg.PipesSubprocessClient,
+    launcher: TrainingLauncher,
 ) -> dg.MaterializeResult:
     champion = promotion.current_champion(home.home, mlflow.registered_model, mlflow.uri(), required=True)
     version = champion.version
@@ -458,7 +454,7 @@ def generated_descriptions(
         max_new_tokens=96,
         figures_jsonl=str(home.home.figures_jsonl),
     )
-    reported = run_job(pipes, context, "generate", config, work_dir(home, context) / "job.json")
+    reported = run_job(launcher, context, "generate", config, work_dir(home, context) / "job.json")
     out = home.home.data / "generated_descriptions"
     with atomic_write(out / "generated_descriptions.json", "wb") as handle:
         handle.write((work / "generated_descriptions.json").read_bytes())

@@ -190,3 +190,118 @@ class RetrievalSettings(dg.ConfigurableResource):
 
     def encoder_overrides(self) -> dict[str, str]:
         return {k: v for k, v in {"backbone": self.backbone, "backbone_dir": self.backbone_dir}.items() if v}
+
+
+class TrainingLauncher(dg.ConfigurableResource):
+    """Where each training step runs, always through Dagster Pipes and always the same
+    `python -m training ...` (or DeepSpeed launcher) command: a subprocess of the Dagster process
+    (`subprocess`, the embedded default), or a Kubernetes pod of its own (`k8s`, dagster-k8s's
+    `PipesK8sClient`) from the code location's image (`deploy/Dockerfile`), with
+    $PATENTFLOW_HOME on a shared volume mounted at the same path, so that configs, data and
+    models are where the command says."""
+
+    home: PatentflowHome
+    kind: str = "subprocess"  # or "k8s"
+    image: str = ""  # k8s: the code location's image
+    namespace: str = ""  # k8s: "" is the kube config's namespace
+    gpus: int = 0  # k8s: nvidia.com/gpu per pod; the DeepSpeed launcher starts one process per GPU
+    cpu: str = ""  # k8s: requests, e.g. "8"
+    memory: str = ""  # k8s: requests and limit, e.g. "64Gi"
+    home_claim: str = ""  # k8s: the PersistentVolumeClaim holding $PATENTFLOW_HOME
+    service_account: str = ""
+    # k8s: the Dagster process's variables a pod gets (the image's environment is its own)
+    forward_env: list[str] = [
+        "PATENTFLOW_HOME",
+        "MLFLOW_TRACKING_URI",
+        "DVC_NO_ANALYTICS",
+        "MLFLOW_DISABLE_TELEMETRY",
+    ]
+    load_incluster_config: bool = True  # k8s: False reads `kubeconfig_file` instead
+    kubeconfig_file: str = ""
+
+    @classmethod
+    def from_environment(cls, home: PatentflowHome) -> TrainingLauncher:
+        """The launcher a deployment configures through its environment (deploy/helm-values.yaml):
+        PATENTFLOW_LAUNCHER (subprocess or k8s), PATENTFLOW_IMAGE, PATENTFLOW_NAMESPACE,
+        PATENTFLOW_TRAINING_GPUS, PATENTFLOW_TRAINING_CPU, PATENTFLOW_TRAINING_MEMORY,
+        PATENTFLOW_HOME_CLAIM, PATENTFLOW_SERVICE_ACCOUNT; unset is the embedded default."""
+        env = os.environ.get
+        return cls(
+            home=home,
+            kind=env("PATENTFLOW_LAUNCHER", "subprocess"),
+            image=env("PATENTFLOW_IMAGE", ""),
+            namespace=env("PATENTFLOW_NAMESPACE", ""),
+            gpus=int(env("PATENTFLOW_TRAINING_GPUS", "0") or 0),
+            cpu=env("PATENTFLOW_TRAINING_CPU", ""),
+            memory=env("PATENTFLOW_TRAINING_MEMORY", ""),
+            home_claim=env("PATENTFLOW_HOME_CLAIM", ""),
+            service_account=env("PATENTFLOW_SERVICE_ACCOUNT", ""),
+        )
+
+    def processes(self) -> int | None:
+        """Training processes per step: one per GPU of a pod; None (every local GPU) for a subprocess."""
+        self._check()
+        return (self.gpus or 1) if self.kind == "k8s" else None
+
+    def run(
+        self, context: dg.AssetExecutionContext, command: list[str], env: dict[str, str] | None = None
+    ) -> dg.MaterializeResult:
+        """Run `command` for the asset in scope; what it reports through Pipes."""
+        from training.describe.distributed import PROJECT_ROOT, training_env
+
+        self._check()
+        if self.kind == "subprocess":
+            client = dg.PipesSubprocessClient()
+            invocation = client.run(
+                command=command, context=context, env=training_env(env), cwd=str(PROJECT_ROOT)
+            )
+            return invocation.get_materialize_result()
+        from dagster_k8s import PipesK8sClient
+
+        client = PipesK8sClient(
+            load_incluster_config=self.load_incluster_config,
+            kubeconfig_file=self.kubeconfig_file or None,
+        )
+        invocation = client.run(
+            context=context,
+            image=self.image,
+            command=command,
+            namespace=self.namespace or None,
+            env=self.pod_env(env),
+            base_pod_spec=self.pod_spec(),
+        )
+        return invocation.get_materialize_result()
+
+    def pod_env(self, env: dict[str, str] | None = None) -> dict[str, str]:
+        forwarded = {name: os.environ[name] for name in self.forward_env if name in os.environ}
+        return {**forwarded, **(env or {})}
+
+    def pod_spec(self) -> dict:
+        """The base pod spec of a training step: resources, the home volume, the working directory."""
+        from training.describe.distributed import PROJECT_ROOT
+
+        self._check()
+        home = self.home.home.root
+        requests = {key: value for key, value in (("cpu", self.cpu), ("memory", self.memory)) if value}
+        limits = {"memory": self.memory} if self.memory else {}
+        if self.gpus:
+            limits["nvidia.com/gpu"] = str(self.gpus)
+        container: dict = {
+            "working_dir": str(PROJECT_ROOT),
+            "resources": {"requests": requests, "limits": limits},
+        }
+        spec: dict = {"containers": [container]}
+        if self.home_claim:
+            container["volume_mounts"] = [{"name": "patentflow-home", "mount_path": str(home)}]
+            spec["volumes"] = [
+                {"name": "patentflow-home", "persistent_volume_claim": {"claim_name": self.home_claim}}
+            ]
+        if self.service_account:
+            spec["service_account_name"] = self.service_account
+        return spec
+
+    def _check(self) -> None:
+        if self.kind not in ("subprocess", "k8s"):
+            raise ValueError(f"TrainingLauncher.kind {self.kind!r}: subprocess or k8s")
+        if self.kind == "k8s" and not self.image:
+            raise ValueError("TrainingLauncher(kind='k8s') needs the code location's image")

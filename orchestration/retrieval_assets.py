@@ -25,7 +25,13 @@ from orchestration import promotion
 from orchestration.assets import figure_dataset
 from orchestration.launching import latest, run_job, work_dir
 from orchestration.model_assets import EAGER, generated_descriptions
-from orchestration.resources import DataVersioning, MlflowTracking, PatentflowHome, RetrievalSettings
+from orchestration.resources import (
+    DataVersioning,
+    MlflowTracking,
+    PatentflowHome,
+    RetrievalSettings,
+    TrainingLauncher,
+)
 from training.job import flat_metrics
 from training.retrieval.commands import RetrievalEvaluateJob, SearchIndexJob
 from training.retrieval.configs import RetrievalTrainConfig
@@ -62,7 +68,7 @@ def retrieval_encoder(
     home: PatentflowHome,
     retrieval: RetrievalSettings,
     mlflow: MlflowTracking,
-    pipes: dg.PipesSubprocessClient,
+    launcher: TrainingLauncher,
 ) -> dg.MaterializeResult:
     from training import tracking
 
@@ -95,7 +101,7 @@ def retrieval_encoder(
         tracking_uri=uri,
     ) as run_id:
         return run_job(
-            pipes,
+            launcher,
             context,
             "retrieval_encoder",
             replace(config, mlflow_run_id=run_id),
@@ -106,7 +112,7 @@ def retrieval_encoder(
 
 def _evaluate(
     context: dg.AssetExecutionContext,
-    pipes: dg.PipesSubprocessClient,
+    launcher: TrainingLauncher,
     home: PatentflowHome,
     retrieval: RetrievalSettings,
     encoders: dict[str, str],
@@ -122,7 +128,7 @@ def _evaluate(
         encoder=retrieval.encoder_overrides(),
         feature_cache=str(home.home.feature_cache),
     )
-    run_job(pipes, context, "retrieval_evaluate", config, out / "job.json")
+    run_job(launcher, context, "retrieval_evaluate", config, out / "job.json")
     return {
         name: flat_metrics(metrics)
         for name, metrics in json.loads((out / "metrics.json").read_text()).items()
@@ -143,7 +149,7 @@ def retrieval_challenger(
     home: PatentflowHome,
     retrieval: RetrievalSettings,
     mlflow: MlflowTracking,
-    pipes: dg.PipesSubprocessClient,
+    launcher: TrainingLauncher,
 ) -> dg.MaterializeResult:
     from training import tracking
 
@@ -156,7 +162,7 @@ def retrieval_challenger(
     encoders = {"challenger": encoder_dir}
     if champion.directory is not None:
         encoders["champion"] = str(champion.directory)
-    metrics = _evaluate(context, pipes, home, retrieval, encoders, out / "evaluation")
+    metrics = _evaluate(context, launcher, home, retrieval, encoders, out / "evaluation")
     # the run shows all four side by side: challenger, champion, untouched backbone, pixels
     side_by_side = {
         f"eval_{name}_{key}": value for name, values in metrics.items() for key, value in values.items()
@@ -245,7 +251,7 @@ def retrieval_index(
     retrieval: RetrievalSettings,
     mlflow: MlflowTracking,
     dvc: DataVersioning,
-    pipes: dg.PipesSubprocessClient,
+    launcher: TrainingLauncher,
 ) -> dg.MaterializeResult:
     encoder = promotion.current_champion(home.home, mlflow.retrieval_model, mlflow.uri(), required=True)
     config = SearchIndexJob(
@@ -262,7 +268,7 @@ def retrieval_index(
         # upstream through the encoder, which trained on them: hits show PatentLMM's description
         generated_descriptions=latest(context, "generated_descriptions"),
     )
-    built = run_job(pipes, context, "search_index", config, work_dir(home, context) / "job.json").metadata
+    built = run_job(launcher, context, "search_index", config, work_dir(home, context) / "job.json").metadata
     message = f"retrieval_index {mlflow.retrieval_model} v{encoder.version}"
     return dg.MaterializeResult(
         metadata={
