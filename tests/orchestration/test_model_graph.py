@@ -71,21 +71,22 @@ def trained(tmp_path_factory: pytest.TempPathFactory, ocr_cache: Path, productio
         settings=settings,
         retrieval=RetrievalSettings(epochs=3),
     )
-    instance = dg.DagsterInstance.ephemeral()
-    keys = [r.key for r in LandingDirectory(path=str(landing)).list_releases()]
-    assert len(keys) == 3
-    instance.add_dynamic_partitions(releases.name, keys)
-    for key in keys:
-        assert (
-            defs.resolve_job_def("ingest_release")
-            .execute_in_process(instance=instance, partition_key=key)
-            .success
+    # closed at the module's end, so that no instance of this module stays current for the next
+    with dg.DagsterInstance.ephemeral() as instance:
+        keys = [r.key for r in LandingDirectory(path=str(landing)).list_releases()]
+        assert len(keys) == 3
+        instance.add_dynamic_partitions(releases.name, keys)
+        for key in keys:
+            assert (
+                defs.resolve_job_def("ingest_release")
+                .execute_in_process(instance=instance, partition_key=key)
+                .success
+            )
+        assert defs.resolve_job_def("build_dataset").execute_in_process(instance=instance).success
+        first = defs.resolve_job_def("retrain_patentlmm").execute_in_process(
+            instance=instance, raise_on_error=False
         )
-    assert defs.resolve_job_def("build_dataset").execute_in_process(instance=instance).success
-    first = defs.resolve_job_def("retrain_patentlmm").execute_in_process(
-        instance=instance, raise_on_error=False
-    )
-    return defs, instance, root, first
+        yield defs, instance, root, first
 
 
 def _metadata(result: dg.ExecuteInProcessResult, asset: str) -> dict:
