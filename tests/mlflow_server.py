@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator, Mapping
@@ -26,15 +25,10 @@ import httpx
 import pytest
 
 from tests.conftest import PROJECT
+from training.describe.distributed import free_port
 
 # STACK.md: ~22 s on a fresh SQLite database; well past that, the server is broken, not slow.
 START_LIMIT_S = 120.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -22,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from training.describe.distributed import free_port
+
 VERSIONS = Path("/usr/lib/postgresql")
 
 
@@ -30,12 +31,6 @@ def _bin() -> Path:
     if not installed:
         pytest.fail("PostgreSQL is not installed: `scripts/ensure-system-deps.sh --test` installs it")
     return installed[-1].parent
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass
@@ -70,7 +65,7 @@ def postgres_server() -> Iterator[Server]:
     root.chmod(0o755)
     if os.geteuid() == 0:
         shutil.chown(root, "postgres", "postgres")
-    server = Server(root, _free_port(), _bin())
+    server = Server(root, free_port(), _bin())
     data = root / "data"
     try:
         server.run("initdb", "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync")

@@ -9,7 +9,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,15 +20,10 @@ import pytest
 
 from patent_assets.layout import Home
 from tests.conftest import share_ocr_cache
+from training.describe.distributed import free_port
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _graphql(url: str, query: str) -> dict:
@@ -56,7 +50,7 @@ def dagster_ui(tmp_path_factory: pytest.TempPathFactory, ocr_cache: Path) -> Ite
         timeout=600,
     )
     assert Home(root).dagster.is_dir()
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "patentflow.cli", "ui", "--port", str(port)],
         env=env,

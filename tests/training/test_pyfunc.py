@@ -7,7 +7,6 @@ import base64
 import io
 import os
 import signal
-import socket
 import struct
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from PIL import Image
 from tests.training.describe.test_inference import make_trained_model
 from training import pyfunc, tracking
 from training.describe import pyfunc as describe_model
+from training.describe.distributed import free_port
 from training.retrieval import pyfunc as encoder_model
 from training.retrieval.model import build_encoder, embed_images, preset, save_encoder
 
@@ -141,12 +141,6 @@ def test_a_plain_directory_loads_through_the_same_class(from_registry: dict[str,
         describe_model.load(downloaded)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def served(from_registry: dict[str, str], tmp_path: Path) -> Iterator[dict[str, str]]:
     """`mlflow models serve` of both champions, each on its own port of 127.0.0.1."""
@@ -156,7 +150,7 @@ def served(from_registry: dict[str, str], tmp_path: Path) -> Iterator[dict[str, 
     processes, urls = [], {}
     try:
         for name in ("patentlmm", "patent-figure-encoder"):
-            port = _free_port()
+            port = free_port()
             log = open(tmp_path / f"{name}.log", "wb")  # noqa: SIM115 - the server writes it until the end
             command = [str(mlflow_cli), "models", "serve", "-m", f"models:/{name}@champion"]
             command += ["--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-w", "1"]

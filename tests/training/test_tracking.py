@@ -13,10 +13,10 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from tests.http_server import Fault, serve
-from tests.mlflow_server import free_port
 from tests.mlflow_server import mlflow_server as running_mlflow_server
 from training import tracking
 from training.describe import pyfunc as describe_model
+from training.describe.distributed import free_port
 from training.pyfunc import artifact_dir
 from training.tracking import TrackingUnavailable
 
